@@ -1,0 +1,102 @@
+"""The one place that knows the backends by name.
+
+Everything that depends on *which* framework is selected goes through here:
+the list of names, their aliases, how to install each, and the import that
+turns a missing framework into an ImportError a learner can act on.
+"""
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+
+ENV_VAR = "D2LATTN_BACKEND"
+DEFAULT = "torch"
+BACKENDS = ("torch", "jax", "tensorflow", "mxnet", "numpy")
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "flax": "jax", "np": "numpy"}
+
+# The top-level modules each backend needs, and how to get them.
+FRAMEWORKS = {
+    "torch": ("torch",),
+    "jax": ("jax", "flax"),
+    "tensorflow": ("tensorflow",),
+    "mxnet": ("mxnet",),
+    "numpy": ("numpy",),
+}
+# The pip distributions that carry each framework, for version reports.
+DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "jax": ("jax",),
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "mxnet": ("mxnet",),
+    "numpy": ("numpy",),
+}
+INSTALL = {
+    name: f"pip install 'd2lattn[{name}]' -c constraints/{name}.txt"
+    for name in BACKENDS
+}
+
+
+def canonical(name):
+    """Return the canonical backend name for `name` (case-insensitive, aliases allowed)."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in BACKENDS:
+        valid = ", ".join(BACKENDS)
+        aliases = ", ".join(f"{a}->{b}" for a, b in ALIASES.items())
+        raise ValueError(
+            f"unknown d2lattn backend {name!r}: expected one of {valid} "
+            f"(aliases: {aliases}); set {ENV_VAR} to one of them"
+        )
+    return key
+
+
+def selected():
+    """The backend named by $D2LATTN_BACKEND (default: torch)."""
+    return canonical(os.environ.get(ENV_VAR) or DEFAULT)
+
+
+def load(name):
+    """Import and return the module `d2lattn.<name>`."""
+    return importlib.import_module(f"d2lattn.{canonical(name)}")
+
+
+@contextlib.contextmanager
+def requires(name):
+    """Turn a missing framework into an ImportError that says how to install it.
+
+    Each backend package wraps its imports in this, so both
+    `import d2lattn` and `from d2lattn import jax` fail the same helpful way.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in FRAMEWORKS[name]:
+            raise ImportError(
+                f"the d2lattn backend {name!r} needs {err.name!r}, which is not "
+                f"installed in this environment; install it with: {INSTALL[name]}"
+            ) from err
+        raise
+
+
+def available():
+    """{backend: framework version, or None where it cannot be imported}.
+
+    Looks the frameworks up without importing them (importing TensorFlow
+    alone takes seconds).
+    """
+    versions = {}
+    for name, modules in FRAMEWORKS.items():
+        found = all(importlib.util.find_spec(m) is not None for m in modules)
+        versions[name] = _version(DISTRIBUTIONS[name]) if found else None
+    return versions
+
+
+def _version(distributions):
+    for dist in distributions:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"

@@ -1,0 +1,91 @@
+"""Scaled dot-product, additive and multi-head attention: the math, in float64."""
+
+import math
+
+import numpy as np
+
+from d2lattn import _checks
+from d2lattn.numpy.ops import masked_softmax
+from d2lattn.numpy.params import Module
+
+
+def _init(rng, fan_in, fan_out):
+    """Uniform in +-1/sqrt(fan_in), the usual default for a dense map."""
+    bound = 1 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, (fan_in, fan_out))
+
+
+class DotProductAttention(Module):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.rate = _checks.dropout_rate(dropout)
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        d = queries.shape[-1]
+        scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(d)      # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        return self.dropout(self.attention_weights, self.rate, training) @ values  # (b, q, dv)
+
+
+class AdditiveAttention(Module):
+    def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
+        super().__init__()
+        rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.params = {
+            "W_q": _init(rng, _checks.positive_int("query_size", query_size), h),
+            "W_k": _init(rng, _checks.positive_int("key_size", key_size), h),
+            "w_v": _init(rng, h, 1),
+        }
+        self.rate = _checks.dropout_rate(dropout)
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        p = self.params
+        q = queries @ p["W_q"]                                   # (b, q, h)
+        k = keys @ p["W_k"]                                      # (b, k, h)
+        features = np.tanh(q[:, :, None, :] + k[:, None, :, :])  # (b, q, k, h)
+        scores = (features @ p["w_v"])[..., 0]                   # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        return self.dropout(self.attention_weights, self.rate, training) @ values  # (b, q, dv)
+
+
+class MultiHeadAttention(Module):
+    def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
+                 query_size=None, key_size=None, value_size=None):
+        super().__init__()
+        rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible(h, self.num_heads)
+        sizes = {"q": query_size, "k": key_size, "v": value_size, "o": None}
+        for x, size in sizes.items():
+            size = h if size is None else _checks.positive_int(f"{x}_size", size)
+            self.params[f"W_{x}"] = _init(rng, size, h)
+        if bias:
+            self.params.update({f"b_{x}": np.zeros(h) for x in sizes})
+        self.attention = DotProductAttention(dropout)
+
+    def _dense(self, X, x):
+        return X @ self.params[f"W_{x}"] + self.params.get(f"b_{x}", 0.0)
+
+    def _split_heads(self, X):
+        b, n, _ = X.shape                                          # (b, n, num_hiddens)
+        X = X.reshape(b, n, self.num_heads, -1)                    # (b, n, heads, dh)
+        return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        q = self._split_heads(self._dense(queries, "q"))            # (b, heads, q, dh)
+        k = self._split_heads(self._dense(keys, "k"))               # (b, heads, k, dh)
+        v = self._split_heads(self._dense(values, "v"))             # (b, heads, k, dh)
+        if mask is not None and np.ndim(mask) == 3:
+            mask = np.asarray(mask)[:, None]                       # (b, 1, q, k): every head
+        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
+        b, _, n, _ = out.shape                                     # (b, heads, q, dh)
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)          # (b, q, num_hiddens)
+        return self._dense(out, "o")
+
+    @property
+    def attention_weights(self):
+        return self.attention.attention_weights                    # (b, heads, q, k)

@@ -1,0 +1,40 @@
+"""Gradients for the reference: float64 central finite differences.
+
+Each backend's `value_and_grads` answers with its own autodiff; this one is the
+independent check they are all held to.
+"""
+
+import numpy as np
+
+from d2lattn.numpy.params import Module, _named
+
+STEP = 1e-6
+
+
+def _central_difference(f, x):
+    """d f / d x for a scalar function f of the array x, perturbed in place."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + STEP
+        up = f()
+        x[i] = saved - STEP
+        down = f()
+        x[i] = saved
+        grad[i] = (up - down) / (2 * STEP)
+    return grad
+
+
+def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
+    del compiled  # NumPy has no compiler: both modes are this computation
+    inputs = [np.array(x, dtype=np.float64) for x in inputs]
+    projection = np.asarray(projection, dtype=np.float64)
+
+    def objective():
+        return float(np.sum(fn(*inputs, **kwargs) * projection))
+
+    output = fn(*inputs, **kwargs)
+    input_grads = [_central_difference(objective, x) for x in inputs]
+    params = _named(fn) if isinstance(fn, Module) else {}
+    param_grads = {name: _central_difference(objective, value) for name, value in params.items()}
+    return np.array(output), input_grads, param_grads

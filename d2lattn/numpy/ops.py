@@ -1,0 +1,73 @@
+"""Tensor helpers and the masked softmax, in float64 NumPy: the reference."""
+
+import numpy as np
+
+from d2lattn import _checks
+
+# --- tensor helpers ----------------------------------------------------------
+
+
+def tensor(data, dtype=None):
+    x = np.asarray(data, dtype=dtype)
+    return x.astype(np.float64) if dtype is None and x.dtype.kind == "f" else x
+
+
+def to_numpy(x):
+    return np.array(x)
+
+
+def ones(shape):
+    return np.ones(shape)
+
+
+def zeros(shape):
+    return np.zeros(shape)
+
+
+def arange(start, stop=None, step=1):
+    return tensor(np.arange(start, stop, step))
+
+
+def normal(shape, mean=0.0, std=1.0, *, seed=None):
+    return np.random.default_rng(seed).normal(mean, std, shape).astype(np.float32).astype(np.float64)
+
+
+bmm = np.matmul
+matmul = np.matmul
+reshape = np.reshape
+concat = np.concatenate
+stack = np.stack
+swapaxes = np.swapaxes
+exp = np.exp
+tanh = np.tanh
+
+# --- masking -------------------------------------------------------------------
+
+
+def keep_mask(scores_shape, valid_lens=None, mask=None):
+    """Boolean array broadcastable to `scores_shape`: True where a query may attend."""
+    keep = np.ones((1,) * len(scores_shape), dtype=bool)
+    if valid_lens is not None:
+        lens = np.asarray(valid_lens)
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        keep = keep & (np.arange(scores_shape[-1]) < lens)
+    if mask is not None:
+        keep = keep & np.asarray(mask, dtype=bool)
+    return keep
+
+
+def masked_softmax(X, valid_lens=None, *, mask=None):
+    """softmax over the last axis, restricted to the kept positions."""
+    X = np.asarray(X, dtype=np.float64)
+    keep = keep_mask(X.shape, valid_lens, mask)            # broadcasts to X.shape
+    scores = np.where(keep, X, -np.inf)
+    top = scores.max(axis=-1, keepdims=True)               # (..., 1)
+    top = np.where(np.isfinite(top), top, 0.0)             # an empty row has no max
+    e = np.where(keep, np.exp(scores - top), 0.0)          # (..., k)
+    total = e.sum(axis=-1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)             # empty row: 0 / 1 = 0
+
+
+def causal_mask(num_queries, num_keys=None):
+    num_keys = num_queries if num_keys is None else num_keys
+    return np.tril(np.ones((num_queries, num_keys), dtype=bool))

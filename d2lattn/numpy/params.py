@@ -1,0 +1,52 @@
+"""A minimal module base and portable parameters for the NumPy reference."""
+
+import numpy as np
+
+from d2lattn import _checks
+
+
+class Module:
+    """Parameters in `self.params` (canonical names), child modules as attributes.
+
+    The reference is forward-only and deterministic: it runs in evaluation
+    mode and refuses to apply dropout.
+    """
+
+    def __init__(self):
+        self.params = {}
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def dropout(self, X, rate, training):
+        if training and rate > 0:
+            raise ValueError(
+                "training: the NumPy reference is forward-only and deterministic, so it "
+                "cannot apply dropout; call it with training=False (or None)"
+            )
+        return X
+
+    def children(self):
+        return {name: child for name, child in vars(self).items() if isinstance(child, Module)}
+
+
+def _named(module, prefix=""):
+    """{dotted canonical name: array} for `module` and its children, in order."""
+    named = {prefix + name: value for name, value in module.params.items()}
+    for name, child in module.children().items():
+        named.update(_named(child, f"{prefix}{name}."))
+    return named
+
+
+def get_params(module):
+    return {name: np.array(value) for name, value in _named(module).items()}
+
+
+def set_params(module, params):
+    _checks.param_shapes({n: v.shape for n, v in _named(module).items()}, params)
+    for name, value in params.items():
+        *path, leaf = name.split(".")
+        owner = module
+        for step in path:
+            owner = getattr(owner, step)
+        owner.params[leaf] = np.array(value, dtype=np.float64)

@@ -1,0 +1,79 @@
+"""Scaled dot-product, additive and multi-head attention as torch.nn modules."""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from d2lattn import _checks
+from d2lattn.torch.ops import masked_softmax
+
+
+class DotProductAttention(nn.Module):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.rate = _checks.dropout_rate(dropout)
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        training = self.training if training is None else training
+        d = queries.shape[-1]
+        scores = queries @ keys.transpose(-1, -2) / math.sqrt(d)              # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        weights = F.dropout(self.attention_weights, self.rate, training)
+        return weights @ values                                               # (b, q, dv)
+
+
+class AdditiveAttention(nn.Module):
+    def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.W_q = nn.Linear(_checks.positive_int("query_size", query_size), h, bias=False)
+        self.W_k = nn.Linear(_checks.positive_int("key_size", key_size), h, bias=False)
+        self.w_v = nn.Linear(h, 1, bias=False)
+        self.rate = _checks.dropout_rate(dropout)
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        training = self.training if training is None else training
+        q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
+        features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))    # (b, q, k, h)
+        scores = self.w_v(features).squeeze(-1)                   # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        weights = F.dropout(self.attention_weights, self.rate, training)
+        return weights @ values                                   # (b, q, dv)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
+                 query_size=None, key_size=None, value_size=None):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible(h, self.num_heads)
+        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+                for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
+        self.W_q = nn.Linear(size["query"], h, bias=bias)
+        self.W_k = nn.Linear(size["key"], h, bias=bias)
+        self.W_v = nn.Linear(size["value"], h, bias=bias)
+        self.W_o = nn.Linear(h, h, bias=bias)
+        self.attention = DotProductAttention(dropout)
+
+    def split_heads(self, X):
+        b, n, _ = X.shape                                            # (b, n, num_hiddens)
+        return X.reshape(b, n, self.num_heads, -1).transpose(1, 2)   # (b, heads, n, dh)
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
+        k = self.split_heads(self.W_k(keys))                         # (b, heads, k, dh)
+        v = self.split_heads(self.W_v(values))                       # (b, heads, k, dh)
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)                                 # (b, 1, q, k): every head
+        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
+        b, _, n, _ = out.shape                                       # (b, heads, q, dh)
+        return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)
+
+    @property
+    def attention_weights(self):
+        return self.attention.attention_weights                      # (b, heads, q, k)

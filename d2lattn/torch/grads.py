@@ -1,0 +1,23 @@
+"""Gradients by PyTorch autograd, in the harness's portable form."""
+
+import torch
+from torch import nn
+
+from d2lattn.torch.ops import tensor, to_numpy
+from d2lattn.torch.params import _named
+
+
+def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
+    """`compiled=True` captures the graph with torch.compile ("aot_eager": the
+    graph is traced and differentiated ahead of time, no C++ toolchain needed)."""
+    xs = [tensor(x).requires_grad_() for x in inputs]
+    named = _named(fn) if isinstance(fn, nn.Module) else {}
+    kwargs = {k: v if v is None or isinstance(v, bool) else torch.as_tensor(v) for k, v in kwargs.items()}
+    call = torch.compile(fn, backend="aot_eager", dynamic=False) if compiled else fn
+    out = call(*xs, **kwargs)
+    objective = (out * tensor(projection)).sum()
+    params = [p for p, _ in named.values()]
+    grads = torch.autograd.grad(objective, xs + params, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs + params, grads)]
+    param_grads = {name: to_numpy(layout(g)) for (name, (_, layout)), g in zip(named.items(), grads[len(xs):])}
+    return to_numpy(out), [to_numpy(g) for g in grads[: len(xs)]], param_grads

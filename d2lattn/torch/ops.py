@@ -1,0 +1,80 @@
+"""Tensor helpers and the masked softmax in PyTorch."""
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from d2lattn import _checks
+
+# --- tensor helpers ----------------------------------------------------------
+
+
+def _dtype(dtype):
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, np.dtype(dtype).name)
+
+
+def tensor(data, dtype=None):
+    x = data if torch.is_tensor(data) else torch.as_tensor(np.asarray(data))
+    if dtype is not None:
+        return x.to(_dtype(dtype))
+    return x.float() if x.is_floating_point() else x
+
+
+def to_numpy(x):
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def ones(shape):
+    return torch.ones(shape)
+
+
+def zeros(shape):
+    return torch.zeros(shape)
+
+
+def arange(start, stop=None, step=1):
+    return tensor(np.arange(start, stop, step))
+
+
+def normal(shape, mean=0.0, std=1.0, *, seed=None):
+    return tensor(np.random.default_rng(seed).normal(mean, std, shape))
+
+
+bmm = torch.bmm
+matmul = torch.matmul
+reshape = torch.reshape
+concat = torch.cat
+stack = torch.stack
+swapaxes = torch.swapaxes
+exp = torch.exp
+tanh = torch.tanh
+
+# --- masking -------------------------------------------------------------------
+
+
+def keep_mask(scores_shape, valid_lens=None, mask=None, device=None):
+    """Boolean tensor broadcastable to the scores: True where a query may attend, or None."""
+    keep = None
+    if valid_lens is not None:
+        lens = torch.as_tensor(valid_lens, device=device)
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        keep = torch.arange(scores_shape[-1], device=device) < lens
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=device)
+        keep = mask if keep is None else keep & mask
+    return keep
+
+
+def masked_softmax(X, valid_lens=None, *, mask=None):
+    keep = keep_mask(X.shape, valid_lens, mask, X.device)
+    if keep is None:
+        return F.softmax(X, dim=-1)
+    # The lowest finite number, not -inf: an empty row stays finite (uniform)
+    # on the way through softmax, and is then zeroed with every masked weight.
+    scores = X.masked_fill(~keep, torch.finfo(X.dtype).min)       # (..., q, k)
+    return F.softmax(scores, dim=-1).masked_fill(~keep, 0.0)
+
+
+def causal_mask(num_queries, num_keys=None):
+    num_keys = num_queries if num_keys is None else num_keys
+    return torch.ones(num_queries, num_keys, dtype=torch.bool).tril()

@@ -1,0 +1,63 @@
+"""The one list of harness cases every backend runs.
+
+A case names an API component, its constructor arguments, the shapes of its
+float inputs, and how attention is restricted (`valid_lens` given literally,
+`mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
+every backend sees the same inputs and the same parameters.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    component: str
+    inputs: tuple                     # shapes of the float inputs, in call order
+    args: dict = field(default_factory=dict)
+    valid_lens: tuple | None = None   # literal lengths: (b,) or (b, q)
+    mask: str | None = None           # None, "causal" (q, k) or "random" (b, q, k)
+    seed: int = 0
+
+
+B, Q, K, D, DV = 2, 3, 4, 6, 5
+QKV = ((B, Q, D), (B, K, D), (B, K, DV))
+CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
+
+CASES = [
+    # masked_softmax over (b, q, k) scores
+    Case("softmax-plain", "masked_softmax", ((B, Q, K),)),
+    Case("softmax-lens1d", "masked_softmax", ((B, Q, K),), valid_lens=(2, 0)),
+    Case("softmax-lens1d-long", "masked_softmax", ((B, Q, K),), valid_lens=(9, 3)),
+    Case("softmax-lens2d", "masked_softmax", ((B, Q, K),), valid_lens=((1, 0, 9), (2, 3, 4))),
+    Case("softmax-mask", "masked_softmax", ((B, Q, K),), mask="random", seed=1),
+    Case("softmax-causal", "masked_softmax", ((B, Q, K),), mask="causal"),
+    Case("softmax-lens-and-mask", "masked_softmax", ((B, Q, K),), valid_lens=(3, 1), mask="random", seed=2),
+    Case("softmax-4d-heads", "masked_softmax", ((B, 2, Q, K),), valid_lens=((1, 0, 9), (2, 3, 4))),
+    # scaled dot-product attention
+    Case("dot-plain", "DotProductAttention", QKV),
+    Case("dot-lens1d", "DotProductAttention", QKV, valid_lens=(2, 0)),
+    Case("dot-lens2d", "DotProductAttention", QKV, valid_lens=((1, 0, 9), (2, 3, 4))),
+    Case("dot-mask", "DotProductAttention", QKV, mask="random", seed=3),
+    Case("dot-causal", "DotProductAttention", QKV, mask="causal"),
+    # additive attention
+    Case("additive-plain", "AdditiveAttention", CROSS, {"query_size": 3, "key_size": 7, "num_hiddens": 8}),
+    Case("additive-lens1d", "AdditiveAttention", CROSS, {"query_size": 3, "key_size": 7, "num_hiddens": 8},
+         valid_lens=(3, 0)),
+    Case("additive-lens2d-mask", "AdditiveAttention", CROSS, {"query_size": 3, "key_size": 7, "num_hiddens": 8},
+         valid_lens=((4, 1, 0), (2, 9, 3)), mask="random", seed=4),
+    # multi-head attention
+    Case("mha-self", "MultiHeadAttention", ((B, K, 8),) * 3, {"num_hiddens": 8, "num_heads": 2}),
+    Case("mha-lens1d-bias", "MultiHeadAttention", ((B, K, 8),) * 3, {"num_hiddens": 8, "num_heads": 2, "bias": True},
+         valid_lens=(3, 0)),
+    Case("mha-causal", "MultiHeadAttention", ((B, K, 8),) * 3, {"num_hiddens": 8, "num_heads": 4}, mask="causal"),
+    Case("mha-cross-lens2d", "MultiHeadAttention", CROSS,
+         {"num_hiddens": 6, "num_heads": 3, "bias": True, "query_size": 3, "key_size": 7, "value_size": 5},
+         valid_lens=((1, 0, 9), (2, 3, 4))),
+    Case("mha-cross-mask", "MultiHeadAttention", CROSS,
+         {"num_hiddens": 6, "num_heads": 2, "query_size": 3, "key_size": 7, "value_size": 5},
+         valid_lens=(4, 2), mask="random", seed=5),
+    # positional encoding
+    Case("posenc-even", "PositionalEncoding", ((B, 7, 8),), {"num_hiddens": 8, "max_len": 50}),
+    Case("posenc-odd", "PositionalEncoding", ((B, 5, 7),), {"num_hiddens": 7, "max_len": 20}),
+]

@@ -1,0 +1,34 @@
+"""The backend under test: `--backend NAME` or $D2LATTN_BACKEND (default torch).
+
+The suite is the same for every backend. A requested backend that cannot be
+imported is an error, never a skip: a green run always means it ran.
+"""
+
+import os
+
+import pytest
+
+from d2lattn import _backend
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", default=None, help="backend to test (default: $D2LATTN_BACKEND or torch)")
+
+
+def pytest_configure(config):
+    name = config.getoption("--backend") or os.environ.get(_backend.ENV_VAR) or _backend.DEFAULT
+    config.backend_name = _backend.canonical(name)
+
+
+def pytest_report_header(config):
+    return f"d2lattn backend: {config.backend_name}"
+
+
+@pytest.fixture(scope="session")
+def backend_name(request):
+    return request.config.backend_name
+
+
+@pytest.fixture(scope="session")
+def d2l(backend_name):
+    return _backend.load(backend_name)

@@ -1,0 +1,153 @@
+"""Run a harness case on a backend and compare it with the NumPy reference.
+
+`run_case` returns the portable result of one case: the output, the attention
+weights (if the component has them) and the gradients of a fixed random
+projection of the output with respect to every input and every parameter.
+The reference's gradients are float64 central finite differences.
+"""
+
+import functools
+import hashlib
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+
+import d2lattn
+from d2lattn import numpy as reference
+from tests.cases import CASES
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "build" / "results"
+# float32 backends against the float64 reference (max abs error).
+TOLERANCE = {"output": 1e-5, "weights": 1e-5, "grad": 1e-4}
+MODES = ("eager", "compiled")
+
+
+def kind(field):
+    return field.split(":")[0]
+
+
+def _mask(case, rng):
+    b, q = case.inputs[0][0], case.inputs[0][-2]
+    # keys come second in attention; masked_softmax's scores end in the key axis
+    k = case.inputs[1][-2] if len(case.inputs) > 1 else case.inputs[0][-1]
+    if case.mask == "causal":
+        return reference.causal_mask(q, k)
+    mask = rng.random((b, q, k)) < 0.6
+    mask[0, 0] = False  # always one query with nothing to attend to
+    return mask
+
+
+def make_call(case):
+    """(inputs, keyword arguments, parameters) for `case`, all NumPy, the same for every backend."""
+    rng = np.random.default_rng(case.seed)
+    inputs = [rng.normal(size=shape) for shape in case.inputs]
+    kwargs = {}
+    if case.valid_lens is not None:
+        kwargs["valid_lens"] = np.array(case.valid_lens, dtype=np.int32)
+    if case.mask is not None:
+        kwargs["mask"] = _mask(case, rng)
+    params = None
+    if case.component[0].isupper():  # a module: evaluation mode, random canonical weights
+        kwargs["training"] = False
+        shapes = {n: p.shape for n, p in reference.get_params(getattr(reference, case.component)(**case.args)).items()}
+        params = {n: rng.uniform(-1, 1, shapes[n]) / math.sqrt(shapes[n][0]) for n in sorted(shapes)}
+    return inputs, kwargs, params
+
+
+def run_case(d2l, case, mode="eager"):
+    """{field: np.ndarray} for one case on backend `d2l`."""
+    inputs, kwargs, params = make_call(case)
+    fn = getattr(d2l, case.component)
+    if params is not None:
+        fn = fn(**case.args)
+        d2l.set_params(fn, params)
+    projection = np.random.default_rng(case.seed + 1000).normal(size=_output_shape(case.name))
+    out, input_grads, param_grads = d2l.value_and_grads(
+        fn, inputs, projection, compiled=mode == "compiled", **kwargs)
+    result = {"output": out}
+    if getattr(fn, "attention_weights", None) is not None:
+        result["weights"] = d2l.to_numpy(fn.attention_weights)
+    result.update({f"grad:input{i}": g for i, g in enumerate(input_grads)})
+    result.update({f"grad:{name}": g for name, g in param_grads.items()})
+    return result
+
+
+@functools.cache
+def _output_shape(case_name):
+    case = CASE_BY_NAME[case_name]
+    inputs, kwargs, params = make_call(case)
+    fn = getattr(reference, case.component)
+    if params is not None:
+        fn = fn(**case.args)
+        reference.set_params(fn, params)
+    return fn(*inputs, **kwargs).shape
+
+
+@functools.cache
+def expected(case_name):
+    """The reference result of a case (computed once per process)."""
+    return run_case(reference, CASE_BY_NAME[case_name])
+
+
+CASE_BY_NAME = {case.name: case for case in CASES}
+
+
+def differences(result, want):
+    """{field: max abs difference}; a field on one side only is an infinite difference."""
+    diffs = {}
+    for field in sorted(set(result) | set(want)):
+        if field not in result or field not in want or result[field].shape != want[field].shape:
+            diffs[field] = math.inf
+        else:
+            diffs[field] = float(np.max(np.abs(result[field] - want[field]), initial=0.0))
+    return diffs
+
+
+def failures(diffs, scale=1.0):
+    """Fields whose difference is above tolerance (times `scale`), or not finite."""
+    return {f: d for f, d in diffs.items() if not d <= TOLERANCE[kind(f)] * scale}
+
+
+# --- results files for crosscheck ---------------------------------------------------
+
+
+def cases_digest():
+    return hashlib.sha256(repr(CASES).encode()).hexdigest()[:16]
+
+
+def source_digest(backend):
+    """Hash of what a backend's results depend on: the shared code, the backend, the harness."""
+    files = sorted(ROOT.glob("d2lattn/*.py")) + sorted((ROOT / "d2lattn" / backend).rglob("*.py"))
+    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py"]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def write_results(backend, results):
+    """Save {case name: result} for `backend` with what crosscheck needs to spot stale files."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"backend": backend, "cases": cases_digest(), "source": source_digest(backend),
+            "versions": d2lattn._backend.available(), "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    arrays = {f"{case}/{field}": value for case, result in results.items() for field, value in result.items()}
+    np.savez(RESULTS / f"{backend}.npz", __meta__=json.dumps(meta), **arrays)
+
+
+def read_results(backend):
+    """(meta, {case name: result}) or None where the file is missing."""
+    path = RESULTS / f"{backend}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        meta = json.loads(str(data["__meta__"]))
+        results = {}
+        for key in data.files:
+            if key != "__meta__":
+                case, field = key.split("/", 1)
+                results.setdefault(case, {})[field] = data[key]
+    return meta, results

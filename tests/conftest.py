@@ -32,3 +32,11 @@ def backend_name(request):
 @pytest.fixture(scope="session")
 def d2l(backend_name):
     return _backend.load(backend_name)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/native/test_<backend>.py compares one framework with its own attention: the
+    other backends' environments do not have that framework, so only this backend's is collected."""
+    if collection_path.parent.name == "native" and collection_path.name.startswith("test_"):
+        return collection_path.stem != f"test_{config.backend_name}"
+    return None

@@ -7,7 +7,7 @@ The selected backend is read from $D2LATTN_BACKEND once, on first use, and only
 that backend's framework is imported.
 """
 
-from d2lattn import _backend
+from d2lattn import _backend, api
 
 __version__ = "0.1.0"
 _selected = None
@@ -23,10 +23,10 @@ def _api():
 def __getattr__(name):
     if name in _backend.BACKENDS:  # `from d2lattn import jax` imports the submodule
         return _backend.load(name)
-    if name.startswith("__"):
-        raise AttributeError(name)
-    return getattr(_api(), name)
+    if name in api.__all__:  # the contract: forwarded to the selected backend
+        return getattr(_api(), name)
+    raise AttributeError(f"module 'd2lattn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_api().__all__))
+    return sorted(set(globals()) | set(api.__all__))

@@ -64,6 +64,7 @@ def run_case(d2l, case, mode="eager"):
     fn = getattr(d2l, case.component)
     if params is not None:
         fn = fn(**case.args)
+    if params:
         d2l.set_params(fn, params)
     projection = np.random.default_rng(case.seed + 1000).normal(size=_output_shape(case.name))
     out, input_grads, param_grads = d2l.value_and_grads(

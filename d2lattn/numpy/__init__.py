@@ -1,9 +1,9 @@
 """The NumPy reference backend: float64, forward only, the oracle every backend is tested against."""
 
 from d2lattn import _backend, api
-from d2lattn.plotting import show_heatmaps
 
 with _backend.requires("numpy"):
+    from d2lattn.plotting import show_heatmaps
     from d2lattn.numpy.ops import (
         arange, bmm, causal_mask, concat, exp, masked_softmax, matmul, normal, ones,
         reshape, stack, swapaxes, tanh, tensor, to_numpy, zeros,

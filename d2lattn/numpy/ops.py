@@ -32,14 +32,36 @@ def normal(shape, mean=0.0, std=1.0, *, seed=None):
     return np.random.default_rng(seed).normal(mean, std, shape).astype(np.float32).astype(np.float64)
 
 
-bmm = np.matmul
-matmul = np.matmul
-reshape = np.reshape
-concat = np.concatenate
-stack = np.stack
-swapaxes = np.swapaxes
-exp = np.exp
-tanh = np.tanh
+def bmm(a, b):
+    return np.matmul(a, b)
+
+
+def matmul(a, b):
+    return np.matmul(a, b)
+
+
+def reshape(x, shape):
+    return np.reshape(x, shape)
+
+
+def concat(xs, axis=0):
+    return np.concatenate(xs, axis)
+
+
+def stack(xs, axis=0):
+    return np.stack(xs, axis)
+
+
+def swapaxes(x, axis1, axis2):
+    return np.swapaxes(x, axis1, axis2)
+
+
+def exp(x):
+    return np.exp(x)
+
+
+def tanh(x):
+    return np.tanh(x)
 
 # --- masking -------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The PyTorch backend: torch.nn modules, autograd, `module.training` as the mode."""
 
 from d2lattn import _backend, api
-from d2lattn.plotting import show_heatmaps
 
 with _backend.requires("torch"):
+    from d2lattn.plotting import show_heatmaps
     from d2lattn.torch.ops import (
         arange, bmm, causal_mask, concat, exp, masked_softmax, matmul, normal, ones,
         reshape, stack, swapaxes, tanh, tensor, to_numpy, zeros,

@@ -7,22 +7,39 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2lattn import _checks
-from d2lattn.torch.ops import masked_softmax
+from d2lattn.torch.ops import keep_mask, masked_softmax
 
 
 class DotProductAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V, with the output from PyTorch's fused kernel.
+
+    `F.scaled_dot_product_attention` computes exactly masked_softmax(scores) @ V
+    without keeping the (b, q, k) weights, and gives a row with nothing to
+    attend to zeros. `.attention_weights` are computed from the saved queries
+    and keys only when read, so a call that nobody inspects does not pay for them.
+    """
+
     def __init__(self, dropout=0.0):
         super().__init__()
         self.rate = _checks.dropout_rate(dropout)
-        self.attention_weights = None
+        self._saved, self._weights = None, None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
         training = self.training if training is None else training
-        d = queries.shape[-1]
-        scores = queries @ keys.transpose(-1, -2) / math.sqrt(d)              # (b, q, k)
-        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
-        weights = F.dropout(self.attention_weights, self.rate, training)
-        return weights @ values                                               # (b, q, dv)
+        scores_shape = (*queries.shape[:-1], keys.shape[-2])                  # (b, q, k)
+        keep = keep_mask(scores_shape, valid_lens, mask, queries.device)      # broadcasts to it
+        self._saved, self._weights = (queries, keys, keep), None
+        return F.scaled_dot_product_attention(                                # (b, q, dv)
+            queries, keys, values, attn_mask=keep, dropout_p=self.rate if training else 0.0)
+
+    @property
+    def attention_weights(self):
+        """(b, q, k): the weights of the last call, before dropout."""
+        if self._weights is None and self._saved is not None:
+            queries, keys, keep = self._saved
+            scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])  # (b, q, k)
+            self._weights = masked_softmax(scores, mask=keep)
+        return self._weights
 
 
 class AdditiveAttention(nn.Module):

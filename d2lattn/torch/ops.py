@@ -40,14 +40,36 @@ def normal(shape, mean=0.0, std=1.0, *, seed=None):
     return tensor(np.random.default_rng(seed).normal(mean, std, shape))
 
 
-bmm = torch.bmm
-matmul = torch.matmul
-reshape = torch.reshape
-concat = torch.cat
-stack = torch.stack
-swapaxes = torch.swapaxes
-exp = torch.exp
-tanh = torch.tanh
+def bmm(a, b):
+    return torch.bmm(a, b)
+
+
+def matmul(a, b):
+    return torch.matmul(a, b)
+
+
+def reshape(x, shape):
+    return torch.reshape(x, tuple(shape))
+
+
+def concat(xs, axis=0):
+    return torch.cat(list(xs), axis)
+
+
+def stack(xs, axis=0):
+    return torch.stack(list(xs), axis)
+
+
+def swapaxes(x, axis1, axis2):
+    return torch.swapaxes(x, axis1, axis2)
+
+
+def exp(x):
+    return torch.exp(x)
+
+
+def tanh(x):
+    return torch.tanh(x)
 
 # --- masking -------------------------------------------------------------------
 

@@ -1,0 +1,50 @@
+"""The harness can fail: deliberately wrong implementations are caught.
+
+Each mutant wraps the backend under test with one classic bug, and the same
+comparison that passes the real backend must reject it.
+"""
+
+import math
+import types
+
+import pytest
+
+from tests import harness
+from tests.cases import CASES
+
+
+class Unscaled:
+    """Dot-product attention that forgets to divide the scores by sqrt(d)."""
+
+    def __init__(self, d2l, **kwargs):
+        self.inner = d2l.DotProductAttention(**kwargs)
+
+    def __call__(self, queries, keys, values, *args, **kwargs):
+        return self.inner(queries * math.sqrt(queries.shape[-1]), keys, values, *args, **kwargs)
+
+    @property
+    def attention_weights(self):
+        return self.inner.attention_weights
+
+
+def mutant(d2l, **overrides):
+    api = types.SimpleNamespace(**{name: getattr(d2l, name) for name in d2l.__all__})
+    vars(api).update(overrides)
+    return api
+
+
+MUTANTS = {
+    "unscaled scores": (lambda d2l: mutant(d2l, DotProductAttention=lambda **kw: Unscaled(d2l, **kw)), "dot-"),
+    "valid_lens ignored": (
+        lambda d2l: mutant(d2l, masked_softmax=lambda X, valid_lens=None, *, mask=None: d2l.masked_softmax(X, mask=mask)),
+        "softmax-lens"),
+}
+
+
+@pytest.mark.parametrize("name", MUTANTS)
+def test_harness_rejects_mutant(d2l, name):
+    make, prefix = MUTANTS[name]
+    api = make(d2l)
+    for case in [c for c in CASES if c.name.startswith(prefix)]:
+        diffs = harness.differences(harness.run_case(api, case), harness.expected(case.name))
+        assert harness.failures(diffs), f"the harness passed the '{name}' mutant on case {case.name}"

@@ -6,9 +6,11 @@
     nox -s bench-torch       ours against the framework's own attention
 """
 
+import functools
+
 import nox
 
-BACKENDS = ["numpy", "torch"]
+BACKENDS = ["numpy", "torch", "jax"]
 FRAMEWORKS = [b for b in BACKENDS if b != "numpy"]
 
 nox.options.default_venv_backend = "venv"
@@ -21,8 +23,6 @@ def install(session, backend, *extras):
     session.install("-c", f"constraints/{backend}.txt", "-e", f".[{extras}]" if extras else ".")
 
 
-@nox.session(python="3.11")
-@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
 def tests(session, backend):
     """The whole suite on one backend; writes its harness results for crosscheck."""
     install(session, backend, "test")
@@ -36,15 +36,33 @@ def crosscheck(session):
     session.run("python", "-m", "tests.crosscheck", *BACKENDS)
 
 
-@nox.session(python="3.11")
-@nox.parametrize("backend", FRAMEWORKS, ids=FRAMEWORKS)
 def bench(session, backend):
     """Our attention against the framework's own, same weights, same process."""
     install(session, backend)
     session.run("python", "-m", f"benchmarks.bench_{backend}", *session.posargs)
 
 
+def per_backend(run, backends):
+    """Register `run` once per backend as session `<run>-<backend>` (tests-torch, bench-jax, ...)."""
+    for backend in backends:
+        session = functools.partial(run, backend=backend)
+        session.__doc__ = f"{backend}: {run.__doc__}"
+        nox.session(python="3.11", name=f"{run.__name__}-{backend}")(session)
+
+
+per_backend(tests, BACKENDS)
+per_backend(bench, FRAMEWORKS)
+
+
+@nox.session(python="3.11")
+def tour(session):
+    """Every component on the default backend (PyTorch), with heatmaps in build/tour/."""
+    install(session, "torch", "notebooks")
+    session.run("python", "-m", "d2lattn.tour", "build/tour", env={"D2LATTN_BACKEND": "torch"})
+
+
 @nox.session(python="3.11")
 def lint(session):
+    """ruff over the library, tests and benchmarks."""
     session.install("-c", "constraints/numpy.txt", "ruff")
     session.run("ruff", "check", ".")

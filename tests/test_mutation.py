@@ -33,11 +33,14 @@ def mutant(d2l, **overrides):
     return api
 
 
-MUTANTS = {
+def lengths_ignored(d2l):
+    """masked_softmax that forgets valid_lens."""
+    return mutant(d2l, masked_softmax=lambda X, valid_lens=None, *, mask=None: d2l.masked_softmax(X, mask=mask))
+
+
+MUTANTS = {  # name: (make the mutant, the cases it must fail)
     "unscaled scores": (lambda d2l: mutant(d2l, DotProductAttention=lambda **kw: Unscaled(d2l, **kw)), "dot-"),
-    "valid_lens ignored": (
-        lambda d2l: mutant(d2l, masked_softmax=lambda X, valid_lens=None, *, mask=None: d2l.masked_softmax(X, mask=mask)),
-        "softmax-lens"),
+    "valid_lens ignored": (lengths_ignored, "softmax-lens"),
 }
 
 

@@ -3,15 +3,29 @@
 from d2lattn import _backend, api
 
 with _backend.requires("numpy"):
-    from d2lattn.plotting import show_heatmaps
-    from d2lattn.numpy.ops import (
-        arange, bmm, causal_mask, concat, exp, masked_softmax, matmul, normal, ones,
-        reshape, stack, swapaxes, tanh, tensor, to_numpy, zeros,
-    )
     from d2lattn.numpy.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
     from d2lattn.numpy.encoding import PositionalEncoding
-    from d2lattn.numpy.params import get_params, set_params
     from d2lattn.numpy.grads import value_and_grads
+    from d2lattn.numpy.ops import (
+        arange,
+        bmm,
+        causal_mask,
+        concat,
+        exp,
+        masked_softmax,
+        matmul,
+        normal,
+        ones,
+        reshape,
+        stack,
+        swapaxes,
+        tanh,
+        tensor,
+        to_numpy,
+        zeros,
+    )
+    from d2lattn.numpy.params import get_params, set_params
+    from d2lattn.plotting import show_heatmaps
 
 BACKEND = "numpy"
 __all__ = list(api.__all__)

@@ -4,14 +4,28 @@ from d2lattn import _backend, api
 
 with _backend.requires("torch"):
     from d2lattn.plotting import show_heatmaps
-    from d2lattn.torch.ops import (
-        arange, bmm, causal_mask, concat, exp, masked_softmax, matmul, normal, ones,
-        reshape, stack, swapaxes, tanh, tensor, to_numpy, zeros,
-    )
     from d2lattn.torch.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
     from d2lattn.torch.encoding import PositionalEncoding
-    from d2lattn.torch.params import get_params, set_params
     from d2lattn.torch.grads import value_and_grads
+    from d2lattn.torch.ops import (
+        arange,
+        bmm,
+        causal_mask,
+        concat,
+        exp,
+        masked_softmax,
+        matmul,
+        normal,
+        ones,
+        reshape,
+        stack,
+        swapaxes,
+        tanh,
+        tensor,
+        to_numpy,
+        zeros,
+    )
+    from d2lattn.torch.params import get_params, set_params
 
 BACKEND = "torch"
 __all__ = list(api.__all__)

@@ -1,0 +1,91 @@
+"""Our JAX attention against JAX's own: `python -m benchmarks.bench_jax`.
+
+MultiHeadAttention against flax.nnx.MultiHeadAttention (same weights; eval,
+key-padding lengths, no grad), both called under nnx.jit; and
+DotProductAttention against jax.nn.dot_product_attention on the same per-head
+tensors, both under jax.jit / nnx.jit. Timings wait with block_until_ready.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks import common
+from d2lattn import jax as d2l
+
+
+def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
+    """flax.nnx.MultiHeadAttention holding the canonical weights, in eval mode.
+
+    Its q/k/v kernels are (in, heads, head_dim) and its out kernel (heads, head_dim, out):
+    head i owns columns i*dh:(i+1)*dh of W_q, W_k, W_v and rows i*dh:(i+1)*dh of W_o.
+    """
+    bias = "b_q" in params
+    mha = nnx.MultiHeadAttention(num_heads=heads, in_features=hidden, qkv_features=hidden, out_features=hidden,
+                                 dropout_rate=0.0, use_bias=bias, decode=False, rngs=nnx.Rngs(0))
+    dh = hidden // heads
+    for name, layer in (("q", mha.query), ("k", mha.key), ("v", mha.value)):
+        layer.kernel[...] = jnp.asarray(params[f"W_{name}"]).reshape(-1, heads, dh)   # (in, heads, dh)
+        if bias:
+            layer.bias[...] = jnp.asarray(params[f"b_{name}"]).reshape(heads, dh)      # (heads, dh)
+    mha.out.kernel[...] = jnp.asarray(params["W_o"]).reshape(heads, dh, hidden)        # (heads, dh, out)
+    if bias:
+        mha.out.bias[...] = jnp.asarray(params["b_o"])
+    mha.eval()
+    return mha
+
+
+def padding_mask(lens, num_keys):
+    """(b, 1, 1, k), True = may attend: nnx.MultiHeadAttention's mask for key-padding lengths."""
+    return (jnp.arange(num_keys) < lens[:, None])[:, None, None, :]
+
+
+@nnx.jit
+def run_ours(module, X, lens):
+    return module(X, X, X, lens)
+
+
+@nnx.jit
+def run_native(module, X, lens):
+    return module(X, X, X, mask=padding_mask(lens, X.shape[1]))
+
+
+@nnx.jit
+def run_dot(attention, q, lens):
+    return attention(q, q, q, lens)                                # (b, heads, T, dh)
+
+
+@jax.jit
+def run_sdpa(q, lens):
+    q = q.transpose(0, 2, 1, 3)                                    # (b, T, heads, dh): JAX's layout
+    return jax.nn.dot_product_attention(q, q, q, key_value_seq_lengths=lens).transpose(0, 2, 1, 3)
+
+
+def main():
+    rows = []
+    for tokens in common.TOKENS:
+        X, lens = common.inputs(tokens)
+        X, lens = jnp.asarray(X), jnp.asarray(lens)
+        params = common.mha_weights(bias=True)
+        ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True)
+        ours.eval()
+        d2l.set_params(ours, params)
+        native = native_mha(params)
+        np.testing.assert_allclose(run_ours(ours, X, lens), run_native(native, X, lens), atol=1e-4)
+        rows.append((f"MHA {tokens} tokens vs nnx.MultiHeadAttention", *common.compare(
+            lambda: run_ours(ours, X, lens), lambda: run_native(native, X, lens),
+            sync=jax.block_until_ready)))
+        q = jnp.asarray(np.random.default_rng(2).normal(
+            size=(common.BATCH, common.HEADS, tokens, common.HIDDEN // common.HEADS)).astype(np.float32))
+        attention = d2l.DotProductAttention()
+        attention.eval()
+        np.testing.assert_allclose(run_dot(attention, q, lens), run_sdpa(q, lens), atol=1e-4)
+        rows.append((f"DotProductAttention {tokens} tokens vs jax.nn", *common.compare(
+            lambda: run_dot(attention, q, lens), lambda: run_sdpa(q, lens), sync=jax.block_until_ready)))
+    common.report(f"JAX {jax.__version__}, Flax nnx, {jax.default_backend()} ({jax.device_count()} device), "
+                  f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
+
+
+if __name__ == "__main__":
+    main()

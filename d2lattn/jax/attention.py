@@ -1,0 +1,115 @@
+"""Scaled dot-product, additive and multi-head attention as flax.nnx modules.
+
+`rngs` (keyword-only, default `nnx.Rngs(0)`) seeds the initial weights (its
+`params` stream) and dropout (its `dropout` stream); an `nnx.Rngs(0)` serves
+both. `training=None` follows the module's own state: `module.train()` /
+`module.eval()` set nnx.Dropout's `deterministic` flag (modules start in
+training mode, as nnx.Dropout does); True/False override it for one call.
+"""
+
+import math
+
+import jax.numpy as jnp
+from flax import nnx
+
+from d2lattn import _checks
+from d2lattn.jax.ops import masked_softmax
+
+
+def _deterministic(training):
+    """nnx.Dropout's flag for `training`; None leaves it to the module's train/eval state."""
+    return None if training is None else not training
+
+
+class DotProductAttention(nnx.Module):
+    """Scaled dot-product attention: softmax(Q K^T / sqrt(d)) V.
+
+    `.attention_weights` is the latest call's weights (before dropout), a jax
+    array, None before the first call. They live in `self.last_weights`, an
+    `nnx.Intermediate` variable, so they are part of the module's state: after
+    a call under `nnx.jit` (or `nnx.value_and_grad`) nnx writes them back, and
+    `.attention_weights` holds them as it does after an eager call. Under plain
+    `jax.jit`, a module closed over cannot be updated (nnx raises
+    TraceContextError): pass `state` from `graphdef, state = nnx.split(module)`,
+    `nnx.merge(graphdef, state)` inside, and return its `.attention_weights`.
+    They are not parameters: `nnx.state(module, nnx.Param)` leaves them out.
+    """
+
+    def __init__(self, dropout=0.0, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.last_weights = nnx.Intermediate(None)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        d = queries.shape[-1]
+        scores = queries @ jnp.swapaxes(keys, -1, -2) / math.sqrt(d)          # (b, q, k)
+        weights = masked_softmax(scores, valid_lens, mask=mask)
+        self.last_weights.set_value(weights)
+        weights = self.dropout(weights, deterministic=_deterministic(training))
+        return weights @ values                                               # (b, q, dv)
+
+    @property
+    def attention_weights(self):
+        return self.last_weights.get_value()                                  # (b, q, k)
+
+
+class AdditiveAttention(nnx.Module):
+    """Additive attention; `.attention_weights` as in DotProductAttention."""
+
+    def __init__(self, query_size, key_size, num_hiddens, dropout=0.0, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.W_q = nnx.Linear(_checks.positive_int("query_size", query_size), h, use_bias=False, rngs=rngs)
+        self.W_k = nnx.Linear(_checks.positive_int("key_size", key_size), h, use_bias=False, rngs=rngs)
+        self.w_v = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.last_weights = nnx.Intermediate(None)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        q, k = self.W_q(queries), self.W_k(keys)                          # (b, q, h), (b, k, h)
+        features = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])          # (b, q, k, h)
+        scores = self.w_v(features)[..., 0]                               # (b, q, k)
+        weights = masked_softmax(scores, valid_lens, mask=mask)
+        self.last_weights.set_value(weights)
+        weights = self.dropout(weights, deterministic=_deterministic(training))
+        return weights @ values                                           # (b, q, dv)
+
+    @property
+    def attention_weights(self):
+        return self.last_weights.get_value()                              # (b, q, k)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention; `.attention_weights` (b, heads, q, k) as in DotProductAttention."""
+
+    def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
+                 query_size=None, key_size=None, value_size=None, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible(h, self.num_heads)
+        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+                for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
+        self.W_q = nnx.Linear(size["query"], h, use_bias=bias, rngs=rngs)
+        self.W_k = nnx.Linear(size["key"], h, use_bias=bias, rngs=rngs)
+        self.W_v = nnx.Linear(size["value"], h, use_bias=bias, rngs=rngs)
+        self.W_o = nnx.Linear(h, h, use_bias=bias, rngs=rngs)
+        self.attention = DotProductAttention(dropout, rngs=rngs)
+
+    def split_heads(self, X):
+        b, n, _ = X.shape                                                 # (b, n, num_hiddens)
+        return X.reshape(b, n, self.num_heads, -1).transpose(0, 2, 1, 3)  # (b, heads, n, dh)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        q = self.split_heads(self.W_q(queries))                           # (b, heads, q, dh)
+        k = self.split_heads(self.W_k(keys))                              # (b, heads, k, dh)
+        v = self.split_heads(self.W_v(values))                            # (b, heads, k, dh)
+        if mask is not None and jnp.ndim(mask) == 3:
+            mask = jnp.asarray(mask)[:, None]                             # (b, 1, q, k): every head
+        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
+        b, _, n, _ = out.shape                                            # (b, heads, q, dh)
+        return self.W_o(out.transpose(0, 2, 1, 3).reshape(b, n, -1))      # (b, q, num_hiddens)
+
+    @property
+    def attention_weights(self):
+        return self.attention.attention_weights                           # (b, heads, q, k)

@@ -1,0 +1,99 @@
+"""Tensor helpers and the masked softmax in JAX."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from d2lattn import _checks
+
+# --- tensor helpers ----------------------------------------------------------
+
+
+def tensor(data, dtype=None):
+    x = data if isinstance(data, jax.Array) else np.asarray(data)
+    if dtype is None and jnp.issubdtype(x.dtype, jnp.floating):
+        dtype = jnp.float32
+    return jnp.asarray(x, dtype=dtype)
+
+
+def to_numpy(x):
+    return np.array(x)
+
+
+def ones(shape):
+    return jnp.ones(shape)
+
+
+def zeros(shape):
+    return jnp.zeros(shape)
+
+
+def arange(start, stop=None, step=1):
+    return tensor(np.arange(start, stop, step))
+
+
+def normal(shape, mean=0.0, std=1.0, *, seed=None):
+    return tensor(np.random.default_rng(seed).normal(mean, std, shape))
+
+
+def bmm(a, b):
+    return jnp.matmul(a, b)                               # (b, n, m) @ (b, m, p) -> (b, n, p)
+
+
+def matmul(a, b):
+    return jnp.matmul(a, b)
+
+
+def reshape(x, shape):
+    return jnp.reshape(x, shape)
+
+
+def concat(xs, axis=0):
+    return jnp.concatenate(xs, axis=axis)
+
+
+def stack(xs, axis=0):
+    return jnp.stack(xs, axis=axis)
+
+
+def swapaxes(x, axis1, axis2):
+    return jnp.swapaxes(x, axis1, axis2)
+
+
+def exp(x):
+    return jnp.exp(x)
+
+
+def tanh(x):
+    return jnp.tanh(x)
+
+# --- masking -------------------------------------------------------------------
+
+
+def keep_mask(scores_shape, valid_lens=None, mask=None):
+    """Boolean array broadcastable to the scores: True where a query may attend, or None."""
+    keep = None
+    if valid_lens is not None:
+        lens = jnp.asarray(valid_lens)
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        keep = jnp.arange(scores_shape[-1]) < lens
+    if mask is not None:
+        mask = jnp.asarray(mask, dtype=bool)
+        keep = mask if keep is None else keep & mask
+    return keep
+
+
+def masked_softmax(X, valid_lens=None, *, mask=None):
+    X = jnp.asarray(X)
+    keep = keep_mask(X.shape, valid_lens, mask)
+    if keep is None:
+        return jax.nn.softmax(X, axis=-1)
+    # The lowest finite number, not -inf: an empty row stays finite (uniform)
+    # on the way through softmax, and is then zeroed with every masked weight.
+    scores = jnp.where(keep, X, jnp.finfo(X.dtype).min)               # (..., q, k)
+    return jnp.where(keep, jax.nn.softmax(scores, axis=-1), 0.0)
+
+
+def causal_mask(num_queries, num_keys=None):
+    num_keys = num_queries if num_keys is None else num_keys
+    return jnp.tril(jnp.ones((num_queries, num_keys), dtype=bool))

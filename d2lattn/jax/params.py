@@ -1,0 +1,41 @@
+"""Portable parameters: flax.nnx modules <-> canonical {name: (in, out) array}."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from d2lattn import _checks
+
+
+def _named(module):
+    """{canonical name: path of the nnx.Param in the module's state}.
+
+    nnx.Linear keeps its kernel as (in, out) already: canonical `W_x` is the
+    kernel of the Linear `W_x`, and `b_x` its bias. Other Params keep their names.
+    """
+    linears = {path for path, sub in nnx.iter_modules(module) if isinstance(sub, nnx.Linear)}
+    named = {}
+    for path, _ in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        *owner, leaf = path
+        if tuple(owner) in linears:
+            *owner, layer = owner
+            leaf = layer if leaf == "kernel" else f"b{layer[1:]}"
+        named[".".join(map(str, (*owner, leaf)))] = path
+    return named
+
+
+def _params(module):
+    """{canonical name: nnx.Param}, the module's own variables."""
+    params = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    return {name: params[path] for name, path in _named(module).items()}
+
+
+def get_params(module):
+    return {name: np.array(p[...]) for name, p in _params(module).items()}
+
+
+def set_params(module, params):
+    named = _params(module)
+    _checks.param_shapes({name: p.shape for name, p in named.items()}, params)
+    for name, p in named.items():
+        p[...] = jnp.asarray(np.asarray(params[name]), dtype=p.dtype)

@@ -6,6 +6,8 @@ exposes the same way (static shapes, even while tracing).
 
 import numbers
 
+import numpy as np
+
 
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
@@ -45,13 +47,31 @@ def _fits(got, want):
     return got is None or want is None or got == want
 
 
-def lens_view(lens_shape, scores_shape):
+def dtype_name(dtype):
+    """'int32', 'float16', 'bool', ... for any framework's dtype object."""
+    if str(dtype).startswith("torch."):  # torch.int64 has no .name, and NumPy cannot read it
+        return str(dtype).removeprefix("torch.")
+    name = getattr(dtype, "name", None)
+    if isinstance(name, str):
+        return name
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).removeprefix("torch.")
+
+
+def lens_view(lens_shape, scores_shape, dtype=None):
     """Where `valid_lens` lines up with the scores, as a shape to reshape it to.
 
     (b,) -> (b, 1, ..., 1) applies to every query of a sequence;
     (b, q) -> (b, 1, ..., q, 1) gives each query its own length.
+    Checks the shape, and the dtype where given (lengths are integers).
     """
+    if dtype is not None and not dtype_name(dtype).startswith(("int", "uint")):
+        raise TypeError(f"valid_lens must be integers, got dtype {dtype_name(dtype)}")
     lens_shape, scores_shape = tuple(lens_shape), tuple(scores_shape)
+    if len(scores_shape) < 2:
+        raise ValueError(f"valid_lens needs scores with axes (batch, ..., queries, keys), got shape {scores_shape}")
     b, q = scores_shape[0], scores_shape[-2]
     if len(lens_shape) not in (1, 2) or not _fits(lens_shape[0], b) or (
         len(lens_shape) == 2 and not _fits(lens_shape[1], q)
@@ -62,3 +82,60 @@ def lens_view(lens_shape, scores_shape):
         )
     pad = (1,) * (len(scores_shape) - len(lens_shape) - 1)
     return tuple(-1 if n is None else n for n in lens_shape[:1] + pad + lens_shape[1:] + (1,))
+
+
+def lens_values(smallest):
+    """Lengths count keys: none may be negative (one beyond the number of keys means all)."""
+    if smallest < 0:
+        raise ValueError(f"valid_lens must be >= 0, got a length of {smallest}")
+
+
+def mask(mask_shape, scores_shape, dtype):
+    """A mask is boolean (True = may attend) and broadcasts to the scores."""
+    if dtype_name(dtype) != "bool":
+        raise TypeError(f"mask must be boolean (True = may attend), got dtype {dtype_name(dtype)}")
+    mask_shape, scores_shape = tuple(mask_shape), tuple(scores_shape)
+    if len(mask_shape) > len(scores_shape) or not all(
+        m == 1 or _fits(m, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape))
+    ):
+        raise ValueError(f"mask of shape {mask_shape} does not broadcast to the scores' shape {scores_shape} "
+                         "(batch, queries, keys)")
+
+
+def attention_inputs(queries, keys, values, *, dot=False, sizes=None, batch_axes=1):
+    """Check the shapes of (queries, keys, values): (b, q, d), (b, k, d'), (b, k, dv).
+
+    `dot`: queries and keys must share their feature size. `sizes`: the feature
+    sizes the module was constructed with, {"queries": n, "keys": n, "values": n}.
+    `batch_axes`: how many leading batch axes are allowed (heads add one).
+    """
+    shapes = {"queries": tuple(queries), "keys": tuple(keys), "values": tuple(values)}
+    for name, shape in shapes.items():
+        if not 3 <= len(shape) <= 2 + batch_axes:
+            raise ValueError(f"{name} must have 3 axes (batch, {'queries' if name == 'queries' else 'keys'}, "
+                             f"features), got shape {shape}")
+    q, k, v = shapes.values()
+    batches = zip(q[:-2], k[:-2], v[:-2])
+    if not (len(q) == len(k) == len(v) and all(_fits(a, b) and _fits(a, c) for a, b, c in batches)):
+        raise ValueError(f"queries, keys and values must have the same batch size, got shapes {q}, {k} and {v}")
+    if not _fits(k[-2], v[-2]):
+        raise ValueError(f"keys and values must have the same number of positions (axis -2), got keys {k} "
+                         f"and values {v}")
+    if dot and not _fits(q[-1], k[-1]):
+        raise ValueError(f"queries and keys must have the same feature size (last axis) for dot-product "
+                         f"attention, got queries {q} and keys {k}")
+    for name, size in (sizes or {}).items():
+        if not _fits(shapes[name][-1], size):
+            size_name = {"queries": "query_size", "keys": "key_size", "values": "value_size"}[name]
+            raise ValueError(f"{name} must have {size} features (last axis), the {size_name} this module "
+                             f"was built with, got shape {shapes[name]}")
+
+
+def sequence_input(X, num_hiddens, max_len=None, name="X"):
+    """(batch, steps, num_hiddens), with at most `max_len` steps."""
+    X = tuple(X)
+    if len(X) != 3 or not _fits(X[-1], num_hiddens):
+        raise ValueError(f"{name} must have shape (batch, steps, num_hiddens={num_hiddens}), got {X}")
+    if max_len is not None and X[1] is not None and X[1] > max_len:
+        raise ValueError(f"{name} has {X[1]} steps (axis 1), more than max_len={max_len}; "
+                         "build the module with a larger max_len")

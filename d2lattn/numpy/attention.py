@@ -22,6 +22,7 @@ class DotProductAttention(Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(d)      # (b, q, k)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
@@ -42,6 +43,8 @@ class AdditiveAttention(Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+                                 sizes={"queries": self.params["W_q"].shape[0], "keys": self.params["W_k"].shape[0]})
         p = self.params
         q = queries @ p["W_q"]                                   # (b, q, h)
         k = keys @ p["W_k"]                                      # (b, k, h)
@@ -59,10 +62,10 @@ class MultiHeadAttention(Module):
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
-        sizes = {"q": query_size, "k": key_size, "v": value_size, "o": None}
-        for x, size in sizes.items():
-            size = h if size is None else _checks.positive_int(f"{x}_size", size)
-            self.params[f"W_{x}"] = _init(rng, size, h)
+        sizes = {"q": ("query_size", query_size), "k": ("key_size", key_size),
+                 "v": ("value_size", value_size), "o": ("num_hiddens", h)}
+        for x, (name, size) in sizes.items():
+            self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.positive_int(name, size), h)
         if bias:
             self.params.update({f"b_{x}": np.zeros(h) for x in sizes})
         self.attention = DotProductAttention(dropout)
@@ -76,11 +79,17 @@ class MultiHeadAttention(Module):
         return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        sizes = {"queries": self.params["W_q"].shape[0], "keys": self.params["W_k"].shape[0],
+                 "values": self.params["W_v"].shape[0]}
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        if mask is not None:
+            mask = np.asarray(mask)
+            _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
         q = self._split_heads(self._dense(queries, "q"))            # (b, heads, q, dh)
         k = self._split_heads(self._dense(keys, "k"))               # (b, heads, k, dh)
         v = self._split_heads(self._dense(values, "v"))             # (b, heads, k, dh)
-        if mask is not None and np.ndim(mask) == 3:
-            mask = np.asarray(mask)[:, None]                       # (b, 1, q, k): every head
+        if mask is not None and mask.ndim == 3:
+            mask = mask[:, None]                                   # (b, 1, q, k): every head
         out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
         b, _, n, _ = out.shape                                     # (b, heads, q, dh)
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)          # (b, q, num_hiddens)

@@ -25,5 +25,6 @@ class PositionalEncoding(Module):
         self.rate = _checks.dropout_rate(dropout)
 
     def forward(self, X, *, training=None):
+        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                # (b, T, d)
         return self.dropout(X, self.rate, training)

@@ -71,15 +71,20 @@ def keep_mask(scores_shape, valid_lens=None, mask=None):
     keep = np.ones((1,) * len(scores_shape), dtype=bool)
     if valid_lens is not None:
         lens = np.asarray(valid_lens)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
+        _checks.lens_values(lens.min(initial=0))
         keep = keep & (np.arange(scores_shape[-1]) < lens)
     if mask is not None:
-        keep = keep & np.asarray(mask, dtype=bool)
+        mask = np.asarray(mask)
+        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        keep = keep & mask
     return keep
 
 
 def masked_softmax(X, valid_lens=None, *, mask=None):
-    """softmax over the last axis, restricted to the kept positions."""
+    """softmax over the last axis, restricted to the kept positions; computed in
+    float64 and returned in the input's float dtype."""
+    dtype = np.asarray(X).dtype if np.asarray(X).dtype.kind == "f" else np.float64
     X = np.asarray(X, dtype=np.float64)
     keep = keep_mask(X.shape, valid_lens, mask)            # broadcasts to X.shape
     scores = np.where(keep, X, -np.inf)
@@ -87,7 +92,7 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     top = np.where(np.isfinite(top), top, 0.0)             # an empty row has no max
     e = np.where(keep, np.exp(scores - top), 0.0)          # (..., k)
     total = e.sum(axis=-1, keepdims=True)
-    return e / np.where(total > 0, total, 1.0)             # empty row: 0 / 1 = 0
+    return (e / np.where(total > 0, total, 1.0)).astype(dtype)  # empty row: 0 / 1 = 0
 
 
 def causal_mask(num_queries, num_keys=None):

@@ -25,6 +25,7 @@ class DotProductAttention(nn.Module):
         self._saved, self._weights = None, None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         training = self.training if training is None else training
         scores_shape = (*queries.shape[:-1], keys.shape[-2])                  # (b, q, k)
         keep = keep_mask(scores_shape, valid_lens, mask, queries.device)      # broadcasts to it
@@ -53,6 +54,8 @@ class AdditiveAttention(nn.Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+                                 sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         training = self.training if training is None else training
         q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
         features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))    # (b, q, k, h)
@@ -82,6 +85,11 @@ class MultiHeadAttention(nn.Module):
         return X.reshape(b, n, self.num_heads, -1).transpose(1, 2)   # (b, heads, n, dh)
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        if mask is not None:
+            mask = torch.as_tensor(mask)
+            _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
         k = self.split_heads(self.W_k(keys))                         # (b, heads, k, dh)
         v = self.split_heads(self.W_v(values))                       # (b, heads, k, dh)

@@ -27,6 +27,7 @@ class PositionalEncoding(nn.Module):
         self.rate = _checks.dropout_rate(dropout)
 
     def forward(self, X, *, training=None):
+        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         training = self.training if training is None else training
         X = X + self.P[:, : X.shape[1]]                                        # (b, T, d)
         return F.dropout(X, self.rate, training)

@@ -10,7 +10,10 @@ from d2lattn import _checks
 
 
 def _dtype(dtype):
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, np.dtype(dtype).name)
+    """torch.float16 for torch.float16, "float16", np.float16; "bfloat16" too."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, dtype if isinstance(dtype, str) else np.dtype(dtype).name)
 
 
 def tensor(data, dtype=None):
@@ -21,7 +24,11 @@ def tensor(data, dtype=None):
 
 
 def to_numpy(x):
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    """NumPy copy; bfloat16, which NumPy lacks, comes back as float32 (exactly)."""
+    if not torch.is_tensor(x):
+        return np.asarray(x)
+    x = x.detach().cpu()
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
 
 
 def ones(shape):
@@ -79,10 +86,13 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, device=None):
     keep = None
     if valid_lens is not None:
         lens = torch.as_tensor(valid_lens, device=device)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
+        if lens.numel() and not torch.compiler.is_compiling():  # values are unknown while compiling
+            _checks.lens_values(int(lens.min()))
         keep = torch.arange(scores_shape[-1], device=device) < lens
     if mask is not None:
-        mask = torch.as_tensor(mask, dtype=torch.bool, device=device)
+        mask = torch.as_tensor(mask, device=device)
+        _checks.mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 

@@ -1,0 +1,102 @@
+"""Bad input meets an error that names the argument and says what was expected,
+the same exception type and message on every backend."""
+
+import numpy as np
+import pytest
+
+
+def t(d2l, *shape, dtype=None):
+    return d2l.tensor(np.random.default_rng(0).normal(size=shape), dtype)
+
+
+def ints(d2l, *values):
+    return d2l.tensor(np.array(values, dtype=np.int32))
+
+
+def dot(d2l, q=(2, 3, 4), k=(2, 5, 4), v=(2, 5, 6), **kwargs):
+    return d2l.DotProductAttention()(t(d2l, *q), t(d2l, *k), t(d2l, *v), **kwargs)
+
+
+def additive(d2l, q=(2, 3, 4), k=(2, 5, 7), v=(2, 5, 6)):
+    return d2l.AdditiveAttention(4, 7, 8)(t(d2l, *q), t(d2l, *k), t(d2l, *v))
+
+
+def mha(d2l, q=(2, 3, 8), k=(2, 5, 8), v=(2, 5, 8), **kwargs):
+    return d2l.MultiHeadAttention(8, 2)(t(d2l, *q), t(d2l, *k), t(d2l, *v), **kwargs)
+
+
+BAD_INPUT = {
+    # valid_lens
+    "lens batch size": (lambda d2l: dot(d2l, valid_lens=ints(d2l, 1, 2, 3)), ValueError,
+                        r"valid_lens must have shape \(batch,\) = \(2,\) or \(batch, queries\) = \(2, 3\), got \(3,\)"),
+    "lens per-query count": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), ints(d2l, [1, 2], [3, 4])), ValueError,
+                             r"valid_lens must have shape .* got \(2, 2\)"),
+    "lens rank": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), d2l.tensor(np.ones((2, 3, 1), np.int32))),
+                  ValueError, r"valid_lens must have shape"),
+    "lens negative": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), ints(d2l, 2, -1)), ValueError,
+                      r"valid_lens must be >= 0, got a length of -1"),
+    "lens not integer": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), d2l.tensor([2.0, 1.5])), TypeError,
+                         r"valid_lens must be integers, got dtype float(32|64)"),
+    # mask
+    "mask shape": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), mask=d2l.causal_mask(3, 4)), ValueError,
+                   r"mask of shape \(3, 4\) does not broadcast to the scores' shape \(2, 3, 5\)"),
+    "mask not boolean": (lambda d2l: d2l.masked_softmax(t(d2l, 2, 3, 5), mask=ints(d2l, 1, 0, 1, 1, 0)), TypeError,
+                         r"mask must be boolean \(True = may attend\), got dtype int32"),
+    "mha mask shape": (lambda d2l: mha(d2l, mask=d2l.causal_mask(3, 3)), ValueError,
+                       r"mask of shape \(3, 3\) does not broadcast to the scores' shape \(2, 3, 5\)"),
+    # attention inputs
+    "dot feature sizes": (lambda d2l: dot(d2l, k=(2, 5, 3)), ValueError,
+                          r"queries and keys must have the same feature size .* got queries \(2, 3, 4\) "
+                          r"and keys \(2, 5, 3\)"),
+    "keys and values count": (lambda d2l: dot(d2l, v=(2, 4, 6)), ValueError,
+                              r"keys and values must have the same number of positions"),
+    "batch sizes": (lambda d2l: dot(d2l, k=(3, 5, 4), v=(3, 5, 6)), ValueError,
+                    r"queries, keys and values must have the same batch size"),
+    "dot rank": (lambda d2l: dot(d2l, q=(3, 4)), ValueError,
+                 r"queries must have 3 axes \(batch, queries, features\), got shape \(3, 4\)"),
+    "additive rank": (lambda d2l: additive(d2l, k=(2, 1, 5, 7)), ValueError,
+                      r"keys must have 3 axes \(batch, keys, features\), got shape \(2, 1, 5, 7\)"),
+    "additive query size": (lambda d2l: additive(d2l, q=(2, 3, 5)), ValueError,
+                            r"queries must have 4 features \(last axis\), the query_size this module was built with"),
+    "mha rank": (lambda d2l: mha(d2l, v=(2, 5)), ValueError, r"values must have 3 axes"),
+    "mha value size": (lambda d2l: mha(d2l, v=(2, 5, 6)), ValueError,
+                       r"values must have 8 features \(last axis\), the value_size"),
+    # positional encoding
+    "posenc too wide": (lambda d2l: d2l.PositionalEncoding(8)(t(d2l, 2, 5, 9)), ValueError,
+                        r"X must have shape \(batch, steps, num_hiddens=8\), got \(2, 5, 9\)"),
+    "posenc too narrow": (lambda d2l: d2l.PositionalEncoding(8)(t(d2l, 2, 5, 7)), ValueError,
+                          r"X must have shape \(batch, steps, num_hiddens=8\)"),
+    "posenc rank": (lambda d2l: d2l.PositionalEncoding(8)(t(d2l, 5, 8)), ValueError, r"X must have shape"),
+    "posenc too long": (lambda d2l: d2l.PositionalEncoding(8, max_len=4)(t(d2l, 2, 5, 8)), ValueError,
+                        r"X has 5 steps \(axis 1\), more than max_len=4"),
+    # constructors
+    "hiddens not int": (lambda d2l: d2l.MultiHeadAttention(8.0, 2), ValueError,
+                        r"num_hiddens must be a positive integer, got 8.0"),
+    "heads zero": (lambda d2l: d2l.MultiHeadAttention(8, 0), ValueError,
+                   r"num_heads must be a positive integer, got 0"),
+    "heads bool": (lambda d2l: d2l.MultiHeadAttention(8, True), ValueError,
+                   r"num_heads must be a positive integer, got True"),
+    "query size": (lambda d2l: d2l.MultiHeadAttention(8, 2, query_size=-3), ValueError,
+                   r"query_size must be a positive integer, got -3"),
+    "additive hiddens": (lambda d2l: d2l.AdditiveAttention(4, 4, "8"), ValueError,
+                         r"num_hiddens must be a positive integer, got '8'"),
+    "dropout negative": (lambda d2l: d2l.MultiHeadAttention(8, 2, dropout=-0.1), ValueError,
+                         r"dropout must be a number in \[0, 1\), got -0.1"),
+    "dropout one": (lambda d2l: d2l.AdditiveAttention(4, 4, 8, dropout=1), ValueError,
+                    r"dropout must be a number in \[0, 1\), got 1"),
+    "posenc dropout": (lambda d2l: d2l.PositionalEncoding(8, dropout=2.0), ValueError,
+                       r"dropout must be a number in \[0, 1\), got 2.0"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUT)
+def test_bad_input_is_named(d2l, name):
+    call, error, message = BAD_INPUT[name]
+    with pytest.raises(error, match=message):
+        call(d2l)
+
+
+def test_lengths_beyond_the_keys_mean_all_keys(d2l):
+    X = t(d2l, 2, 3, 5)
+    np.testing.assert_allclose(d2l.to_numpy(d2l.masked_softmax(X, ints(d2l, 5, 99))),
+                               d2l.to_numpy(d2l.masked_softmax(X)), atol=1e-6)

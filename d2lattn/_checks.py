@@ -139,3 +139,30 @@ def sequence_input(X, num_hiddens, max_len=None, name="X"):
     if max_len is not None and X[1] is not None and X[1] > max_len:
         raise ValueError(f"{name} has {X[1]} steps (axis 1), more than max_len={max_len}; "
                          "build the module with a larger max_len")
+
+
+def concat_inputs(queries, keys, values, sizes):
+    """ConcatAttention: queries (b, q, query_size), keys (b, q, key_size): one key per
+    query; values (b, num_values, value_size)."""
+    expected = {
+        "queries": ("(batch, queries, query_size)", (None, None, sizes["query_size"])),
+        "keys": ("(batch, queries, key_size), one key per query", (queries[0], queries[1], sizes["key_size"])),
+        "values": ("(batch, num_values, value_size)", (queries[0], sizes["num_values"], sizes["value_size"])),
+    }
+    for name, shape in (("queries", queries), ("keys", keys), ("values", values)):
+        what, want = expected[name]
+        if len(shape) != 3 or not all(_fits(a, b) for a, b in zip(shape, want)):
+            sizes_text = ", ".join("?" if n is None else str(n) for n in want)
+            raise ValueError(f"{name} must have shape {what} = ({sizes_text}), got {tuple(shape)}")
+
+
+def features(name, shape, size, what):
+    """The last axis of `name` holds `size` features."""
+    if len(shape) < 1 or not _fits(shape[-1], size):
+        raise ValueError(f"{name} must have {size} features (last axis), {what}, got shape {tuple(shape)}")
+
+
+def positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)

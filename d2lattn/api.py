@@ -136,6 +136,160 @@ class PositionalEncoding:
         """(b, T, num_hiddens) -> X + P[:, :T], then dropout."""
 
 
+class ConcatAttention:
+    """The first classic scoring rule: weights softmax(Linear([q; k])) over `num_values`
+    positions, applied to the values, then Linear([q; weights @ values]).
+
+    Its scores come from a linear map of one query and one key to a fixed number
+    of slots, so the weight of value j is tied to slot j, not to what value j
+    contains: it cannot compare a query with each key's content, cannot attend
+    over more values than `num_values`, and does not follow the values if they
+    are permuted. Additive and dot-product scoring score every (query, key) pair
+    and have none of these limits.
+    """
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size):
+        """W_attn (query_size + key_size, num_values), b_attn, W_combine (query_size + value_size, output_size), b_combine."""
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
+        """(b, q, query_size), (b, q, key_size), (b, num_values, value_size) -> (b, q, output_size);
+        `.attention_weights` (b, q, num_values)."""
+
+
+# --- transformer blocks -------------------------------------------------------------
+
+
+class LayerNorm:
+    """Layer normalization from scratch: mean and biased variance over the last axis,
+    then `gamma` (ones) and `beta` (zeros)."""
+
+    def __init__(self, normalized_size, eps=1e-5):
+        """Parameters gamma, beta (normalized_size,)."""
+
+    def __call__(self, X):
+        """(..., normalized_size) -> same shape."""
+
+
+class PositionWiseFFN:
+    """The same two-layer MLP at every position: ReLU(X W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
+        """W_1 (num_inputs, ffn_num_hiddens), b_1, W_2 (ffn_num_hiddens, ffn_num_outputs), b_2."""
+
+    def __call__(self, X):
+        """(b, T, num_inputs) -> (b, T, ffn_num_outputs)."""
+
+
+class AddNorm:
+    """Residual connection and layer norm: LayerNorm(dropout(Y) + X)."""
+
+    def __init__(self, normalized_size, dropout=0.0):
+        """Child `norm` (LayerNorm): norm.gamma, norm.beta."""
+
+    def __call__(self, X, Y, *, training=None):
+        """X, Y (b, T, normalized_size) -> same shape."""
+
+
+class TransformerEncoderBlock:
+    """Self-attention, Add & Norm, position-wise FFN, Add & Norm.
+
+    Children: attention (MultiHeadAttention), addnorm1, ffn, addnorm2."""
+
+    def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
+        """All sizes are num_hiddens but the FFN's hidden layer."""
+
+    def __call__(self, X, valid_lens=None, *, training=None):
+        """(b, T, num_hiddens) -> same shape; valid_lens masks padded keys."""
+
+
+class TransformerDecoderBlock:
+    """Causal self-attention, Add & Norm, attention over the encoder's outputs, Add & Norm,
+    FFN, Add & Norm. Children: attention1, addnorm1, attention2, addnorm2, ffn, addnorm3."""
+
+    def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
+        """As TransformerEncoderBlock."""
+
+    def __call__(self, X, enc_outputs, enc_valid_lens=None, *, training=None):
+        """All T positions at once, each seeing itself and earlier ones:
+        (b, T, h), (b, S, h) -> (b, T, h)."""
+
+    def step(self, X, enc_outputs, enc_valid_lens=None, cache=None, *, training=None):
+        """Incremental decoding: X (b, 1, h) is the next position; `cache` (b, t, h) holds the
+        block's inputs so far (None at the start). -> (Y (b, 1, h), cache (b, t + 1, h)).
+        Step by step it gives the same outputs as the full causal pass."""
+
+
+# --- sequence to sequence with attention (Bahdanau) --------------------------------
+
+
+class GRU:
+    """A stack of gated recurrent units, batch first.
+
+    Canonical parameters per layer `l{i}.` (inputs of layer i > 0 are layer i-1's states):
+    W_xr, W_xz, W_xh (in, h); W_hr, W_hz, W_hh (h, h); b_r, b_z, b_xh, b_hh (h,), with
+    r = sigmoid(x W_xr + h W_hr + b_r), z = sigmoid(x W_xz + h W_hz + b_z),
+    n = tanh(x W_xh + b_xh + r * (h W_hh + b_hh)), h' = (1 - z) * n + z * h.
+    """
+
+    def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
+        """`dropout` between layers, in training only."""
+
+    def __call__(self, X, state=None, *, training=None):
+        """X (b, T, input_size), state (num_layers, b, h) or None (zeros)
+        -> (outputs (b, T, h), state (num_layers, b, h))."""
+
+
+class Seq2SeqEncoder:
+    """Token embedding (`embedding` (vocab_size, embed_size)) and a GRU (`rnn`)."""
+
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        """Children embedding, rnn."""
+
+    def __call__(self, X, *, training=None):
+        """X int (b, S) -> (outputs (b, S, h), state (num_layers, b, h))."""
+
+
+class Seq2SeqAttentionDecoder:
+    """Bahdanau's decoder: at each step the top layer's state queries the encoder's outputs
+    (AdditiveAttention), and the context joins the embedded token as the GRU's input.
+    Children: attention, embedding, rnn, W_out (h, vocab_size) with b_out."""
+
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        """The GRU takes embed_size + num_hiddens inputs."""
+
+    def init_state(self, enc_outputs, enc_state, enc_valid_lens=None):
+        """The decoder's state: (enc_outputs, enc_state, enc_valid_lens)."""
+
+    def __call__(self, X, state, *, training=None):
+        """X int (b, T) -> (logits (b, T, vocab_size), state); `.attention_weights` (b, T, S)."""
+
+
+class Seq2Seq:
+    """Encoder and attention decoder with teacher forcing. Children encoder, decoder."""
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        """Seq2SeqEncoder and Seq2SeqAttentionDecoder of these sizes."""
+
+    def __call__(self, src, tgt, src_valid_lens=None, *, training=None):
+        """src int (b, S), tgt int (b, T) (the decoder's inputs) -> logits (b, T, tgt_vocab_size);
+        `.attention_weights` (b, T, S)."""
+
+
+def sequence_loss(logits, labels, valid_lens):
+    """Softmax cross-entropy averaged over the valid (non-padding) tokens: a scalar.
+    logits (b, T, vocab), labels int (b, T), valid_lens int (b,)."""
+
+
+def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
+    """Translate one sequence: src ints (S,) -> (token ids up to eos, np attention (steps, S))."""
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Adam with gradient clipping (global norm `clip`) on sequence_loss, a progress bar,
+    and the loss curve: a list with each epoch's mean loss.
+    batches: a re-iterable of NumPy (src, src_valid_lens, dec_input, labels, label_valid_lens)."""
+
+
 # --- portable parameters --------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """The one list of harness cases every backend runs.
 
 A case names an API component, its constructor arguments, the shapes of its
-float inputs, and how attention is restricted (`valid_lens` given literally,
-`mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
+float inputs (and of any integer token inputs), and how attention is restricted
+(`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters.
 """
 
@@ -18,11 +18,14 @@ class Case:
     valid_lens: tuple | None = None   # literal lengths: (b,) or (b, q)
     mask: str | None = None           # None, "causal" (q, k) or "random" (b, q, k)
     seed: int = 0
+    tokens: tuple = ()                # integer inputs, passed by name: ((name, shape, vocab size), ...)
+    lens_arg: str = "valid_lens"      # the name the lengths are passed by
 
 
 B, Q, K, D, DV = 2, 3, 4, 6, 5
 QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
+CONCAT = {"query_size": 3, "key_size": 4, "num_values": 5, "value_size": 2, "output_size": 6}
 
 CASES = [
     # masked_softmax over (b, q, k) scores
@@ -60,4 +63,18 @@ CASES = [
     # positional encoding
     Case("posenc-even", "PositionalEncoding", ((B, 7, 8),), {"num_hiddens": 8, "max_len": 50}),
     Case("posenc-odd", "PositionalEncoding", ((B, 5, 7),), {"num_hiddens": 7, "max_len": 20}),
+    # the seed's concat rule: one key per query, weights over num_values fixed slots
+    Case("concat-plain", "ConcatAttention", ((B, Q, 3), (B, Q, 4), (B, 5, 2)), CONCAT),
+    Case("concat-lens2d", "ConcatAttention", ((B, Q, 3), (B, Q, 4), (B, 5, 2)), CONCAT,
+         valid_lens=((1, 0, 9), (2, 5, 4))),
+    # transformer blocks
+    Case("layernorm", "LayerNorm", ((B, Q, 6),), {"normalized_size": 6}),
+    Case("ffn", "PositionWiseFFN", ((B, Q, 4),), {"num_inputs": 4, "ffn_num_hiddens": 8, "ffn_num_outputs": 5}),
+    Case("addnorm", "AddNorm", ((B, Q, 6), (B, Q, 6)), {"normalized_size": 6}),
+    Case("encoder-block", "TransformerEncoderBlock", ((B, K, 8),),
+         {"num_hiddens": 8, "ffn_num_hiddens": 12, "num_heads": 2}, valid_lens=(3, 1)),
+    Case("encoder-block-bias", "TransformerEncoderBlock", ((B, K, 8),),
+         {"num_hiddens": 8, "ffn_num_hiddens": 6, "num_heads": 4, "bias": True}),
+    Case("decoder-block", "TransformerDecoderBlock", ((B, Q, 8), (B, K, 8)),
+         {"num_hiddens": 8, "ffn_num_hiddens": 12, "num_heads": 2}, valid_lens=(4, 2), lens_arg="enc_valid_lens"),
 ]

@@ -8,6 +8,7 @@ The reference's gradients are float64 central finite differences.
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 import pathlib
@@ -16,6 +17,7 @@ import time
 import numpy as np
 
 import d2lattn
+from d2lattn import api
 from d2lattn import numpy as reference
 from tests.cases import CASES
 
@@ -45,14 +47,15 @@ def make_call(case):
     """(inputs, keyword arguments, parameters) for `case`, all NumPy, the same for every backend."""
     rng = np.random.default_rng(case.seed)
     inputs = [rng.normal(size=shape) for shape in case.inputs]
-    kwargs = {}
+    kwargs = {name: rng.integers(0, vocab, shape).astype(np.int32) for name, shape, vocab in case.tokens}
     if case.valid_lens is not None:
-        kwargs["valid_lens"] = np.array(case.valid_lens, dtype=np.int32)
+        kwargs[case.lens_arg] = np.array(case.valid_lens, dtype=np.int32)
     if case.mask is not None:
         kwargs["mask"] = _mask(case, rng)
     params = None
     if case.component[0].isupper():  # a module: evaluation mode, random canonical weights
-        kwargs["training"] = False
+        if "training" in inspect.signature(getattr(api, case.component).__call__).parameters:
+            kwargs["training"] = False
         shapes = {n: p.shape for n, p in reference.get_params(getattr(reference, case.component)(**case.args)).items()}
         params = {n: rng.uniform(-1, 1, shapes[n]) / math.sqrt(shapes[n][0]) for n in sorted(shapes)}
     return inputs, kwargs, params
@@ -66,10 +69,12 @@ def run_case(d2l, case, mode="eager"):
         fn = fn(**case.args)
     if params:
         d2l.set_params(fn, params)
-    projection = np.random.default_rng(case.seed + 1000).normal(size=_output_shape(case.name))
+    rng = np.random.default_rng(case.seed + 1000)
+    shapes = _output_shapes(case.name)
+    projection = [rng.normal(size=shape) for shape in shapes] if len(shapes) > 1 else rng.normal(size=shapes[0])
     out, input_grads, param_grads = d2l.value_and_grads(
         fn, inputs, projection, compiled=mode == "compiled", **kwargs)
-    result = {"output": out}
+    result = {f"output:{i}": o for i, o in enumerate(out)} if len(shapes) > 1 else {"output": out}
     if getattr(fn, "attention_weights", None) is not None:
         result["weights"] = d2l.to_numpy(fn.attention_weights)
     result.update({f"grad:input{i}": g for i, g in enumerate(input_grads)})
@@ -78,14 +83,16 @@ def run_case(d2l, case, mode="eager"):
 
 
 @functools.cache
-def _output_shape(case_name):
+def _output_shapes(case_name):
+    """The shapes of a case's outputs: one, or one per element of a tuple output."""
     case = CASE_BY_NAME[case_name]
     inputs, kwargs, params = make_call(case)
     fn = getattr(reference, case.component)
     if params is not None:
         fn = fn(**case.args)
         reference.set_params(fn, params)
-    return fn(*inputs, **kwargs).shape
+    out = fn(*inputs, **kwargs)
+    return tuple(o.shape for o in out) if isinstance(out, tuple) else (out.shape,)
 
 
 @functools.cache

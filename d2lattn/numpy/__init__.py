@@ -3,7 +3,10 @@
 from d2lattn import _backend, api
 
 with _backend.requires("numpy"):
-    from d2lattn.numpy.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.numpy.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.numpy.blocks import (
+        AddNorm, LayerNorm, PositionWiseFFN, TransformerDecoderBlock, TransformerEncoderBlock,
+    )
     from d2lattn.numpy.encoding import PositionalEncoding
     from d2lattn.numpy.grads import value_and_grads
     from d2lattn.numpy.ops import (

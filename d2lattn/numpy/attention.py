@@ -98,3 +98,27 @@ class MultiHeadAttention(Module):
     @property
     def attention_weights(self):
         return self.attention.attention_weights                    # (b, heads, q, k)
+
+
+class ConcatAttention(Module):
+    """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+            ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
+            ("value_size", value_size), ("output_size", output_size))}
+        self.params = {
+            "W_attn": _init(rng, query_size + key_size, num_values), "b_attn": np.zeros(num_values),
+            "W_combine": _init(rng, query_size + value_size, output_size), "b_combine": np.zeros(output_size),
+        }
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None):
+        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        p = self.params
+        scores = np.concatenate([queries, keys], -1) @ p["W_attn"] + p["b_attn"]   # (b, q, num_values)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        context = self.attention_weights @ values                                # (b, q, value_size)
+        return np.concatenate([queries, context], -1) @ p["W_combine"] + p["b_combine"]  # (b, q, output_size)

@@ -26,15 +26,19 @@ def _central_difference(f, x):
 
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
+    """A tuple output takes a tuple (or list) of projections, one per element."""
     del compiled  # NumPy has no compiler: both modes are this computation
     inputs = [np.array(x, dtype=np.float64) for x in inputs]
-    projection = np.asarray(projection, dtype=np.float64)
+    output = fn(*inputs, **kwargs)
+    several = isinstance(output, tuple)
+    projections = [np.asarray(p, dtype=np.float64) for p in (projection if several else [projection])]
 
     def objective():
-        return float(np.sum(fn(*inputs, **kwargs) * projection))
+        out = fn(*inputs, **kwargs)
+        return float(sum(np.sum(o * p) for o, p in zip(out if several else [out], projections)))
 
-    output = fn(*inputs, **kwargs)
     input_grads = [_central_difference(objective, x) for x in inputs]
     params = _named(fn) if isinstance(fn, Module) else {}
     param_grads = {name: _central_difference(objective, value) for name, value in params.items()}
-    return np.array(output), input_grads, param_grads
+    output = tuple(np.array(o) for o in output) if several else np.array(output)
+    return output, input_grads, param_grads

@@ -4,7 +4,10 @@ from d2lattn import _backend, api
 
 with _backend.requires("torch"):
     from d2lattn.plotting import show_heatmaps
-    from d2lattn.torch.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.torch.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.torch.blocks import (
+        AddNorm, LayerNorm, PositionWiseFFN, TransformerDecoderBlock, TransformerEncoderBlock,
+    )
     from d2lattn.torch.encoding import PositionalEncoding
     from d2lattn.torch.grads import value_and_grads
     from d2lattn.torch.ops import (

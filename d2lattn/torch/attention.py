@@ -102,3 +102,23 @@ class MultiHeadAttention(nn.Module):
     @property
     def attention_weights(self):
         return self.attention.attention_weights                      # (b, heads, q, k)
+
+
+class ConcatAttention(nn.Module):
+    """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size):
+        super().__init__()
+        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+            ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
+            ("value_size", value_size), ("output_size", output_size))}
+        self.W_attn = nn.Linear(query_size + key_size, num_values)
+        self.W_combine = nn.Linear(query_size + value_size, output_size)
+        self.attention_weights = None
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None):
+        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        scores = self.W_attn(torch.cat([queries, keys], -1))                     # (b, q, num_values)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        context = self.attention_weights @ values                                # (b, q, value_size)
+        return self.W_combine(torch.cat([queries, context], -1))                 # (b, q, output_size)

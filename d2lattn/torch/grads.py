@@ -15,9 +15,12 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     kwargs = {k: v if v is None or isinstance(v, bool) else torch.as_tensor(v) for k, v in kwargs.items()}
     call = torch.compile(fn, backend="aot_eager", dynamic=False) if compiled else fn
     out = call(*xs, **kwargs)
-    objective = (out * tensor(projection)).sum()
+    several = isinstance(out, tuple)  # a tuple output takes one projection per element
+    outs, projections = (out, projection) if several else ((out,), (projection,))
+    objective = sum((o * tensor(p)).sum() for o, p in zip(outs, projections))
     params = [p for p, _ in named.values()]
     grads = torch.autograd.grad(objective, xs + params, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs + params, grads)]
     param_grads = {name: to_numpy(layout(g)) for (name, (_, layout)), g in zip(named.items(), grads[len(xs):])}
-    return to_numpy(out), [to_numpy(g) for g in grads[: len(xs)]], param_grads
+    output = tuple(to_numpy(o) for o in outs) if several else to_numpy(out)
+    return output, [to_numpy(g) for g in grads[: len(xs)]], param_grads

@@ -149,7 +149,8 @@ class ConcatAttention:
     """
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
-        """W_attn (query_size + key_size, num_values), b_attn, W_combine (query_size + value_size, output_size), b_combine."""
+        """W_attn (query_size + key_size, num_values), b_attn (num_values,),
+        W_combine (query_size + value_size, output_size), b_combine (output_size,)."""
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
         """(b, q, query_size), (b, q, key_size), (b, num_values, value_size) -> (b, q, output_size);

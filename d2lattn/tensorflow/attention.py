@@ -1,0 +1,113 @@
+"""Scaled dot-product, additive and multi-head attention as Keras layers."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from d2lattn import _checks
+from d2lattn.tensorflow.ops import masked_softmax
+
+
+def dense(in_size, out_size, bias=False):
+    """A Keras Dense map built for `in_size` features, so its weights exist right away."""
+    layer = keras.layers.Dense(out_size, use_bias=bias)
+    layer.build((None, in_size))
+    return layer
+
+
+class AttentionLayer(keras.layers.Layer):
+    """A Keras layer whose `mask=` says which keys each query may attend to.
+
+    Keras takes a `mask` argument for a padding mask to hand on to the output,
+    and warns when a layer cannot; this one restricts attention, and the output
+    carries no Keras mask.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.supports_masking = True
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+
+class DotProductAttention(AttentionLayer):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.attention_weights = None
+        self.built = True  # no weights: nothing for Keras to build on the first call
+
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        d = queries.shape[-1]
+        scores = tf.matmul(queries, keys, transpose_b=True) / math.sqrt(d)   # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        weights = self.dropout(self.attention_weights, training=training)
+        return tf.matmul(weights, values)                                    # (b, q, dv)
+
+
+class AdditiveAttention(AttentionLayer):
+    def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.W_q = dense(_checks.positive_int("query_size", query_size), h)
+        self.W_k = dense(_checks.positive_int("key_size", key_size), h)
+        self.w_v = dense(h, 1)
+        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.attention_weights = None
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+                                 sizes={"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0]})
+        q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
+        features = tf.tanh(q[:, :, None] + k[:, None])            # (b, q, k, h)
+        scores = tf.squeeze(self.w_v(features), -1)               # (b, q, k)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        weights = self.dropout(self.attention_weights, training=training)
+        return tf.matmul(weights, values)                         # (b, q, dv)
+
+
+class MultiHeadAttention(AttentionLayer):
+    def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
+                 query_size=None, key_size=None, value_size=None):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible(h, self.num_heads)
+        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+                for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
+        self.W_q = dense(size["query"], h, bias)
+        self.W_k = dense(size["key"], h, bias)
+        self.W_v = dense(size["value"], h, bias)
+        self.W_o = dense(h, h, bias)
+        self.attention = DotProductAttention(dropout)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def split_heads(self, X):
+        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, num_hiddens)
+        dh = X.shape[-1] // self.num_heads                          # static, even while tracing
+        return tf.transpose(tf.reshape(X, (b, n, self.num_heads, dh)), (0, 2, 1, 3))  # (b, heads, n, dh)
+
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        sizes = {"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0],
+                 "values": self.W_v.kernel.shape[0]}
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        if mask is not None:
+            mask = tf.convert_to_tensor(mask)
+            _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
+        q = self.split_heads(self.W_q(queries))                     # (b, heads, q, dh)
+        k = self.split_heads(self.W_k(keys))                        # (b, heads, k, dh)
+        v = self.split_heads(self.W_v(values))                      # (b, heads, k, dh)
+        if mask is not None and len(mask.shape) == 3:
+            mask = tf.expand_dims(mask, 1)                          # (b, 1, q, k): every head
+        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
+        out = tf.transpose(out, (0, 2, 1, 3))                       # (b, q, heads, dh)
+        b, n = tf.shape(out)[0], tf.shape(out)[1]
+        return self.W_o(tf.reshape(out, (b, n, out.shape[2] * out.shape[3])))  # (b, q, num_hiddens)
+
+    @property
+    def attention_weights(self):
+        return self.attention.attention_weights                     # (b, heads, q, k)

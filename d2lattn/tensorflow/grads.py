@@ -1,0 +1,49 @@
+"""Gradients by tf.GradientTape, in the harness's portable form."""
+
+import keras
+import tensorflow as tf
+
+from d2lattn.tensorflow.ops import tensor, to_numpy
+from d2lattn.tensorflow.params import _layers, _named
+
+
+def _spec(x, batched):
+    """A TensorSpec for `x`, its leading (batch) size unknown when `batched`."""
+    return tf.TensorSpec((None,) * batched + tuple(x.shape[batched:]), x.dtype)
+
+
+def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
+    """`compiled=True` runs forward and backward in one tf.function whose signature leaves
+    the batch size unknown: of the inputs, of `valid_lens`, and of a mask with a batch axis.
+
+    A traced call leaves graph tensors in `.attention_weights`: the traced function
+    returns them, and they are set on their layers again, as values, after it ran.
+    """
+    xs = [tensor(x) for x in inputs]
+    proj = tensor(projection)
+    layers = [sub for _, sub in _layers(fn)] if isinstance(fn, keras.layers.Layer) else []
+    named = _named(fn) if layers else {}
+    params = list(named.values())
+    recorders = [sub for sub in layers if "attention_weights" in vars(sub)]  # the layers that set them
+    arrays = {k: tensor(v) for k, v in kwargs.items() if v is not None and not isinstance(v, bool)}
+    flags = {k: v for k, v in kwargs.items() if k not in arrays}  # None, training=True/False
+
+    def step(xs, arrays):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            out = fn(*xs, **arrays, **flags)
+            objective = tf.reduce_sum(out * proj)
+        grads = tape.gradient(objective, xs + params)
+        grads = [tf.zeros_like(t) if g is None else g for t, g in zip(xs + params, grads)]
+        return out, grads, [sub.attention_weights for sub in recorders]
+
+    if compiled:
+        rank = len(xs[0].shape)
+        signature = ([_spec(x, True) for x in xs],
+                     {k: _spec(v, k == "valid_lens" or len(v.shape) == rank) for k, v in arrays.items()})
+        step = tf.function(step, input_signature=signature)
+    out, grads, weights = step(xs, arrays)
+    for sub, w in zip(recorders, weights):
+        sub.attention_weights = w
+    param_grads = {name: to_numpy(g) for name, g in zip(named, grads[len(xs):])}
+    return to_numpy(out), [to_numpy(g) for g in grads[: len(xs)]], param_grads

@@ -1,0 +1,108 @@
+"""Tensor helpers and the masked softmax in TensorFlow."""
+
+import numpy as np
+import tensorflow as tf
+
+from d2lattn import _checks
+
+# --- tensor helpers ----------------------------------------------------------
+
+
+def tensor(data, dtype=None):
+    x = data if tf.is_tensor(data) else tf.convert_to_tensor(np.asarray(data))
+    if dtype is not None:
+        return tf.cast(x, tf.as_dtype(dtype))
+    return tf.cast(x, tf.float32) if x.dtype.is_floating else x
+
+
+def to_numpy(x):
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def ones(shape):
+    return tf.ones(shape)
+
+
+def zeros(shape):
+    return tf.zeros(shape)
+
+
+def arange(start, stop=None, step=1):
+    x = np.arange(start, stop, step)
+    return tensor(x if x.dtype.kind == "f" else x.astype(np.int32))
+
+
+def normal(shape, mean=0.0, std=1.0, *, seed=None):
+    return tensor(np.random.default_rng(seed).normal(mean, std, shape))
+
+
+def bmm(a, b):
+    return tf.linalg.matmul(a, b)
+
+
+def matmul(a, b):
+    return tf.linalg.matmul(a, b)
+
+
+def reshape(x, shape):
+    return tf.reshape(x, tuple(shape))
+
+
+def concat(xs, axis=0):
+    return tf.concat(list(xs), axis)
+
+
+def stack(xs, axis=0):
+    return tf.stack(list(xs), axis)
+
+
+def swapaxes(x, axis1, axis2):
+    perm = list(range(len(x.shape)))
+    perm[axis1], perm[axis2] = perm[axis2], perm[axis1]
+    return tf.transpose(x, perm)
+
+
+def exp(x):
+    return tf.exp(x)
+
+
+def tanh(x):
+    return tf.tanh(x)
+
+# --- masking -------------------------------------------------------------------
+
+
+def keep_mask(scores, valid_lens=None, mask=None):
+    """Boolean tensor broadcastable to `scores`: True where a query may attend, or None.
+
+    Under tf.function sizes may be unknown (None in `scores.shape`): the number of
+    keys is read at run time, and `lens_view` takes None for any size.
+    """
+    keep = None
+    if valid_lens is not None:
+        lens = tf.convert_to_tensor(valid_lens)
+        lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores.shape, lens.dtype))
+        if tf.executing_eagerly() and lens.shape.num_elements():  # values are unknown while tracing
+            _checks.lens_values(int(tf.reduce_min(lens)))
+        keep = tf.range(tf.shape(scores)[-1], dtype=lens.dtype) < lens
+    if mask is not None:
+        mask = tf.convert_to_tensor(mask)
+        _checks.mask(mask.shape, scores.shape, mask.dtype)
+        keep = mask if keep is None else keep & mask
+    return keep
+
+
+def masked_softmax(X, valid_lens=None, *, mask=None):
+    X = tf.convert_to_tensor(X)                                   # (..., q, k), NumPy arrays welcome
+    keep = keep_mask(X, valid_lens, mask)
+    if keep is None:
+        return tf.nn.softmax(X, axis=-1)
+    # The lowest finite number, not -inf: an empty row stays finite (uniform)
+    # on the way through softmax, and is then zeroed with every masked weight.
+    scores = tf.where(keep, X, X.dtype.min)                       # (..., q, k)
+    return tf.where(keep, tf.nn.softmax(scores, axis=-1), 0.0)
+
+
+def causal_mask(num_queries, num_keys=None):
+    num_keys = num_queries if num_keys is None else num_keys
+    return tf.range(num_queries)[:, None] >= tf.range(num_keys)    # (q, k)

@@ -1,0 +1,221 @@
+"""Keras' own attention against ours, with the same weights; and Keras on TensorFlow whatever $KERAS_BACKEND says.
+
+keras.layers.MultiHeadAttention is called (query, value, key) and takes an
+`attention_mask` (b, q, k), True = attend, and/or `use_causal_mask=True`. Its
+query/key/value kernels are (in, heads, dh) and its output kernel (heads, dh,
+out): the canonical matrices reshaped (benchmarks.bench_tensorflow.native_mha).
+
+keras.layers.AdditiveAttention has no projections of its own: it scores the
+queries and keys it is given as reduce_sum(scale * tanh(q + k), -1), `scale` of
+shape (h,). Fed our projections W_q q and W_k k, that is sum_j scale_j tanh(.)_j,
+and ours is w_v^T tanh(W_q q + W_k k) = sum_j w_v[j, 0] tanh(.)_j: so
+scale = w_v[:, 0]. It is called [query, value, key] with masks [query_mask,
+value_mask]; value_mask (b, k), True = attend, is key padding.
+
+A query with nothing to attend to gets zeros from ours (the contract). Keras
+pushes masked scores to a large negative number; keras.layers.Softmax, which
+MultiHeadAttention uses when it returns its scores, then zeroes the masked
+weights as we do, so those are compared everywhere. Its fused path
+(keras.ops.dot_product_attention) and AdditiveAttention leave such a row
+uniform: there only rows with something to attend to are compared, and the
+empty rows are checked on their own.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_tensorflow import native_mha
+from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow
+
+# isort: split
+import keras
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+B, Q, K, H, HEADS = 3, 5, 6, 16, 4
+LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to
+
+
+def _uniform(rng, shape, fan_in):
+    return rng.uniform(-1, 1, shape).astype(np.float32) / np.sqrt(fan_in)
+
+
+def _mha_params(rng, bias):
+    params = {f"W_{x}": _uniform(rng, (H, H), H) for x in "qkvo"}
+    if bias:
+        params.update({f"b_{x}": _uniform(rng, (H,), H) for x in "qkvo"})
+    return params
+
+
+def _masks(masking):
+    """(valid_lens, our causal mask (q, k), key padding (b, k) True = attend, all three None where unused;
+    keep (b, q, k), and the rows with something to attend to (b, q))."""
+    lens = LENS if masking in ("padding", "both") else None
+    causal = np.tril(np.ones((Q, K), dtype=bool)) if masking in ("causal", "both") else None
+    padding = None if lens is None else np.arange(K) < lens[:, None]
+    keep = np.ones((B, Q, K), dtype=bool)
+    if padding is not None:
+        keep &= padding[:, None, :]
+    if causal is not None:
+        keep &= causal
+    return lens, causal, padding, keep, keep.any(-1)
+
+
+def _check_empty_rows(ours_weights, native_weights, live):
+    """Weights (b, q, k) on a query with nothing to attend to: zeros in ours, uniform in Keras."""
+    assert (~live).any(), "the case should have an empty row"
+    np.testing.assert_array_equal(ours_weights[~live], 0.0)
+    np.testing.assert_allclose(native_weights[~live], 1 / ours_weights.shape[-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("masking", ["padding", "causal", "both"])
+def test_multihead_matches_keras_multiheadattention(bias, masking):
+    rng = np.random.default_rng(0)
+    params = _mha_params(rng, bias)
+    ours = d2l.MultiHeadAttention(H, HEADS, bias=bias)
+    d2l.set_params(ours, params)
+    native = native_mha(params, hidden=H, heads=HEADS)
+    q, k, v = (rng.normal(size=(B, n, H)).astype(np.float32) for n in (Q, K, K))   # distinct: order matters
+    lens, causal, padding, _, live = _masks(masking)
+    out = d2l.to_numpy(ours(q, k, v, lens, mask=causal))
+    weights = d2l.to_numpy(ours.attention_weights)                                  # (b, heads, q, k)
+    kwargs = {"attention_mask": None if padding is None else np.repeat(padding[:, None], Q, axis=1),  # (b, q, k)
+              "use_causal_mask": causal is not None}
+    want, want_weights = (np.asarray(t) for t in native(q, v, k, return_attention_scores=True, **kwargs))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    np.testing.assert_allclose(weights, want_weights, atol=1e-5)
+    fused = np.asarray(native(q, v, k, **kwargs))          # Keras' fused path: uniform on an empty row
+    np.testing.assert_allclose(out[live], fused[live], atol=1e-5)
+    if not live.all():
+        np.testing.assert_array_equal(np.moveaxis(weights, 1, 2)[~live], 0.0)
+        b_o = params["b_o"] if bias else 0.0                # nothing attended: the output is W_o's bias alone
+        np.testing.assert_allclose(out[~live], np.broadcast_to(b_o, out[~live].shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("masking", ["padding", "causal", "both"])
+def test_additive_matches_keras_additiveattention(masking):
+    rng = np.random.default_rng(1)
+    query_size, key_size, h, dv = 3, 7, 8, 5
+    params = {"W_q": _uniform(rng, (query_size, h), query_size), "W_k": _uniform(rng, (key_size, h), key_size),
+              "w_v": _uniform(rng, (h, 1), h)}
+    ours = d2l.AdditiveAttention(query_size, key_size, h)
+    d2l.set_params(ours, params)
+    native = keras.layers.AdditiveAttention(use_scale=True)
+    native.build([(None, Q, h), (None, K, dv), (None, K, h)])
+    native.scale.assign(params["w_v"][:, 0])                                        # (h,)
+    queries, keys, values = (rng.normal(size=(B, n, d)).astype(np.float32)
+                             for n, d in ((Q, query_size), (K, key_size), (K, dv)))
+    lens, causal, padding, _, live = _masks(masking)
+    out = d2l.to_numpy(ours(queries, keys, values, lens, mask=causal))
+    weights = d2l.to_numpy(ours.attention_weights)                                  # (b, q, k)
+    projected_q = (queries.astype(np.float64) @ params["W_q"]).astype(np.float32)  # (b, q, h), by NumPy
+    projected_k = (keys.astype(np.float64) @ params["W_k"]).astype(np.float32)     # (b, k, h)
+    want, want_weights = (np.asarray(t) for t in native(
+        [projected_q, values, projected_k], mask=[None, padding], use_causal_mask=causal is not None,
+        return_attention_scores=True))
+    np.testing.assert_allclose(out[live], want[live], atol=1e-5)
+    np.testing.assert_allclose(weights[live], want_weights[live], atol=1e-5)
+    if not live.all():
+        _check_empty_rows(weights, want_weights, live)
+        np.testing.assert_array_equal(out[~live], 0.0)
+
+
+@pytest.mark.parametrize("masking", ["padding", "causal", "both"])
+def test_dot_product_matches_keras_ops(masking):
+    """keras.ops.dot_product_attention takes (B, T, N, H): ours on (b, heads, T, dh), transposed."""
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.normal(size=(B, HEADS, n, 8)).astype(np.float32) for n in (Q, K, K))
+    lens, causal, padding, _, live = _masks(masking)
+    attention = d2l.DotProductAttention()
+    out = d2l.to_numpy(attention(q, k, v, lens, mask=causal))                       # (b, heads, q, dv)
+    want = keras.ops.dot_product_attention(*(np.swapaxes(t, 1, 2) for t in (q, k, v)), is_causal=causal is not None,
+                                           mask=None if padding is None else padding[:, None, None, :])
+    want = np.swapaxes(np.asarray(want), 1, 2)                                      # (b, heads, q, dv)
+    np.testing.assert_allclose(np.moveaxis(out, 1, 2)[live], np.moveaxis(want, 1, 2)[live], atol=1e-5)
+    np.testing.assert_array_equal(np.moveaxis(out, 1, 2)[~live], 0.0)
+
+
+def test_masked_softmax_matches_keras_softmax():
+    X = np.random.default_rng(3).normal(size=(B, Q, K)).astype(np.float32)
+    lens, _, _, keep, live = _masks("both")
+    weights = d2l.to_numpy(d2l.masked_softmax(X, lens, mask=d2l.causal_mask(Q, K)))
+    want = np.asarray(keras.layers.Softmax()(X, mask=keep))   # zeros where masked, as ours
+    assert not live.all()
+    np.testing.assert_allclose(weights, want, atol=1e-6)
+    np.testing.assert_array_equal(weights[~keep], 0.0)
+
+
+def test_training_follows_the_keras_call_context():
+    """training=None: dropout is on inside a model called with training=True, off otherwise."""
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.attention = d2l.DotProductAttention(dropout=0.5)
+
+        def call(self, X, training=None):
+            return self.attention(X, X, X)
+
+    X = np.random.default_rng(4).normal(size=(2, 8, 4)).astype(np.float32)
+    model, plain = Model(), d2l.DotProductAttention()
+    np.testing.assert_allclose(model(X), plain(X, X, X), atol=1e-6)
+    np.testing.assert_allclose(model(X, training=False), plain(X, X, X), atol=1e-6)
+    assert not np.allclose(model(X, training=True), plain(X, X, X), atol=1e-3)
+    assert not np.allclose(model.attention(X, X, X, training=True), plain(X, X, X), atol=1e-3)
+
+
+def test_traced_with_unknown_batch_and_lengths():
+    """A user's tf.function with unknown batch and sequence sizes; weights returned from the trace."""
+    ours = d2l.MultiHeadAttention(H, HEADS)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, H)), tf.TensorSpec((None,), tf.int32)])
+    def run(X, lens):
+        return ours(X, X, X, lens), ours.attention_weights
+
+    X = np.random.default_rng(5).normal(size=(B, K, H)).astype(np.float32)
+    out, weights = run(X, LENS)
+    np.testing.assert_allclose(out, ours(X, X, X, LENS), atol=1e-6)
+    np.testing.assert_allclose(weights, ours.attention_weights, atol=1e-6)
+    assert weights.shape == (B, HEADS, K, K)
+
+
+# --- Keras on TensorFlow whatever $KERAS_BACKEND says --------------------------------
+
+
+def python(code, **env):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+USE = """
+out = d2l.MultiHeadAttention(8, 2)(d2l.ones((2, 3, 8)), d2l.ones((2, 4, 8)), d2l.ones((2, 4, 8)), d2l.tensor([1, 4]))
+import os, keras  # after d2lattn's TensorFlow backend loaded Keras
+print(d2l.BACKEND, keras.config.backend(), os.environ.get("KERAS_BACKEND"), tuple(out.shape))
+"""
+
+
+@pytest.mark.parametrize("keras_backend", ["jax", "torch", "tensorflow"])
+def test_keras_backend_variable_is_ignored(keras_backend):
+    """Keras is pinned to TensorFlow while it loads (even to a framework not installed
+    here), and the user's variable is left as it was."""
+    run = python("import d2lattn as d2l" + USE, KERAS_BACKEND=keras_backend, D2LATTN_BACKEND="tensorflow")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["tensorflow", "tensorflow", keras_backend, "(2,", "3,", "8)"], run.stdout
+
+
+def test_tensorflow_imported_first_is_fine():
+    run = python("import tensorflow\nfrom d2lattn import tensorflow as d2l" + USE)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["tensorflow", "tensorflow"], run.stdout
+
+
+def test_keras_loaded_on_another_backend_is_a_clear_error():
+    """`import tensorflow` loads Keras' backend setting: with KERAS_BACKEND=jax it stays jax."""
+    run = python("import tensorflow\nfrom d2lattn import tensorflow as d2l", KERAS_BACKEND="jax")
+    assert run.returncode != 0
+    assert "ImportError: the d2lattn backend 'tensorflow' needs Keras on TensorFlow" in run.stderr, run.stderr
+    assert "KERAS_BACKEND='jax'" in run.stderr

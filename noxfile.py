@@ -15,7 +15,7 @@ FRAMEWORKS = [b for b in BACKENDS if b != "numpy"]
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["crosscheck"]
+nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["crosscheck"] + [f"chapters-{b}" for b in FRAMEWORKS]
 
 
 def install(session, backend, *extras):
@@ -50,7 +50,14 @@ def per_backend(run, backends):
         nox.session(python="3.11", name=f"{run.__name__}-{backend}")(session)
 
 
+def chapters(session, backend):
+    """Execute every chapter notebook; the executed notebooks go to build/<backend>/."""
+    install(session, backend, "notebooks")
+    session.run("python", "-m", "chapters.run", backend, *session.posargs)
+
+
 per_backend(tests, BACKENDS)
+per_backend(chapters, FRAMEWORKS)
 per_backend(bench, FRAMEWORKS)
 
 

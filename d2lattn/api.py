@@ -315,11 +315,19 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     """
 
 
-# --- figures ----------------------------------------------------------------------
+# --- figures and notebooks -----------------------------------------------------------
 
 
 def show_heatmaps(matrices, xlabel, ylabel, titles=None, figsize=(2.5, 2.5), cmap="Reds"):
     """Heatmaps of a (rows, cols, q, k) array-like, one figure; returns the figure."""
+
+
+def show_source(obj):
+    """Show the active backend's source of a component (a notebook sees it highlighted)."""
+
+
+def check_shape(x, shape):
+    """Raise AssertionError unless `x.shape` is `shape`; returns `x`."""
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -15,18 +15,19 @@ def show_heatmaps(matrices, xlabel, ylabel, titles=None, figsize=(2.5, 2.5), cma
     if matrices.ndim != 4:
         raise ValueError(f"matrices must have 4 axes (rows, cols, q, k), got shape {matrices.shape}")
     rows, cols = matrices.shape[:2]
+    low, high = float(matrices.min()), float(matrices.max())
     fig, axes = plt.subplots(rows, cols, figsize=(figsize[0] * cols, figsize[1] * rows),
                              sharex=True, sharey=True, squeeze=False)
     for i in range(rows):
         for j in range(cols):
             ax = axes[i, j]
-            image = ax.imshow(matrices[i, j], cmap=cmap, vmin=0)
+            image = ax.imshow(matrices[i, j], cmap=cmap, vmin=min(0.0, low), vmax=high)  # one scale for all
             if i == rows - 1:
                 ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(ylabel)
             if titles is not None:
-                ax.set_title(titles[j])
+                ax.set_title(titles[j], fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.6)
     return fig
 

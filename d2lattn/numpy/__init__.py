@@ -28,6 +28,16 @@ with _backend.requires("numpy"):
         zeros,
     )
     from d2lattn.numpy.params import get_params, set_params
+    from d2lattn.numpy.seq2seq import (
+        GRU,
+        Seq2Seq,
+        Seq2SeqAttentionDecoder,
+        Seq2SeqEncoder,
+        greedy_decode,
+        sequence_loss,
+    )
+    from d2lattn.numpy.train import train_seq2seq
+    from d2lattn.notebook import check_shape, show_source
     from d2lattn.plotting import show_heatmaps
 
 BACKEND = "numpy"

@@ -40,8 +40,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 with _backend.requires("tensorflow"), _keras_on_tensorflow():
+    from d2lattn.notebook import check_shape, show_source
     from d2lattn.plotting import show_heatmaps
-    from d2lattn.tensorflow.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.tensorflow.attention import (
+        AdditiveAttention,
+        ConcatAttention,
+        DotProductAttention,
+        MultiHeadAttention,
+    )
+    from d2lattn.tensorflow.blocks import (
+        AddNorm,
+        LayerNorm,
+        PositionWiseFFN,
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
+    )
     from d2lattn.tensorflow.encoding import PositionalEncoding
     from d2lattn.tensorflow.grads import value_and_grads
     from d2lattn.tensorflow.ops import (

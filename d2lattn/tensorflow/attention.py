@@ -1,4 +1,4 @@
-"""Scaled dot-product, additive and multi-head attention as Keras layers."""
+"""Scaled dot-product, additive, multi-head and concat attention as Keras layers."""
 
 import math
 
@@ -111,3 +111,24 @@ class MultiHeadAttention(AttentionLayer):
     @property
     def attention_weights(self):
         return self.attention.attention_weights                     # (b, heads, q, k)
+
+
+class ConcatAttention(AttentionLayer):
+    """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size):
+        super().__init__()
+        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+            ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
+            ("value_size", value_size), ("output_size", output_size))}
+        self.W_attn = dense(query_size + key_size, num_values, bias=True)
+        self.W_combine = dense(query_size + value_size, output_size, bias=True)
+        self.attention_weights = None
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None):
+        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        scores = self.W_attn(tf.concat([queries, keys], -1))                     # (b, q, num_values)
+        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        context = tf.matmul(self.attention_weights, values)                      # (b, q, value_size)
+        return self.W_combine(tf.concat([queries, context], -1))                 # (b, q, output_size)

@@ -14,13 +14,13 @@ def _spec(x, batched):
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     """`compiled=True` runs forward and backward in one tf.function whose signature leaves
-    the batch size unknown: of the inputs, of `valid_lens`, and of a mask with a batch axis.
+    the batch size unknown: of the inputs, of integer arguments (lengths, tokens), and of a
+    mask with a batch axis. A tuple output takes one projection per element.
 
     A traced call leaves graph tensors in `.attention_weights`: the traced function
     returns them, and they are set on their layers again, as values, after it ran.
     """
     xs = [tensor(x) for x in inputs]
-    proj = tensor(projection)
     layers = [sub for _, sub in _layers(fn)] if isinstance(fn, keras.layers.Layer) else []
     named = _named(fn) if layers else {}
     params = list(named.values())
@@ -32,18 +32,20 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
         with tf.GradientTape() as tape:
             tape.watch(xs)
             out = fn(*xs, **arrays, **flags)
-            objective = tf.reduce_sum(out * proj)
+            outs, projections = (out, projection) if isinstance(out, tuple) else ((out,), (projection,))
+            objective = tf.add_n([tf.reduce_sum(o * tensor(p)) for o, p in zip(outs, projections)])
         grads = tape.gradient(objective, xs + params)
         grads = [tf.zeros_like(t) if g is None else g for t, g in zip(xs + params, grads)]
         return out, grads, [sub.attention_weights for sub in recorders]
 
     if compiled:
-        rank = len(xs[0].shape)
+        rank = len(xs[0].shape) if xs else None
         signature = ([_spec(x, True) for x in xs],
-                     {k: _spec(v, k == "valid_lens" or len(v.shape) == rank) for k, v in arrays.items()})
+                     {k: _spec(v, v.dtype.is_integer or len(v.shape) == rank) for k, v in arrays.items()})
         step = tf.function(step, input_signature=signature)
     out, grads, weights = step(xs, arrays)
     for sub, w in zip(recorders, weights):
         sub.attention_weights = w
     param_grads = {name: to_numpy(g) for name, g in zip(named, grads[len(xs):])}
-    return to_numpy(out), [to_numpy(g) for g in grads[: len(xs)]], param_grads
+    output = tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
+    return output, [to_numpy(g) for g in grads[: len(xs)]], param_grads

@@ -18,7 +18,8 @@ def _named(module):
     """{canonical name: variable}.
 
     A Dense kernel is already (in, out): canonical `W_x` is the kernel as it is,
-    and the bias of `W_x` is `b_x`.
+    and the bias of `W_x` is `b_x`. A layer's own weights, made with `add_weight`
+    (LayerNorm's gamma and beta), keep their attribute names: `norm.gamma`.
     """
     named = {}
     for path, sub in _layers(module):
@@ -27,6 +28,10 @@ def _named(module):
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
                 named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = sub.bias
+        else:
+            prefix = f"{path}." if path else ""
+            named.update({prefix + name: v for name, v in vars(sub).items()
+                          if isinstance(v, keras.Variable) and not name.startswith("_")})
     return named
 
 

@@ -1,4 +1,4 @@
-"""Keras' own attention against ours, with the same weights; and Keras on TensorFlow whatever $KERAS_BACKEND says.
+"""Keras' own attention and layer norm against ours, same weights; and Keras on TensorFlow whatever $KERAS_BACKEND says.
 
 keras.layers.MultiHeadAttention is called (query, value, key) and takes an
 `attention_mask` (b, q, k), True = attend, and/or `use_causal_mask=True`. Its
@@ -148,6 +148,22 @@ def test_masked_softmax_matches_keras_softmax():
     assert not live.all()
     np.testing.assert_allclose(weights, want, atol=1e-6)
     np.testing.assert_array_equal(weights[~keep], 0.0)
+
+
+def test_layer_norm_matches_keras_layernormalization():
+    """Ours from scratch against keras.layers.LayerNormalization (last axis, biased variance),
+    with the same gamma and beta and the same eps (Keras' default is 1e-3, ours 1e-5)."""
+    rng = np.random.default_rng(6)
+    n = 10
+    params = {"gamma": rng.uniform(0.5, 1.5, n).astype(np.float32), "beta": rng.normal(size=n).astype(np.float32)}
+    ours = d2l.LayerNorm(n)
+    d2l.set_params(ours, params)
+    native = keras.layers.LayerNormalization(axis=-1, epsilon=1e-5)
+    native.build((None, Q, n))
+    native.gamma.assign(params["gamma"])
+    native.beta.assign(params["beta"])
+    X = (rng.normal(size=(B, Q, n)) * 4 + 2).astype(np.float32)
+    np.testing.assert_allclose(d2l.to_numpy(ours(X)), np.asarray(native(X)), atol=1e-5)
 
 
 def test_training_follows_the_keras_call_context():

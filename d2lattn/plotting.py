@@ -10,6 +10,7 @@ def show_heatmaps(matrices, xlabel, ylabel, titles=None, figsize=(2.5, 2.5), cma
     including arrays that take part in autodiff).
     """
     import matplotlib.pyplot as plt  # imported on use: the library itself needs no matplotlib
+    from matplotlib.ticker import MaxNLocator
 
     matrices = _as_numpy(matrices)
     if matrices.ndim != 4:
@@ -22,6 +23,8 @@ def show_heatmaps(matrices, xlabel, ylabel, titles=None, figsize=(2.5, 2.5), cma
         for j in range(cols):
             ax = axes[i, j]
             image = ax.imshow(matrices[i, j], cmap=cmap, vmin=min(0.0, low), vmax=high)  # one scale for all
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))              # positions are whole numbers
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             if i == rows - 1:
                 ax.set_xlabel(xlabel)
             if j == 0:

@@ -73,3 +73,13 @@ def test_masked_softmax_matches_softmax_on_kept_positions():
     for i, n in enumerate(lens.tolist()):
         np.testing.assert_allclose(weights[i, :, :n].numpy(), torch.softmax(X[i, :, :n], -1).numpy(), atol=1e-6)
         assert torch.all(weights[i, :, n:] == 0)
+
+
+def test_layer_norm_matches_f_layer_norm():
+    rng = np.random.default_rng(3)
+    X = torch.from_numpy(rng.normal(size=(B, Q, H)).astype(np.float32) * 3 + 1)
+    gamma, beta = rng.normal(size=H).astype(np.float32), rng.normal(size=H).astype(np.float32)
+    ours = d2l.LayerNorm(H)
+    d2l.set_params(ours, {"gamma": gamma, "beta": beta})
+    want = F.layer_norm(X, (H,), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-5)
+    np.testing.assert_allclose(ours(X).detach().numpy(), want.numpy(), atol=1e-5)

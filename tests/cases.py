@@ -77,4 +77,16 @@ CASES = [
          {"num_hiddens": 8, "ffn_num_hiddens": 6, "num_heads": 4, "bias": True}),
     Case("decoder-block", "TransformerDecoderBlock", ((B, Q, 8), (B, K, 8)),
          {"num_hiddens": 8, "ffn_num_hiddens": 12, "num_heads": 2}, valid_lens=(4, 2), lens_arg="enc_valid_lens"),
+    # sequence to sequence
+    Case("gru-zero-state", "GRU", ((B, 4, 3),), {"input_size": 3, "num_hiddens": 4}),
+    Case("gru-2layers-state", "GRU", ((B, 3, 3), (2, B, 4)), {"input_size": 3, "num_hiddens": 4, "num_layers": 2},
+         seed=6),
+    Case("seq-loss", "sequence_loss", ((B, 3, 5),), tokens=(("labels", (B, 3), 5),), valid_lens=(1, 9), seed=7),
+    Case("seq2seq-encoder", "Seq2SeqEncoder", (), {"vocab_size": 6, "embed_size": 3, "num_hiddens": 4},
+         tokens=(("X", (B, 4), 6),), seed=8),
+    Case("seq2seq-lens", "Seq2Seq", (), {"src_vocab_size": 6, "tgt_vocab_size": 5, "embed_size": 3, "num_hiddens": 4},
+         tokens=(("src", (B, 4), 6), ("tgt", (B, 3), 5)), valid_lens=(2, 9), lens_arg="src_valid_lens", seed=9),
+    Case("seq2seq-2layers", "Seq2Seq", (),
+         {"src_vocab_size": 4, "tgt_vocab_size": 5, "embed_size": 2, "num_hiddens": 3, "num_layers": 2},
+         tokens=(("src", (B, 3), 4), ("tgt", (B, 3), 5)), valid_lens=(1, 3), lens_arg="src_valid_lens", seed=10),
 ]

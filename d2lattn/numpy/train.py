@@ -1,0 +1,10 @@
+"""Training: not in the reference."""
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Always raises ValueError: the NumPy reference is forward-only, with no autodiff
+    to train with. Train on a framework backend, then load its weights here with
+    `set_params` to check them against the reference."""
+    raise ValueError("train_seq2seq: the NumPy reference backend is forward-only (no autodiff) and cannot train; "
+                     "train on a framework backend (e.g. D2LATTN_BACKEND=torch) and load the trained weights "
+                     "here with set_params")

@@ -1,0 +1,116 @@
+"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
+decoding, on nn.GRU, nn.Embedding and nn.Linear."""
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from d2lattn import _checks
+from d2lattn.torch.attention import AdditiveAttention
+
+
+class GRU(nn.GRU):
+    """nn.GRU, batch first, with the shared call: `state=None` starts from zeros and
+    `training` switches the dropout between layers (the only place it acts)."""
+
+    def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
+        layers, rate = _checks.positive_int("num_layers", num_layers), _checks.dropout_rate(dropout)
+        super().__init__(_checks.positive_int("input_size", input_size),
+                         _checks.positive_int("num_hiddens", num_hiddens), layers,
+                         batch_first=True, dropout=rate if layers > 1 else 0.0)  # one layer: nothing to drop
+
+    def forward(self, X, state=None, *, training=None):
+        if training is None or training == self.training or not self.dropout:
+            return super().forward(X, state)                    # (b, T, h), (layers, b, h)
+        mode = self.training
+        self.train(training)
+        try:
+            return super().forward(X, state)
+        finally:
+            self.train(mode)
+
+
+class Seq2SeqEncoder(nn.Module):
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
+                                      _checks.positive_int("embed_size", embed_size))
+        self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
+
+    def forward(self, X, *, training=None):
+        embs = self.embedding(torch.as_tensor(X))                   # (b, S, embed)
+        return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
+
+
+class Seq2SeqAttentionDecoder(nn.Module):
+    """At each step the top layer's state queries the encoder's outputs; the GRU's
+    input is [context; embedded token], context first (num_hiddens + embed_size)."""
+
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.attention = AdditiveAttention(h, h, h, dropout)
+        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
+                                      _checks.positive_int("embed_size", embed_size))
+        self.rnn = GRU(embed_size + h, h, num_layers, dropout)
+        self.W_out = nn.Linear(h, vocab_size)
+        self.attention_weights = None
+
+    def init_state(self, enc_outputs, enc_state, enc_valid_lens=None):
+        return enc_outputs, enc_state, enc_valid_lens
+
+    def forward(self, X, state, *, training=None):
+        enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
+        outputs, weights = [], []
+        for x in self.embedding(torch.as_tensor(X)).unbind(1):     # (b, embed), one step at a time
+            query = H[-1].unsqueeze(1)                              # (b, 1, h): the top layer's state
+            context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
+            out, H = self.rnn(torch.cat((context, x.unsqueeze(1)), -1), H, training=training)  # (b, 1, h)
+            outputs.append(out)
+            weights.append(self.attention.attention_weights)       # (b, 1, S)
+        self.attention_weights = torch.cat(weights, 1)             # (b, T, S)
+        return self.W_out(torch.cat(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+
+    def forward(self, src, tgt, src_valid_lens=None, *, training=None):
+        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
+        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
+
+    @property
+    def attention_weights(self):
+        return self.decoder.attention_weights                          # (b, T, S)
+
+
+def sequence_loss(logits, labels, valid_lens):
+    labels, valid_lens = torch.as_tensor(labels, device=logits.device), torch.as_tensor(valid_lens)
+    nll = F.cross_entropy(logits.transpose(1, 2), labels.long(), reduction="none")  # (b, T)
+    keep = torch.arange(logits.shape[1], device=logits.device) < valid_lens.to(logits.device).unsqueeze(1)
+    return (nll * keep).sum() / keep.sum().clamp(min=1)                 # no valid token: 0
+
+
+@torch.no_grad()
+def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
+    """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.
+    Returns the tokens before eos and the attention of every step taken, the eos step
+    included: (steps, S)."""
+    device = next(model.parameters()).device
+    src = torch.as_tensor(np.asarray(src), device=device).unsqueeze(0)  # (1, S)
+    enc_outputs, enc_state = model.encoder(src, training=False)
+    state = model.decoder.init_state(enc_outputs, enc_state, torch.tensor([int(src_valid_len)], device=device))
+    token, tokens, weights = torch.tensor([[bos]], device=device), [], []
+    for _ in range(num_steps):
+        logits, state = model.decoder(token, state, training=False)    # (1, 1, vocab)
+        token = logits.argmax(-1)                                       # (1, 1)
+        weights.append(model.decoder.attention_weights[0, 0].cpu().numpy())  # (S,)
+        if token.item() == eos:
+            break
+        tokens.append(int(token.item()))
+    return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])

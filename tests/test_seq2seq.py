@@ -90,6 +90,37 @@ def test_gru_canonical_round_trip(d2l):
     np.testing.assert_allclose(d2l.to_numpy(gru(d2l.tensor(X), training=False)[0]), d2l.to_numpy(zeros), atol=1e-6)
 
 
+def test_gru_dropout_acts_between_layers_in_training_only(d2l, backend_name):
+    gru, ref = d2l.GRU(3, 4, num_layers=2, dropout=0.5), reference.GRU(3, 4, num_layers=2, dropout=0.5)
+    reference.set_params(ref, d2l.get_params(gru))
+    X = np.random.default_rng(2).normal(size=(2, 5, 3))
+    evaluation = d2l.to_numpy(gru(d2l.tensor(X), training=False)[0])
+    np.testing.assert_allclose(evaluation, ref(X, training=False)[0], atol=1e-5)
+    if backend_name == "numpy":  # forward-only and deterministic: it refuses to drop out
+        with pytest.raises(ValueError, match="cannot apply dropout"):
+            ref(X, training=True)
+    else:
+        assert not np.allclose(d2l.to_numpy(gru(d2l.tensor(X), training=True)[0]), evaluation)
+    np.testing.assert_allclose(d2l.to_numpy(gru(d2l.tensor(X), training=False)[0]), evaluation, atol=1e-6)
+
+
+def test_train_seq2seq_arguments(d2l, backend_name):
+    model = d2l.Seq2Seq(5, 5, 2, 3)
+    portable_init(d2l, model, seed=0, num_hiddens=3)
+    batch = (np.ones((2, 3), np.int32), np.array([3, 1], np.int32), np.ones((2, 2), np.int32),
+             np.ones((2, 2), np.int32), np.array([2, 1], np.int32))
+    if backend_name == "numpy":
+        with pytest.raises(ValueError, match="forward-only"):
+            d2l.train_seq2seq(model, [batch], epochs=2, progress=False)
+        return
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        d2l.train_seq2seq(model, [batch], epochs=0)
+    with pytest.raises(ValueError, match="gave no batch"):
+        d2l.train_seq2seq(model, [], epochs=1, progress=False)
+    losses = d2l.train_seq2seq(model, [batch, batch], epochs=3, progress=True)  # the bar goes to stderr
+    assert len(losses) == 3 and all(isinstance(x, float) for x in losses) and losses[-1] < losses[0]
+
+
 def test_seq2seq_canonical_names(d2l):
     names = sorted(d2l.get_params(d2l.Seq2Seq(7, 6, 4, 5)))
     assert names == sorted(reference.get_params(reference.Seq2Seq(7, 6, 4, 5)))

@@ -8,6 +8,10 @@ from d2lattn import _checks
 class Module:
     """Parameters in `self.params` (canonical names), child modules as attributes.
 
+    Canonical names are the ones every backend uses: a dense map's weight is named
+    by its attribute (`W_out`, with bias `b_out`), and so is an embedding table
+    (`embedding`, (vocab, embed)); a GRU's layers are children `l0`, `l1`, ....
+
     The reference is forward-only and deterministic: it runs in evaluation
     mode and refuses to apply dropout.
     """

@@ -10,7 +10,7 @@ import functools
 
 import nox
 
-BACKENDS = ["numpy", "torch", "jax", "tensorflow"]
+BACKENDS = ["numpy", "torch", "jax", "tensorflow", "mxnet"]
 FRAMEWORKS = [b for b in BACKENDS if b != "numpy"]
 
 nox.options.default_venv_backend = "venv"

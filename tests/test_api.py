@@ -28,10 +28,11 @@ def assert_compatible(ours, contract, where):
 
 
 def _call_method(cls):
-    """The method a framework calls on `module(...)`: forward (PyTorch, Gluon), call (Keras), __call__ (NNX)."""
+    """The method a framework calls on `module(...)`: forward (PyTorch), call (Keras), __call__ (NNX, and
+    Gluon 1.x, whose Block.__call__ takes positional arrays only; hybrid_forward(F, ...) is the graph)."""
     for klass in cls.__mro__:
         if klass.__module__.startswith("d2lattn."):
-            for name in ("forward", "call", "hybrid_forward", "__call__"):
+            for name in ("forward", "call", "__call__"):
                 if name in vars(klass):
                     return getattr(cls, name)
     raise AssertionError(f"{cls.__name__} defines no call method")

@@ -41,6 +41,7 @@ class DotProductAttention(nnx.Module):
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ jnp.swapaxes(keys, -1, -2) / math.sqrt(d)          # (b, q, k)
         weights = masked_softmax(scores, valid_lens, mask=mask)
@@ -66,6 +67,8 @@ class AdditiveAttention(nnx.Module):
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+                                 sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         q, k = self.W_q(queries), self.W_k(keys)                          # (b, q, h), (b, k, h)
         features = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])          # (b, q, k, h)
         scores = self.w_v(features)[..., 0]                               # (b, q, k)
@@ -101,11 +104,16 @@ class MultiHeadAttention(nnx.Module):
         return X.reshape(b, n, self.num_heads, -1).transpose(0, 2, 1, 3)  # (b, heads, n, dh)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                           # (b, heads, q, dh)
         k = self.split_heads(self.W_k(keys))                              # (b, heads, k, dh)
         v = self.split_heads(self.W_v(values))                            # (b, heads, k, dh)
-        if mask is not None and jnp.ndim(mask) == 3:
-            mask = jnp.asarray(mask)[:, None]                             # (b, 1, q, k): every head
+        if mask is not None and mask.ndim == 3:
+            mask = mask[:, None]                                          # (b, 1, q, k): every head
         out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
         b, _, n, _ = out.shape                                            # (b, heads, q, dh)
         return self.W_o(out.transpose(0, 2, 1, 3).reshape(b, n, -1))      # (b, q, num_hiddens)

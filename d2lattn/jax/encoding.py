@@ -29,5 +29,6 @@ class PositionalEncoding(nnx.Module):
         self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
 
     def __call__(self, X, *, training=None):
+        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                       # (b, T, d)
         return self.dropout(X, deterministic=_deterministic(training))

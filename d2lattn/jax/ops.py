@@ -75,23 +75,29 @@ def keep_mask(scores_shape, valid_lens=None, mask=None):
     keep = None
     if valid_lens is not None:
         lens = jnp.asarray(valid_lens)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape))
+        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
+        if lens.size and not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
+            _checks.lens_values(int(lens.min()))
         keep = jnp.arange(scores_shape[-1]) < lens
     if mask is not None:
-        mask = jnp.asarray(mask, dtype=bool)
+        mask = jnp.asarray(mask)
+        _checks.mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 
 
 def masked_softmax(X, valid_lens=None, *, mask=None):
+    """Half-precision scores are normalized in float32 and returned in their own dtype."""
     X = jnp.asarray(X)
+    dtype = X.dtype if jnp.issubdtype(X.dtype, jnp.floating) else jnp.float32
+    scores = X.astype(jnp.promote_types(dtype, jnp.float32))          # (..., q, k)
     keep = keep_mask(X.shape, valid_lens, mask)
     if keep is None:
-        return jax.nn.softmax(X, axis=-1)
+        return jax.nn.softmax(scores, axis=-1).astype(dtype)
     # The lowest finite number, not -inf: an empty row stays finite (uniform)
     # on the way through softmax, and is then zeroed with every masked weight.
-    scores = jnp.where(keep, X, jnp.finfo(X.dtype).min)               # (..., q, k)
-    return jnp.where(keep, jax.nn.softmax(scores, axis=-1), 0.0)
+    scores = jnp.where(keep, scores, jnp.finfo(scores.dtype).min)
+    return jnp.where(keep, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
 
 
 def causal_mask(num_queries, num_keys=None):

@@ -1,0 +1,138 @@
+"""Scaled dot-product, additive and multi-head attention as hybridizable Gluon blocks."""
+
+from mxnet import init, np
+from mxnet.gluon import nn
+
+from d2lattn import _checks
+from d2lattn.mxnet.ops import LENS_IN_GRAPH, keep_mask, lower_masked, tensor, train_mode
+
+# Uniform in +-1/sqrt(fan_in), the reference's default for a dense map.
+DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
+
+
+def _attend(F, scores, keep, values, rate):
+    """Masked softmax of the scores applied to the values: (output, weights, live).
+
+    `weights` still give an empty row (nothing to attend to) uniform weights;
+    `live` (1 or 0 per row) zeroes its output here, and its weights when they are
+    read, so a call that nobody inspects makes no extra pass over (b, q, k).
+    """
+    scores, on = lower_masked(scores, keep)                                  # (b, q, k)
+    weights = F.npx.softmax(scores, axis=-1)
+    live = F.np.max(on, axis=-1, keepdims=True)                              # (b, q, 1) or broadcastable
+    dropped = F.npx.dropout(weights, p=rate) if rate else weights           # active only in training
+    return F.npx.batch_dot(dropped, values) * live, weights, live            # (b, q, dv)
+
+
+class _Attention(nn.HybridBlock):
+    """The call every attention block shares.
+
+    A Gluon call takes positional arrays, and a hybridized graph knows no shapes,
+    so the call first checks the inputs and turns `valid_lens` and `mask` into one
+    boolean `keep` array (`self.keep`), then runs `hybrid_forward(F, queries, keys,
+    values, keep) -> (output, weights, live)` in the requested mode and saves the
+    weights. Called inside a graph being traced, it takes `mask` as that `keep` array.
+    """
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        if isinstance(queries, np.ndarray):                                  # concrete, not graph symbols
+            mask = self.keep(queries, keys, values, valid_lens, mask)
+        elif valid_lens is not None:
+            raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
+        with train_mode(training):
+            out, weights, live = super().__call__(queries, keys, values, mask)
+        self.save_weights(weights, live)
+        return out
+
+    def save_weights(self, weights, live):
+        self._saved = (weights, live)
+
+    @property
+    def attention_weights(self):
+        """(b, q, k): the weights of the last call, before dropout (an empty row: zeros)."""
+        saved = getattr(self, "_saved", None)
+        return None if saved is None else saved[0] * saved[1]
+
+
+class DotProductAttention(_Attention):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.rate = _checks.dropout_rate(dropout)
+
+    def keep(self, queries, keys, values, valid_lens, mask):
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        return keep_mask((*queries.shape[:-1], keys.shape[-2]), valid_lens, mask, queries.ctx)  # (b, q, k)
+
+    def hybrid_forward(self, F, queries, keys, values, keep):
+        d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
+        scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
+        return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
+
+
+class AdditiveAttention(_Attention):
+    def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.W_q = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("query_size", query_size))
+        self.W_k = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("key_size", key_size))
+        self.w_v = nn.Dense(1, use_bias=False, flatten=False, in_units=h)
+        self.rate = _checks.dropout_rate(dropout)
+        self.initialize(DENSE_INIT)
+
+    def keep(self, queries, keys, values, valid_lens, mask):
+        sizes = {"queries": self.W_q.weight.shape[1], "keys": self.W_k.weight.shape[1]}  # Dense: (out, in)
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        return keep_mask((*queries.shape[:-1], keys.shape[-2]), valid_lens, mask, queries.ctx)  # (b, q, k)
+
+    def hybrid_forward(self, F, queries, keys, values, keep):
+        q, k = self.W_q(queries), self.W_k(keys)                             # (b, q, h), (b, k, h)
+        features = F.np.tanh(F.np.expand_dims(q, 2) + F.np.expand_dims(k, 1))  # (b, q, k, h)
+        scores = F.np.squeeze(self.w_v(features), axis=-1)                   # (b, q, k)
+        return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
+
+
+class MultiHeadAttention(_Attention):
+    def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
+                 query_size=None, key_size=None, value_size=None):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible(h, self.num_heads)
+        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+                for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
+        self.W_q = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["query"])
+        self.W_k = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["key"])
+        self.W_v = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["value"])
+        self.W_o = nn.Dense(h, use_bias=bias, flatten=False, in_units=h)
+        self.attention = DotProductAttention(dropout)
+        self.initialize(DENSE_INIT)
+
+    def keep(self, queries, keys, values, valid_lens, mask):
+        sizes = {x: dense.weight.shape[1] for x, dense in
+                 (("queries", self.W_q), ("keys", self.W_k), ("values", self.W_v))}  # Dense: (out, in)
+        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        b, q, k = queries.shape[0], queries.shape[1], keys.shape[1]
+        if mask is not None:
+            mask = tensor(mask)
+            _checks.mask(mask.shape, (b, q, k), mask.dtype)
+            mask = np.expand_dims(mask, 1) if mask.ndim == 3 else mask        # (b, 1, q, k): every head
+        return keep_mask((b, self.num_heads, q, k), valid_lens, mask, queries.ctx)
+
+    def split_heads(self, F, X):
+        X = F.npx.reshape(X, (-2, -2, self.num_heads, -1))                  # (b, n, heads, dh)
+        return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
+
+    def hybrid_forward(self, F, queries, keys, values, keep):
+        q = self.split_heads(F, self.W_q(queries))                           # (b, heads, q, dh)
+        k = self.split_heads(F, self.W_k(keys))                              # (b, heads, k, dh)
+        v = self.split_heads(F, self.W_v(values))                            # (b, heads, k, dh)
+        out = self.attention(q, k, v, mask=keep)                             # (b, heads, q, dh)
+        out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, q, num_hiddens)
+        return (self.W_o(out), *self.attention._saved)
+
+    def save_weights(self, weights, live):
+        self.attention.save_weights(weights, live)                           # traced, its own are symbols
+
+    @property
+    def attention_weights(self):
+        return self.attention.attention_weights                              # (b, heads, q, k)

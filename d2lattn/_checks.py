@@ -166,3 +166,20 @@ def positive_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def tokens(shape, name="X"):
+    """Token ids: (batch, steps)."""
+    if len(tuple(shape)) != 2:
+        raise ValueError(f"{name} must be token ids of shape (batch, steps), got {tuple(shape)}")
+
+
+def recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None):
+    """X (batch, steps, input_size); state (num_layers, batch, num_hiddens) where given."""
+    X = tuple(X)
+    if len(X) != 3 or not _fits(X[-1], input_size):
+        raise ValueError(f"X must have shape (batch, steps, input_size={input_size}), got {X}")
+    if state is not None and not (len(tuple(state)) == 3 and all(
+            _fits(a, b) for a, b in zip(tuple(state), (num_layers, X[0], num_hiddens)))):
+        raise ValueError(f"state must have shape (num_layers, batch, num_hiddens) = "
+                         f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")

@@ -252,7 +252,8 @@ class Seq2SeqEncoder:
 
 class Seq2SeqAttentionDecoder:
     """Bahdanau's decoder: at each step the top layer's state queries the encoder's outputs
-    (AdditiveAttention), and the context joins the embedded token as the GRU's input.
+    (AdditiveAttention), and the GRU's input is [context; embedded token], context first
+    (rows 0:num_hiddens of rnn.l0.W_x* take the context).
     Children: attention, embedding, rnn, W_out (h, vocab_size) with b_out."""
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
@@ -282,7 +283,8 @@ def sequence_loss(logits, labels, valid_lens):
 
 
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
-    """Translate one sequence: src ints (S,) -> (token ids up to eos, np attention (steps, S))."""
+    """Translate one sequence: src ints (S,) -> (token ids before eos, np attention (steps, S)),
+    one attention row per step taken, the step that produced eos included."""
 
 
 def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):

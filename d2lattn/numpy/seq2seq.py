@@ -47,11 +47,13 @@ class GRU(Module):
         self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
         self.rate = _checks.dropout_rate(dropout)
-        size = _checks.positive_int("input_size", input_size)
+        self.input_size = _checks.positive_int("input_size", input_size)
         for i in range(self.num_layers):
-            setattr(self, f"l{i}", GRULayer(size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
+            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
 
     def forward(self, X, state=None, *, training=None):
+        _checks.recurrent_input(X.shape, self.input_size, None if state is None else np.shape(state),
+                                self.num_layers, self.num_hiddens)
         b, h = X.shape[0], self.num_hiddens                         # X (b, T, input_size)
         state = np.zeros((self.num_layers, b, h)) if state is None else state  # (layers, b, h)
         last = []
@@ -76,6 +78,7 @@ class Seq2SeqEncoder(Module):
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
     def forward(self, X, *, training=None):
+        _checks.tokens(np.shape(X))
         embs = self.params["embedding"][np.asarray(X)]              # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
 
@@ -99,6 +102,7 @@ class Seq2SeqAttentionDecoder(Module):
 
     def forward(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
+        _checks.tokens(np.shape(X))
         embs = self.params["embedding"][np.asarray(X)]              # (b, T, embed)
         outputs, weights = [], []
         for x in np.swapaxes(embs, 0, 1):                           # (b, embed), one step at a time

@@ -21,6 +21,8 @@ class GRU(nn.GRU):
                          batch_first=True, dropout=rate if layers > 1 else 0.0)  # one layer: nothing to drop
 
     def forward(self, X, state=None, *, training=None):
+        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+                                self.num_layers, self.hidden_size)
         if training is None or training == self.training or not self.dropout:
             return super().forward(X, state)                    # (b, T, h), (layers, b, h)
         mode = self.training
@@ -39,7 +41,9 @@ class Seq2SeqEncoder(nn.Module):
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
     def forward(self, X, *, training=None):
-        embs = self.embedding(torch.as_tensor(X))                   # (b, S, embed)
+        X = torch.as_tensor(X)
+        _checks.tokens(X.shape)
+        embs = self.embedding(X)                                    # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
 
 
@@ -62,8 +66,10 @@ class Seq2SeqAttentionDecoder(nn.Module):
 
     def forward(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
+        X = torch.as_tensor(X)
+        _checks.tokens(X.shape)
         outputs, weights = [], []
-        for x in self.embedding(torch.as_tensor(X)).unbind(1):     # (b, embed), one step at a time
+        for x in self.embedding(X).unbind(1):                       # (b, embed), one step at a time
             query = H[-1].unsqueeze(1)                              # (b, 1, h): the top layer's state
             context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
             out, H = self.rnn(torch.cat((context, x.unsqueeze(1)), -1), H, training=training)  # (b, 1, h)

@@ -3,9 +3,14 @@
 from d2lattn import _backend, api
 
 with _backend.requires("numpy"):
+    from d2lattn.notebook import check_shape, show_source
     from d2lattn.numpy.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
     from d2lattn.numpy.blocks import (
-        AddNorm, LayerNorm, PositionWiseFFN, TransformerDecoderBlock, TransformerEncoderBlock,
+        AddNorm,
+        LayerNorm,
+        PositionWiseFFN,
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
     )
     from d2lattn.numpy.encoding import PositionalEncoding
     from d2lattn.numpy.grads import value_and_grads
@@ -37,7 +42,6 @@ with _backend.requires("numpy"):
         sequence_loss,
     )
     from d2lattn.numpy.train import train_seq2seq
-    from d2lattn.notebook import check_shape, show_source
     from d2lattn.plotting import show_heatmaps
 
 BACKEND = "numpy"

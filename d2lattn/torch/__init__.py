@@ -7,7 +7,11 @@ with _backend.requires("torch"):
     from d2lattn.plotting import show_heatmaps
     from d2lattn.torch.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
     from d2lattn.torch.blocks import (
-        AddNorm, LayerNorm, PositionWiseFFN, TransformerDecoderBlock, TransformerEncoderBlock,
+        AddNorm,
+        LayerNorm,
+        PositionWiseFFN,
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
     )
     from d2lattn.torch.encoding import PositionalEncoding
     from d2lattn.torch.grads import value_and_grads

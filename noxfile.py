@@ -62,13 +62,6 @@ per_backend(bench, FRAMEWORKS)
 
 
 @nox.session(python="3.11")
-def tour(session):
-    """Every component on the default backend (PyTorch), with heatmaps in build/tour/."""
-    install(session, "torch", "notebooks")
-    session.run("python", "-m", "d2lattn.tour", "build/tour", env={"D2LATTN_BACKEND": "torch"})
-
-
-@nox.session(python="3.11")
 def lint(session):
     """ruff over the library, tests and benchmarks."""
     session.install("-c", "constraints/numpy.txt", "ruff")

@@ -81,3 +81,16 @@ def test_causal_mask(d2l):
     np.testing.assert_array_equal(d2l.to_numpy(d2l.causal_mask(3, 4)),
                                   [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
     assert d2l.to_numpy(d2l.causal_mask(2)).dtype == bool
+
+
+def test_tensor_helpers_dtypes(d2l, backend_name):
+    """The helpers' dtypes are the same everywhere (the reference computes in float64)."""
+    from d2lattn._checks import dtype_name
+
+    floats = "float64" if backend_name == "numpy" else "float32"
+    assert dtype_name(d2l.arange(5).dtype) == "int32"
+    assert dtype_name(d2l.arange(0.0, 1.0, 0.25).dtype) == floats
+    assert dtype_name(d2l.tensor([1.5, 2.0]).dtype) == floats
+    assert dtype_name(d2l.normal((2, 3), seed=0).dtype) == floats
+    np.testing.assert_array_equal(d2l.to_numpy(d2l.normal((2, 3), seed=7)),
+                                  np.random.default_rng(7).normal(size=(2, 3)).astype(np.float32))

@@ -40,7 +40,8 @@ def zeros(shape):
 
 
 def arange(start, stop=None, step=1):
-    return tensor(np.arange(start, stop, step))
+    x = np.arange(start, stop, step)
+    return tensor(x if x.dtype.kind == "f" else x.astype(np.int32))
 
 
 def normal(shape, mean=0.0, std=1.0, *, seed=None):

@@ -76,6 +76,15 @@ with _backend.requires("tensorflow"), _keras_on_tensorflow():
         zeros,
     )
     from d2lattn.tensorflow.params import get_params, set_params
+    from d2lattn.tensorflow.seq2seq import (
+        GRU,
+        Seq2Seq,
+        Seq2SeqAttentionDecoder,
+        Seq2SeqEncoder,
+        greedy_decode,
+        sequence_loss,
+    )
+    from d2lattn.tensorflow.train import train_seq2seq
 
 BACKEND = "tensorflow"
 __all__ = list(api.__all__)

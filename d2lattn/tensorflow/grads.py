@@ -23,7 +23,7 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     xs = [tensor(x) for x in inputs]
     layers = [sub for _, sub in _layers(fn)] if isinstance(fn, keras.layers.Layer) else []
     named = _named(fn) if layers else {}
-    params = list(named.values())
+    params = [v for v, _ in named.values()]
     recorders = [sub for sub in layers if "attention_weights" in vars(sub)]  # the layers that set them
     arrays = {k: tensor(v) for k, v in kwargs.items() if v is not None and not isinstance(v, bool)}
     flags = {k: v for k, v in kwargs.items() if k not in arrays}  # None, training=True/False
@@ -35,7 +35,8 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
             outs, projections = (out, projection) if isinstance(out, tuple) else ((out,), (projection,))
             objective = tf.add_n([tf.reduce_sum(o * tensor(p)) for o, p in zip(outs, projections)])
         grads = tape.gradient(objective, xs + params)
-        grads = [tf.zeros_like(t) if g is None else g for t, g in zip(xs + params, grads)]
+        grads = [tf.zeros_like(t) if g is None else tf.convert_to_tensor(g)  # an embedding's are IndexedSlices
+                 for t, g in zip(xs + params, grads)]
         return out, grads, [sub.attention_weights for sub in recorders]
 
     if compiled:
@@ -46,6 +47,6 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     out, grads, weights = step(xs, arrays)
     for sub, w in zip(recorders, weights):
         sub.attention_weights = w
-    param_grads = {name: to_numpy(g) for name, g in zip(named, grads[len(xs):])}
+    param_grads = {name: to_numpy(layout(g)) for (name, (_, layout)), g in zip(named.items(), grads[len(xs):])}
     output = tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
     return output, [to_numpy(g) for g in grads[: len(xs)]], param_grads

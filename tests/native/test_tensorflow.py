@@ -166,6 +166,50 @@ def test_layer_norm_matches_keras_layernormalization():
     np.testing.assert_allclose(d2l.to_numpy(ours(X)), np.asarray(native(X)), atol=1e-5)
 
 
+def _numpy_gru_layer(p, X, H):
+    """The canonical formulas, one step at a time, in float64: X (b, T, in), H (b, h)."""
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    outputs = []
+    for x in np.swapaxes(X, 0, 1):                                                  # (b, in)
+        r = sigmoid(x @ p["W_xr"] + H @ p["W_hr"] + p["b_r"])
+        z = sigmoid(x @ p["W_xz"] + H @ p["W_hz"] + p["b_z"])
+        n = np.tanh(x @ p["W_xh"] + p["b_xh"] + r * (H @ p["W_hh"] + p["b_hh"]))
+        H = (1 - z) * n + z * H
+        outputs.append(H)
+    return np.stack(outputs, 1), H                                                  # (b, T, h), (b, h)
+
+
+def test_gru_mapping_matches_keras_gru_run_directly():
+    """Our GRU is keras.layers.GRU, so it is checked against the canonical formulas step by step:
+    random Keras weights (kernel (in, 3h) and recurrent_kernel (h, 3h) in gate order z, r, h; bias
+    (2, 3h), input and recurrent rows, both nonzero) are read through get_params, and each Keras
+    layer, run directly, must equal the NumPy steps on those canonical parameters."""
+    rng = np.random.default_rng(7)
+    b, T, n_in, h = 3, 6, 4, 5
+    gru = d2l.GRU(n_in, h, num_layers=2)
+    for layer in (gru.l0, gru.l1):
+        for v in (layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias):
+            v.assign(rng.uniform(-0.8, 0.8, v.shape).astype(np.float32))
+    params = d2l.get_params(gru)
+    X, state = rng.normal(size=(b, T, n_in)).astype(np.float32), rng.normal(size=(2, b, h)).astype(np.float32)
+    layer_input = X.astype(np.float64)
+    for i, layer in enumerate((gru.l0, gru.l1)):
+        want, want_last = _numpy_gru_layer({n.split(".")[1]: v for n, v in params.items() if n.startswith(f"l{i}.")},
+                                           layer_input, state[i].astype(np.float64))
+        got, got_last = layer(layer_input.astype(np.float32), initial_state=[state[i]])  # Keras' own GRU
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got_last), want_last, atol=1e-5)
+        layer_input = want
+    out, last = gru(X, state, training=False)
+    np.testing.assert_allclose(d2l.to_numpy(out), layer_input, atol=1e-5)
+    # set_params writes b_r and b_z to the input row and zeros to the recurrent one: the same GRU
+    d2l.set_params(gru, params)
+    np.testing.assert_array_equal(gru.l0.cell.bias.numpy()[1, : 2 * h], 0.0)
+    np.testing.assert_allclose(d2l.to_numpy(gru(X, state, training=False)[1]), d2l.to_numpy(last), atol=1e-6)
+
+
 def test_training_follows_the_keras_call_context():
     """training=None: dropout is on inside a model called with training=True, off otherwise."""
     class Model(keras.Model):

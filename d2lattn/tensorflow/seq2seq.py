@@ -1,0 +1,150 @@
+"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
+decoding, on keras.layers.GRU, Embedding and Dense."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from d2lattn import _checks
+from d2lattn.tensorflow.attention import AdditiveAttention, dense
+
+
+def embedding(vocab_size, embed_size):
+    """A Keras Embedding whose table (vocab_size, embed_size) exists right away."""
+    layer = keras.layers.Embedding(_checks.positive_int("vocab_size", vocab_size),
+                                   _checks.positive_int("embed_size", embed_size))
+    layer.build()
+    return layer
+
+
+class GRU(keras.layers.Layer):
+    """One keras.layers.GRU per layer (l0, l1, ...; reset_after=True, the canonical candidate
+    r * (h W_hh + b_hh)), batch first, with the shared call: `state=None` starts from zeros
+    and `training` switches the dropout between layers (the only place it acts)."""
+
+    def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        for i in range(self.num_layers):
+            layer = keras.layers.GRU(self.num_hiddens, return_sequences=True, return_state=True, reset_after=True)
+            layer.build((None, None, self.input_size if i == 0 else self.num_hiddens))
+            setattr(self, f"l{i}", layer)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, X, state=None, *, training=None):
+        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+                                self.num_layers, self.num_hiddens)
+        last = []
+        for i in range(self.num_layers):
+            if i:
+                X = self.dropout(X, training=training)                   # between layers only
+            initial = None if state is None else [state[i]]             # None: zeros
+            X, H = getattr(self, f"l{i}")(X, initial_state=initial, training=training)  # (b, T, h), (b, h)
+            last.append(H)
+        return X, tf.stack(last)                                        # (b, T, h), (layers, b, h)
+
+
+class Seq2SeqEncoder(keras.layers.Layer):
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        self.embedding = embedding(vocab_size, embed_size)
+        self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, X, *, training=None):
+        X = tf.convert_to_tensor(X)
+        _checks.tokens(X.shape)
+        embs = self.embedding(X)                                        # (b, S, embed)
+        return self.rnn(embs, training=training)                        # (b, S, h), (layers, b, h)
+
+
+class Seq2SeqAttentionDecoder(keras.layers.Layer):
+    """At each step the top layer's state queries the encoder's outputs; the GRU's
+    input is [context; embedded token], context first (num_hiddens + embed_size)."""
+
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.attention = AdditiveAttention(h, h, h, dropout)
+        self.embedding = embedding(vocab_size, embed_size)
+        self.rnn = GRU(embed_size + h, h, num_layers, dropout)
+        self.W_out = dense(h, vocab_size, bias=True)
+        self.attention_weights = None
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def init_state(self, enc_outputs, enc_state, enc_valid_lens=None):
+        return enc_outputs, enc_state, enc_valid_lens
+
+    def call(self, X, state, *, training=None):
+        enc_outputs, H, enc_valid_lens = state                          # (b, S, h), (layers, b, h), (b,)
+        X = tf.convert_to_tensor(X)
+        _checks.tokens(X.shape)
+        outputs, weights = [], []
+        for x in tf.unstack(self.embedding(X), axis=1):                 # (b, embed), one step at a time
+            query = H[-1][:, None]                                      # (b, 1, h): the top layer's state
+            context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
+            out, H = self.rnn(tf.concat([context, x[:, None]], -1), H, training=training)  # (b, 1, h)
+            outputs.append(out)
+            weights.append(self.attention.attention_weights)           # (b, 1, S)
+        self.attention_weights = tf.concat(weights, 1)                 # (b, T, S)
+        return self.W_out(tf.concat(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
+
+
+class Seq2Seq(keras.layers.Layer):
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+        super().__init__()
+        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, src, tgt, src_valid_lens=None, *, training=None):
+        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
+        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
+
+    @property
+    def attention_weights(self):
+        return self.decoder.attention_weights                          # (b, T, S)
+
+
+def sequence_loss(logits, labels, valid_lens):
+    labels, valid_lens = tf.convert_to_tensor(labels), tf.convert_to_tensor(valid_lens)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # (b, T)
+    keep = tf.cast(tf.range(tf.shape(logits)[1], dtype=valid_lens.dtype) < valid_lens[:, None], nll.dtype)  # (b, T)
+    return tf.reduce_sum(nll * keep) / tf.maximum(tf.reduce_sum(keep), 1.0)  # no valid token: 0
+
+
+# Eager Keras runs a GRU step by step from Python, tens of milliseconds for a sentence;
+# traced, well under one. Traced once per model; a new source length relaxes the trace.
+@tf.function(reduce_retracing=True)
+def _encode(model, src, src_valid_lens):
+    enc_outputs, enc_state = model.encoder(src, training=False)        # (1, S, h), (layers, 1, h)
+    return model.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+
+
+@tf.function(reduce_retracing=True)
+def _decode_step(model, token, state):
+    """(1, 1) -> (next token (1, 1), state, attention (1, 1, S))."""
+    logits, state = model.decoder(token, state, training=False)        # (1, 1, vocab)
+    return tf.argmax(logits, -1, output_type=tf.int32), state, model.decoder.attention_weights
+
+
+def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
+    """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.
+    Returns the tokens before eos and the attention of every step taken, the eos step
+    included: (steps, S)."""
+    src = tf.convert_to_tensor(np.asarray(src)[None])                  # (1, S)
+    state = _encode(model, src, tf.constant([int(src_valid_len)], src.dtype))
+    token, tokens, weights = tf.constant([[bos]]), [], []
+    for _ in range(num_steps):
+        token, state, attention = _decode_step(model, token, state)    # (1, 1), ..., (1, 1, S)
+        weights.append(attention[0, 0].numpy())                        # (S,)
+        if int(token[0, 0]) == eos:
+            break
+        tokens.append(int(token[0, 0]))
+    if weights:  # the traces left graph tensors on the layers: the last step's weights, as values
+        model.decoder.attention_weights = model.decoder.attention.attention_weights = attention
+    return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])

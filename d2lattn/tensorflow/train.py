@@ -1,0 +1,51 @@
+"""A small trainer: Adam, gradient clipping, a progress bar and the loss curve."""
+
+import keras
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from d2lattn import _checks
+from d2lattn.tensorflow.params import _layers
+from d2lattn.tensorflow.seq2seq import sequence_loss
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
+    label_valid_lens); the model runs with training=True. Each training step is one
+    tf.function. Returns each epoch's mean batch loss, for plotting."""
+    epochs = _checks.positive_int("epochs", epochs)
+    # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_; eps as in PyTorch and optax
+    optimizer = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8, global_clipnorm=clip)
+    params = model.trainable_variables
+    optimizer.build(params)  # the optimizer's slots exist before the step is traced
+
+    def step(src, src_valid_lens, dec_input, labels, label_valid_lens):
+        with tf.GradientTape() as tape:
+            logits = model(src, dec_input, src_valid_lens, training=True)  # (b, T, vocab)
+            loss = sequence_loss(logits, labels, label_valid_lens)
+        optimizer.apply_gradients(zip(tape.gradient(loss, params), params))
+        return loss
+
+    traced = {}  # tracing takes seconds: one trace per batch layout, whatever the batch size
+
+    def train_step(batch):
+        batch = [tf.convert_to_tensor(a) for a in batch]
+        specs = tuple(tf.TensorSpec((None, *a.shape[1:]), a.dtype) for a in batch)
+        if specs not in traced:
+            traced[specs] = tf.function(step, input_signature=specs)
+        return float(traced[specs](*batch))
+
+    losses = []
+    bar = tqdm(range(epochs), desc="train_seq2seq", unit="epoch", disable=not progress)
+    for _ in bar:
+        total, count = 0.0, 0
+        for batch in batches:
+            total, count = total + train_step(batch), count + 1
+        if not count:
+            raise ValueError("train_seq2seq: `batches` gave no batch")
+        losses.append(total / count)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    for _, layer in _layers(model):  # the trace left graph tensors there: no weights until the next call
+        if "attention_weights" in vars(layer):
+            layer.attention_weights = None
+    return losses

@@ -10,7 +10,14 @@ from d2lattn import _backend, api
 with _backend.requires("mxnet"):
     from mxnet import npx
 
-    from d2lattn.mxnet.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.mxnet.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.mxnet.blocks import (
+        AddNorm,
+        LayerNorm,
+        PositionWiseFFN,
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
+    )
     from d2lattn.mxnet.encoding import PositionalEncoding
     from d2lattn.mxnet.grads import value_and_grads
     from d2lattn.mxnet.ops import (
@@ -32,6 +39,16 @@ with _backend.requires("mxnet"):
         zeros,
     )
     from d2lattn.mxnet.params import get_params, set_params
+    from d2lattn.mxnet.seq2seq import (
+        GRU,
+        Seq2Seq,
+        Seq2SeqAttentionDecoder,
+        Seq2SeqEncoder,
+        greedy_decode,
+        sequence_loss,
+    )
+    from d2lattn.mxnet.train import train_seq2seq
+    from d2lattn.notebook import check_shape, show_source
     from d2lattn.plotting import show_heatmaps
 
     npx.set_np()

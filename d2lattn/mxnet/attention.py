@@ -31,7 +31,8 @@ class _Attention(nn.HybridBlock):
     so the call first checks the inputs and turns `valid_lens` and `mask` into one
     boolean `keep` array (`self.keep`), then runs `hybrid_forward(F, queries, keys,
     values, keep) -> (output, weights, live)` in the requested mode and saves the
-    weights. Called inside a graph being traced, it takes `mask` as that `keep` array.
+    weights. Called inside a graph being traced, it takes `mask` as that `keep` array;
+    a parent that made `keep` itself calls `attend`.
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
@@ -40,7 +41,11 @@ class _Attention(nn.HybridBlock):
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
         with train_mode(training):
-            out, weights, live = super().__call__(queries, keys, values, mask)
+            return self.attend(queries, keys, values, mask)
+
+    def attend(self, queries, keys, values, keep):
+        """The graph on a ready `keep` array, as a parent's graph calls it; saves the weights."""
+        out, weights, live = super().__call__(queries, keys, values, keep)
         self.save_weights(weights, live)
         return out
 
@@ -136,3 +141,28 @@ class MultiHeadAttention(_Attention):
     @property
     def attention_weights(self):
         return self.attention.attention_weights                              # (b, heads, q, k)
+
+
+class ConcatAttention(_Attention):
+    """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size):
+        super().__init__()
+        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+            ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
+            ("value_size", value_size), ("output_size", output_size))}
+        self.W_attn = nn.Dense(num_values, flatten=False, in_units=query_size + key_size)
+        self.W_combine = nn.Dense(output_size, flatten=False, in_units=query_size + value_size)
+        self.initialize(DENSE_INIT)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
+        return super().__call__(queries, keys, values, valid_lens, mask=mask)   # no dropout, no mode
+
+    def keep(self, queries, keys, values, valid_lens, mask):
+        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        return keep_mask((*queries.shape[:-1], values.shape[1]), valid_lens, mask, queries.ctx)  # (b, q, num_values)
+
+    def hybrid_forward(self, F, queries, keys, values, keep):
+        scores = self.W_attn(F.np.concatenate([queries, keys], axis=-1))        # (b, q, num_values)
+        context, weights, live = _attend(F, scores, keep, values, rate=0.0)     # (b, q, value_size)
+        return self.W_combine(F.np.concatenate([queries, context], axis=-1)), weights, live  # (b, q, output_size)

@@ -1,5 +1,7 @@
 """Gradients by MXNet autograd, in the harness's portable form."""
 
+import inspect
+
 from mxnet import autograd
 from mxnet.gluon import nn
 
@@ -8,29 +10,37 @@ from d2lattn.mxnet.params import _named
 
 
 class _Function(nn.HybridBlock):
-    """A function of arrays (scores first, like `masked_softmax`) as a block, so it can be hybridized.
+    """A function of arrays as a block, so it can be hybridized.
 
-    As in the attention blocks, `valid_lens` and `mask` become one boolean
-    `keep` array before the graph, which calls `fn(*inputs, mask=keep)`.
+    Its keyword arrays (token ids, lengths) enter the graph after its positional
+    inputs and reach `fn` by name. As in the attention blocks, a function that
+    takes a `mask` (masked_softmax) gets `valid_lens` and `mask` as one boolean
+    `keep` array, made before the graph.
     """
 
     def __init__(self, fn):
         super().__init__()
-        self.fn = fn
+        self.fn, self.names = fn, ()
+        self.masks = "mask" in inspect.signature(fn).parameters
 
-    def __call__(self, *inputs, valid_lens=None, mask=None):
-        keep = keep_mask(inputs[0].shape, valid_lens, mask, inputs[0].ctx)
-        return super().__call__(*inputs, keep)
+    def __call__(self, *inputs, **kwargs):
+        if self.masks:
+            kwargs["mask"] = keep_mask(inputs[0].shape, kwargs.pop("valid_lens", None), kwargs.get("mask"),
+                                       inputs[0].ctx)
+        arrays = {k: v for k, v in kwargs.items() if v is not None}
+        self.names = tuple(arrays)
+        return super().__call__(*inputs, *arrays.values())
 
     def hybrid_forward(self, F, *args):
-        *inputs, keep = args
-        return self.fn(*inputs, mask=keep)
+        split = len(args) - len(self.names)
+        return self.fn(*args[:split], **dict(zip(self.names, args[split:])))
 
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
-    """`compiled=True` hybridizes: a block itself (it stays hybridized), a function
-    inside a `_Function` block; forward and backward then run as one cached graph.
-    Recording puts autograd in training mode: pass `training=False` for evaluation."""
+    """`compiled=True` hybridizes: a block itself (it stays hybridized; a plain Block
+    hybridizes its children), a function inside a `_Function` block; forward and
+    backward then run as cached graphs. Recording puts autograd in training mode:
+    pass `training=False` for evaluation. Integer keyword arrays are not differentiated."""
     xs = [tensor(x) for x in inputs]
     for x in xs:
         x.attach_grad()
@@ -42,7 +52,10 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
         call.hybridize()
     with autograd.record():
         out = call(*xs, **kwargs)
-        objective = (out * tensor(projection)).sum()
+        several = isinstance(out, tuple)  # a tuple output takes one projection per element
+        outs, projections = (out, projection) if several else ((out,), (projection,))
+        objective = sum((o * tensor(p)).sum() for o, p in zip(outs, projections))
     objective.backward()
     param_grads = {name: to_numpy(layout(p.grad())) for name, (p, layout) in named.items()}
-    return to_numpy(out), [to_numpy(x.grad) for x in xs], param_grads
+    output = tuple(to_numpy(o) for o in outs) if several else to_numpy(out)
+    return output, [to_numpy(x.grad) for x in xs], param_grads

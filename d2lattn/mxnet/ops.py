@@ -31,7 +31,8 @@ def zeros(shape):
 
 
 def arange(start, stop=None, step=1):
-    return tensor(onp.arange(start, stop, step))
+    x = onp.arange(start, stop, step)
+    return tensor(x if x.dtype.kind == "f" else x.astype(onp.int32))
 
 
 def normal(shape, mean=0.0, std=1.0, *, seed=None):

@@ -5,7 +5,10 @@ attention is npx.softmax(..., length=..., use_length=True), which masks the
 keys of each row by a length and gives a row of length 0 zeros, as ours does.
 A causal mask is lengths 1, 2, ..., q there. The composite
 (benchmarks.bench_mxnet.NativeMHA) builds multi-head attention from Gluon Dense
-layers, npx.batch_dot and that softmax.
+layers, npx.batch_dot and that softmax. Our LayerNorm is checked against
+gluon.nn.LayerNorm; our GRU, built from Gluon's own rnn.GRU, against the
+canonical formulas stepped through in NumPy and against Gluon's fused
+multi-layer rnn.GRU.
 """
 
 import math
@@ -98,3 +101,88 @@ def test_multihead_matches_composite(masking, bias, hybridize):
 def test_row_lengths_repeat_each_sequence_per_head_and_query():
     np.testing.assert_array_equal(row_lengths([2, 5], heads=2, num_queries=3).asnumpy(),
                                   [[2, 2, 2], [2, 2, 2], [5, 5, 5], [5, 5, 5]])
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_layer_norm_matches_gluon_layer_norm(hybridize):
+    rng = np.random.default_rng(3)
+    gamma, beta = rng.normal(size=H).astype(np.float32), rng.normal(size=H).astype(np.float32)
+    ours = d2l.LayerNorm(H)
+    d2l.set_params(ours, {"gamma": gamma, "beta": beta})
+    native = mx.gluon.nn.LayerNorm(epsilon=1e-5, in_channels=H)
+    native.initialize()
+    native.gamma.set_data(mx.np.array(gamma))
+    native.beta.set_data(mx.np.array(beta))
+    if hybridize:
+        ours.hybridize()
+        native.hybridize()
+    X = mx.np.array((rng.normal(size=(B, Q, H)) * 4 + 2).astype(np.float32))
+    np.testing.assert_allclose(ours(X).asnumpy(), native(X).asnumpy(), atol=1e-5)
+
+
+def _gru_params(rng, input_size, hidden, layers):
+    names = ["W_xr", "W_xz", "W_xh", "W_hr", "W_hz", "W_hh", "b_r", "b_z", "b_xh", "b_hh"]
+    return {f"l{i}.{n}": rng.uniform(-0.5, 0.5, (hidden,) if n.startswith("b") else
+                                     (input_size if i == 0 and n.startswith("W_x") else hidden, hidden))
+            .astype(np.float32) for i in range(layers) for n in names}
+
+
+def _numpy_gru(params, X, state):
+    """The canonical formulas of d2lattn.api.GRU, one step and one layer at a time, in float64."""
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    last = []
+    for i in range(len(state)):
+        p = {n.split(".")[1]: v.astype(np.float64) for n, v in params.items() if n.startswith(f"l{i}.")}
+        H, outputs = state[i], []
+        for t in range(X.shape[1]):
+            x = X[:, t]
+            r = sigmoid(x @ p["W_xr"] + H @ p["W_hr"] + p["b_r"])
+            z = sigmoid(x @ p["W_xz"] + H @ p["W_hz"] + p["b_z"])
+            n = np.tanh(x @ p["W_xh"] + p["b_xh"] + r * (H @ p["W_hh"] + p["b_hh"]))
+            H = (1 - z) * n + z * H
+            outputs.append(H)
+        X = np.stack(outputs, 1)
+        last.append(H)
+    return X, np.stack(last)
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_gru_matches_the_canonical_formulas(hybridize):
+    """Our GRU is a stack of Gluon's own rnn.GRU, so it is checked against the formulas the
+    canonical parameters stand for, stepped through in NumPy."""
+    rng = np.random.default_rng(4)
+    params = _gru_params(rng, 3, 5, layers=2)
+    gru = d2l.GRU(3, 5, num_layers=2)
+    d2l.set_params(gru, params)
+    if hybridize:
+        gru.hybridize()
+    X, state = rng.normal(size=(B, 6, 3)), rng.normal(size=(2, B, 5))
+    out, last = gru(mx.np.array(X.astype(np.float32)), mx.np.array(state.astype(np.float32)), training=False)
+    want_out, want_last = _numpy_gru(params, X, state)
+    np.testing.assert_allclose(out.asnumpy(), want_out, atol=1e-5)
+    np.testing.assert_allclose(last.asnumpy(), want_last, atol=1e-5)
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_stacked_gru_matches_gluon_multilayer_gru(hybridize):
+    """Without dropout, our stack of one-layer rnn.GRUs is Gluon's fused two-layer rnn.GRU."""
+    rng = np.random.default_rng(5)
+    ours = d2l.GRU(3, 5, num_layers=2)
+    native = mx.gluon.rnn.GRU(5, num_layers=2, layout="NTC", input_size=3)
+    native.initialize()
+    for i in range(2):
+        layer = getattr(ours, f"l{i}")
+        for name in ("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"):
+            value = mx.np.array(rng.uniform(-0.5, 0.5, layer._reg_params[f"l0_{name}"].shape).astype(np.float32))
+            layer._reg_params[f"l0_{name}"].set_data(value)
+            native._reg_params[f"l{i}_{name}"].set_data(value)
+    if hybridize:
+        ours.hybridize()
+        native.hybridize()
+    X, state = (mx.np.array(rng.normal(size=s).astype(np.float32)) for s in ((B, 6, 3), (2, B, 5)))
+    out, last = ours(X, state, training=False)
+    want_out, (want_last,) = native(X, state)
+    np.testing.assert_allclose(out.asnumpy(), want_out.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(last.asnumpy(), want_last.asnumpy(), atol=1e-5)

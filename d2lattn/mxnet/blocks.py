@@ -1,0 +1,148 @@
+"""The transformer's building blocks: layer norm, position-wise FFN, Add & Norm, encoder and decoder blocks."""
+
+from mxnet import np
+from mxnet.gluon import nn
+
+from d2lattn import _checks
+from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
+from d2lattn.mxnet.ops import causal_mask, train_mode
+
+
+class LayerNorm(nn.HybridBlock):
+    def __init__(self, normalized_size, eps=1e-5):
+        super().__init__()
+        n = _checks.positive_int("normalized_size", normalized_size)
+        self.eps = _checks.positive_number("eps", eps)
+        self.gamma = self.params.get("gamma", shape=(n,), init="ones")
+        self.beta = self.params.get("beta", shape=(n,), init="zeros")
+        self.initialize()
+
+    def __call__(self, X):
+        if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
+            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        return super().__call__(X)
+
+    def hybrid_forward(self, F, X, gamma, beta):
+        mean = F.np.mean(X, axis=-1, keepdims=True)                       # (..., 1)
+        var = F.np.mean(F.np.square(X - mean), axis=-1, keepdims=True)    # biased, as in the paper
+        X_hat = (X - mean) / F.np.sqrt(var + self.eps)                    # (..., n)
+        return X_hat * gamma + beta
+
+
+class PositionWiseFFN(nn.HybridBlock):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
+        super().__init__()
+        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+            ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
+        self.W_1 = nn.Dense(n_h, flatten=False, in_units=n_in)
+        self.W_2 = nn.Dense(n_out, flatten=False, in_units=n_h)
+        self.initialize(DENSE_INIT)
+
+    def __call__(self, X):
+        if isinstance(X, np.ndarray):
+            _checks.features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
+        return super().__call__(X)
+
+    def hybrid_forward(self, F, X):
+        return self.W_2(F.npx.relu(self.W_1(X)))                           # (b, T, ffn_num_outputs)
+
+
+class AddNorm(nn.HybridBlock):
+    def __init__(self, normalized_size, dropout=0.0):
+        super().__init__()
+        self.rate = _checks.dropout_rate(dropout)
+        self.norm = LayerNorm(normalized_size)
+
+    def __call__(self, X, Y, *, training=None):
+        with train_mode(training):
+            return super().__call__(X, Y)
+
+    def hybrid_forward(self, F, X, Y):
+        Y = F.npx.dropout(Y, p=self.rate) if self.rate else Y             # active only in training
+        return self.norm(Y + X)                                            # (b, T, h)
+
+
+class _Block(nn.HybridBlock):
+    """What both transformer blocks share, as `_Attention` does for attention.
+
+    The call checks the inputs and makes each attention's `keep` array before the
+    graph (`self.keep`), then `graph` runs `hybrid_forward` in the requested mode.
+    The graph also returns the attention children's weights (traced, a child only
+    sees graph symbols) and `graph` hands them back, so `.attention_weights` hold
+    arrays after a hybridized call too.
+    """
+
+    attentions = ()                                                        # the MultiHeadAttention children
+
+    def concrete(self, X):
+        if not isinstance(X, np.ndarray):
+            raise TypeError(f"{type(self).__name__} builds its masks from arrays, so it cannot be called inside "
+                            "a graph being traced: hybridize the block itself, or a plain Block around it")
+
+    def graph(self, training, *arrays):
+        with train_mode(training):
+            out, *saved = super().__call__(*arrays)
+        for i, name in enumerate(self.attentions):
+            getattr(self, name).save_weights(*saved[2 * i: 2 * i + 2])  # (weights, live) of each
+        return out
+
+    def with_weights(self, out):
+        """In hybrid_forward: the output, then the attention children's saved weights."""
+        return (out, *(x for name in self.attentions for x in getattr(self, name).attention._saved))
+
+
+class TransformerEncoderBlock(_Block):
+    attentions = ("attention",)
+
+    def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
+        super().__init__()
+        self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)
+        self.addnorm1 = AddNorm(num_hiddens, dropout)
+        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, num_hiddens)
+        self.addnorm2 = AddNorm(num_hiddens, dropout)
+
+    def __call__(self, X, valid_lens=None, *, training=None):
+        self.concrete(X)
+        keep = self.attention.keep(X, X, X, valid_lens, None)              # broadcasts to (b, heads, T, T)
+        return self.graph(training, X, keep)
+
+    def hybrid_forward(self, F, X, keep):
+        Y = self.addnorm1(X, self.attention.attend(X, X, X, keep))
+        return self.with_weights(self.addnorm2(Y, self.ffn(Y)))            # (b, T, h), then the weights
+
+
+class TransformerDecoderBlock(_Block):
+    """One graph for both calls: X attends over `key_values` (X itself, causally, in the
+    full pass; the cached inputs and X in a step), then over the encoder's outputs."""
+
+    attentions = ("attention1", "attention2")
+
+    def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
+        super().__init__()
+        self.attention1 = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)
+        self.addnorm1 = AddNorm(num_hiddens, dropout)
+        self.attention2 = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)
+        self.addnorm2 = AddNorm(num_hiddens, dropout)
+        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, num_hiddens)
+        self.addnorm3 = AddNorm(num_hiddens, dropout)
+
+    def _decode(self, X, key_values, enc_outputs, enc_valid_lens, mask, training):
+        keep1 = self.attention1.keep(X, key_values, key_values, None, mask)        # broadcasts to (b, heads, T, t)
+        keep2 = self.attention2.keep(X, enc_outputs, enc_outputs, enc_valid_lens, None)  # ... (b, heads, T, S)
+        return self.graph(training, X, key_values, enc_outputs, keep1, keep2)
+
+    def __call__(self, X, enc_outputs, enc_valid_lens=None, *, training=None):
+        self.concrete(X)
+        mask = causal_mask(X.shape[1]).as_in_ctx(X.ctx)                            # position t sees 0..t
+        return self._decode(X, X, enc_outputs, enc_valid_lens, mask, training)
+
+    def step(self, X, enc_outputs, enc_valid_lens=None, cache=None, *, training=None):
+        self.concrete(X)
+        key_values = X if cache is None else np.concatenate([cache, X], axis=1)    # (b, t + 1, h)
+        Y = self._decode(X, key_values, enc_outputs, enc_valid_lens, None, training)   # the newest sees all so far
+        return Y, key_values
+
+    def hybrid_forward(self, F, X, key_values, enc_outputs, keep1, keep2):
+        Y = self.addnorm1(X, self.attention1.attend(X, key_values, key_values, keep1))   # (b, T, h)
+        Z = self.addnorm2(Y, self.attention2.attend(Y, enc_outputs, enc_outputs, keep2))
+        return self.with_weights(self.addnorm3(Z, self.ffn(Z)))                    # (b, T, h), then the weights

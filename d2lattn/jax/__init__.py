@@ -9,7 +9,14 @@ so two modules built alike start alike. After a call, eager or under `nnx.jit`,
 from d2lattn import _backend, api
 
 with _backend.requires("jax"):
-    from d2lattn.jax.attention import AdditiveAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.jax.attention import AdditiveAttention, ConcatAttention, DotProductAttention, MultiHeadAttention
+    from d2lattn.jax.blocks import (
+        AddNorm,
+        LayerNorm,
+        PositionWiseFFN,
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
+    )
     from d2lattn.jax.encoding import PositionalEncoding
     from d2lattn.jax.grads import value_and_grads
     from d2lattn.jax.ops import (
@@ -31,6 +38,16 @@ with _backend.requires("jax"):
         zeros,
     )
     from d2lattn.jax.params import get_params, set_params
+    from d2lattn.jax.seq2seq import (
+        GRU,
+        Seq2Seq,
+        Seq2SeqAttentionDecoder,
+        Seq2SeqEncoder,
+        greedy_decode,
+        sequence_loss,
+    )
+    from d2lattn.jax.train import train_seq2seq
+    from d2lattn.notebook import check_shape, show_source
     from d2lattn.plotting import show_heatmaps
 
 BACKEND = "jax"

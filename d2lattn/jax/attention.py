@@ -121,3 +121,29 @@ class MultiHeadAttention(nnx.Module):
     @property
     def attention_weights(self):
         return self.attention.attention_weights                           # (b, heads, q, k)
+
+
+class ConcatAttention(nnx.Module):
+    """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits);
+    `.attention_weights` (b, q, num_values) as in DotProductAttention."""
+
+    def __init__(self, query_size, key_size, num_values, value_size, output_size, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+            ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
+            ("value_size", value_size), ("output_size", output_size))}
+        self.W_attn = nnx.Linear(query_size + key_size, num_values, rngs=rngs)
+        self.W_combine = nnx.Linear(query_size + value_size, output_size, rngs=rngs)
+        self.last_weights = nnx.Intermediate(None)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
+        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        scores = self.W_attn(jnp.concatenate([queries, keys], -1))               # (b, q, num_values)
+        weights = masked_softmax(scores, valid_lens, mask=mask)
+        self.last_weights.set_value(weights)
+        context = weights @ values                                               # (b, q, value_size)
+        return self.W_combine(jnp.concatenate([queries, context], -1))           # (b, q, output_size)
+
+    @property
+    def attention_weights(self):
+        return self.last_weights.get_value()                                     # (b, q, num_values)

@@ -9,32 +9,37 @@ from d2lattn.jax.params import _named
 
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
-    """`compiled=True` runs forward and backward under `nnx.jit`, with `valid_lens`
-    and `mask` as traced arguments; a module's new state (its attention
-    weights) comes back from the jitted call, as it does eagerly.
+    """`compiled=True` runs forward and backward under `nnx.jit`, with array keyword
+    arguments (`valid_lens`, `mask`, token ids) traced; a module's new state (its
+    attention weights) comes back from the jitted call, as it does eagerly. Token ids
+    are integers, passed by name and not differentiated. A tuple output takes a list
+    of projections, one per element.
 
     `fn` is an nnx.Module or a pure function: JAX transforms reach a module's
     state only through their arguments, so a plain object that holds a module
     cannot be differentiated here (nnx raises TraceContextError).
     """
     xs = [tensor(x) for x in inputs]
-    projection = tensor(projection)
+    several = isinstance(projection, (list, tuple))  # one projection per element of a tuple output
+    projections = [tensor(p) for p in projection] if several else [tensor(projection)]
     flags = {k: v for k, v in kwargs.items() if v is None or isinstance(v, bool)}   # static: training
-    arrays = {k: jnp.asarray(v) for k, v in kwargs.items() if k not in flags}       # valid_lens, mask
+    arrays = {k: jnp.asarray(v) for k, v in kwargs.items() if k not in flags}       # valid_lens, mask, tokens
     is_module = isinstance(fn, nnx.Module)
 
     def objective(fn, xs, arrays):
         out = fn(*xs, **arrays, **flags)
-        return jnp.sum(out * projection), out
+        outs = out if several else (out,)
+        return sum(jnp.sum(o * p) for o, p in zip(outs, projections)), out
 
     # d/d the module's nnx.Params (a State) and d/d each input; a plain function is a static argument
     step = nnx.value_and_grad(objective, argnums=(0, 1) if is_module else 1, has_aux=True)
     if compiled:
         step = nnx.jit(step, static_argnums=() if is_module else 0)
     (_, out), grads = step(fn, xs, arrays)
+    output = tuple(to_numpy(o) for o in out) if several else to_numpy(out)
     if not is_module:
-        return to_numpy(out), [to_numpy(g) for g in grads], {}
+        return output, [to_numpy(g) for g in grads], {}
     state, input_grads = grads
     flat = dict(nnx.to_flat_state(state))                                       # {path: gradient}
     param_grads = {name: np.array(flat[path][...]) for name, path in _named(fn).items()}
-    return to_numpy(out), [to_numpy(g) for g in input_grads], param_grads
+    return output, [to_numpy(g) for g in input_grads], param_grads

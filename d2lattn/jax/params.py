@@ -11,15 +11,20 @@ def _named(module):
     """{canonical name: path of the nnx.Param in the module's state}.
 
     nnx.Linear keeps its kernel as (in, out) already: canonical `W_x` is the
-    kernel of the Linear `W_x`, and `b_x` its bias. Other Params keep their names.
+    kernel of the Linear `W_x`, and `b_x` its bias. An nnx.Embed's table
+    (vocab, features) is named by the module, like a dense map: `embedding`,
+    `encoder.embedding`. Other Params keep their names (the GRU's `l0.b_r`).
     """
-    linears = {path for path, sub in nnx.iter_modules(module) if isinstance(sub, nnx.Linear)}
+    kinds = {path: type(sub) for path, sub in nnx.iter_modules(module)}
     named = {}
     for path, _ in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         *owner, leaf = path
-        if tuple(owner) in linears:
+        kind = kinds.get(tuple(owner))
+        if kind is not None and issubclass(kind, nnx.Linear):
             *owner, layer = owner
             leaf = layer if leaf == "kernel" else f"b{layer[1:]}"
+        elif kind is not None and issubclass(kind, nnx.Embed):
+            *owner, leaf = owner
         named[".".join(map(str, (*owner, leaf)))] = path
     return named
 

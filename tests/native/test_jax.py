@@ -137,3 +137,47 @@ def test_jitted_multihead_matches_and_keeps_its_weights():
     np.testing.assert_allclose(np.asarray(out)[rows], want[rows], atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours.attention_weights).transpose(0, 2, 1, 3)[rows],
                                weights.transpose(0, 2, 1, 3)[rows], atol=1e-5)
+
+
+def test_layer_norm_matches_nnx_layernorm():
+    """Our LayerNorm from scratch against nnx.LayerNorm (epsilon 1e-5) with the same gamma (its scale)
+    and beta (its bias)."""
+    rng = np.random.default_rng(5)
+    X = jnp.asarray(rng.normal(size=(B, Q, H)).astype(np.float32) * 3 + 1)
+    gamma, beta = rng.normal(size=H).astype(np.float32), rng.normal(size=H).astype(np.float32)
+    ours = d2l.LayerNorm(H)
+    d2l.set_params(ours, {"gamma": gamma, "beta": beta})
+    native = nnx.LayerNorm(H, epsilon=1e-5, rngs=nnx.Rngs(0))
+    native.scale[...], native.bias[...] = gamma, beta
+    np.testing.assert_allclose(np.asarray(ours(X)), np.asarray(native(X)), atol=1e-5)
+
+
+def _gru_cell_params(cell, layer):
+    """nnx.GRUCell's maps under our canonical names, for layer `layer`. Its kernels stack the gates
+    (r, z, n) in columns; it has one bias per gate, on the input side (dense_i), and none inside the
+    reset gate's product, so b_hh is 0: it runs a special case of our GRU."""
+    h = cell.hidden_features
+    cols = {"r": slice(0, h), "z": slice(h, 2 * h), "h": slice(2 * h, 3 * h)}
+    W_i, W_h, b = (np.asarray(p[...]) for p in (cell.dense_i.kernel, cell.dense_h.kernel, cell.dense_i.bias))
+    params = {f"l{layer}.W_x{g}": W_i[:, c] for g, c in cols.items()}
+    params.update({f"l{layer}.W_h{g}": W_h[:, c] for g, c in cols.items()})
+    params.update({f"l{layer}.b_r": b[cols["r"]], f"l{layer}.b_z": b[cols["z"]], f"l{layer}.b_xh": b[cols["h"]],
+                   f"l{layer}.b_hh": np.zeros(h, np.float32)})
+    return params
+
+
+def test_gru_matches_nnx_gru_cell():
+    """Our two-layer GRU against nnx.RNN(nnx.GRUCell) layer by layer, from a given state, with random biases."""
+    rng = np.random.default_rng(6)
+    cells = [nnx.GRUCell(n, 8, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(i)) for i, n in enumerate((5, 8))]
+    ours = d2l.GRU(5, 8, num_layers=2)
+    ours.eval()
+    d2l.set_params(ours, {n: p for i, cell in enumerate(cells) for n, p in _gru_cell_params(cell, i).items()})
+    X = jnp.asarray(rng.normal(size=(B, 7, 5)).astype(np.float32))
+    state = jnp.asarray(rng.normal(size=(2, B, 8)).astype(np.float32))
+    outputs, last = ours(X, state)
+    want = X
+    for i, cell in enumerate(cells):
+        H, want = nnx.RNN(cell, return_carry=True)(want, initial_carry=state[i])   # (b, h), (b, T, h)
+        np.testing.assert_allclose(np.asarray(last[i]), np.asarray(H), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(outputs), np.asarray(want), atol=1e-5)

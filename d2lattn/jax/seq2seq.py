@@ -1,0 +1,184 @@
+"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
+decoding, on nnx.Linear, nnx.Embed and jax.lax.scan.
+
+nnx.GRUCell has a single bias per gate, on the input side, so it cannot hold the
+canonical b_hh (inside the reset gate's product): the GRU here is written from
+nnx.Linear maps named like the canonical parameters. As in attention.py, `rngs`
+(keyword-only, default `nnx.Rngs(0)`) seeds the initial weights and dropout.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from d2lattn import _checks
+from d2lattn.jax.attention import AdditiveAttention, _deterministic
+
+
+class GRULayer(nnx.Module):
+    """One layer of the GRU, its maps named as the canonical W_xr ... b_hh of api.GRU:
+    W_xh carries b_xh, W_hh carries b_hh, and b_r, b_z are Params of their own.
+    Initial weights as nnx.GRUCell's: LeCun normal, orthogonal recurrent maps, zero biases."""
+
+    def __init__(self, input_size, num_hiddens, *, rngs):
+        i, h, orthogonal = input_size, num_hiddens, nnx.initializers.orthogonal()
+        self.W_xr = nnx.Linear(i, h, use_bias=False, rngs=rngs)
+        self.W_xz = nnx.Linear(i, h, use_bias=False, rngs=rngs)
+        self.W_xh = nnx.Linear(i, h, rngs=rngs)
+        self.W_hr = nnx.Linear(h, h, use_bias=False, kernel_init=orthogonal, rngs=rngs)
+        self.W_hz = nnx.Linear(h, h, use_bias=False, kernel_init=orthogonal, rngs=rngs)
+        self.W_hh = nnx.Linear(h, h, kernel_init=orthogonal, rngs=rngs)
+        self.b_r = nnx.Param(jnp.zeros(h))
+        self.b_z = nnx.Param(jnp.zeros(h))
+
+    def __call__(self, X, H):
+        """X (b, T, in), H (b, h) -> (outputs (b, T, h), last state (b, h)).
+        The input maps run once for all steps; the scan carries H through time."""
+        inputs = (self.W_xr(X) + self.b_r, self.W_xz(X) + self.b_z, self.W_xh(X))   # 3 x (b, T, h)
+
+        def step(H, x):
+            x_r, x_z, x_h = x                                                     # (b, h) each
+            r = jax.nn.sigmoid(x_r + self.W_hr(H))                                # reset gate
+            z = jax.nn.sigmoid(x_z + self.W_hz(H))                                # update gate
+            n = jnp.tanh(x_h + r * self.W_hh(H))                                  # candidate
+            H = (1 - z) * n + z * H                                               # (b, h)
+            return H, H
+
+        H, outputs = jax.lax.scan(step, H, [jnp.swapaxes(x, 0, 1) for x in inputs])  # time first: (T, b, h)
+        return jnp.swapaxes(outputs, 0, 1), H                                     # (b, T, h), (b, h)
+
+
+class GRU(nnx.Module):
+    """Children l0, l1, ...: one GRULayer per layer, so names read `l0.W_xr`."""
+
+    def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        for i in range(self.num_layers):
+            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens,
+                                            rngs=rngs))
+
+    def __call__(self, X, state=None, *, training=None):
+        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+                                self.num_layers, self.num_hiddens)
+        if state is None:
+            state = jnp.zeros((self.num_layers, X.shape[0], self.num_hiddens), X.dtype)   # (layers, b, h)
+        last = []
+        for i in range(self.num_layers):
+            if i:
+                X = self.dropout(X, deterministic=_deterministic(training))             # between layers only
+            X, H = getattr(self, f"l{i}")(X, state[i])                                  # (b, T, h), (b, h)
+            last.append(H)
+        return X, jnp.stack(last)                                   # (b, T, h), (layers, b, h)
+
+
+class Seq2SeqEncoder(nnx.Module):
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.embedding = nnx.Embed(_checks.positive_int("vocab_size", vocab_size),
+                                   _checks.positive_int("embed_size", embed_size), rngs=rngs)
+        self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
+
+    def __call__(self, X, *, training=None):
+        X = jnp.asarray(X)
+        _checks.tokens(X.shape)
+        embs = self.embedding(X)                                    # (b, S, embed)
+        return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
+
+
+class Seq2SeqAttentionDecoder(nnx.Module):
+    """At each step the top layer's state queries the encoder's outputs; the GRU's
+    input is [context; embedded token], context first (num_hiddens + embed_size).
+    `.attention_weights` (b, T, S) as in DotProductAttention (an nnx.Intermediate)."""
+
+    def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.attention = AdditiveAttention(h, h, h, dropout, rngs=rngs)
+        self.embedding = nnx.Embed(_checks.positive_int("vocab_size", vocab_size),
+                                   _checks.positive_int("embed_size", embed_size), rngs=rngs)
+        self.rnn = GRU(embed_size + h, h, num_layers, dropout, rngs=rngs)
+        self.W_out = nnx.Linear(h, vocab_size, rngs=rngs)
+        self.last_weights = nnx.Intermediate(None)
+
+    def init_state(self, enc_outputs, enc_state, enc_valid_lens=None):
+        return enc_outputs, enc_state, enc_valid_lens
+
+    def __call__(self, X, state, *, training=None):
+        enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
+        X = jnp.asarray(X)
+        _checks.tokens(X.shape)
+        outputs, weights = [], []
+        for x in jnp.unstack(self.embedding(X), axis=1):            # (b, embed), one step at a time
+            query = H[-1][:, None]                                  # (b, 1, h): the top layer's state
+            context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
+            out, H = self.rnn(jnp.concatenate([context, x[:, None]], -1), H, training=training)  # (b, 1, h)
+            outputs.append(out)
+            weights.append(self.attention.attention_weights)       # (b, 1, S)
+        self.last_weights.set_value(jnp.concatenate(weights, 1))   # (b, T, S)
+        return self.W_out(jnp.concatenate(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
+
+    @property
+    def attention_weights(self):
+        return self.last_weights.get_value()                       # (b, T, S)
+
+
+class Seq2Seq(nnx.Module):
+    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *,
+                 rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
+        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout,
+                                               rngs=rngs)
+
+    def __call__(self, src, tgt, src_valid_lens=None, *, training=None):
+        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
+        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
+
+    @property
+    def attention_weights(self):
+        return self.decoder.attention_weights                          # (b, T, S)
+
+
+def sequence_loss(logits, labels, valid_lens):
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels))   # (b, T)
+    keep = jnp.arange(logits.shape[1]) < jnp.asarray(valid_lens)[:, None]             # (b, T)
+    return jnp.sum(nll * keep) / jnp.maximum(keep.sum(), 1)             # no valid token: 0
+
+
+@nnx.jit
+def _encode(encoder, src):
+    """The compiled encoder, in evaluation mode: src (1, S) -> (1, S, h), (layers, 1, h)."""
+    return encoder(src, training=False)
+
+
+@nnx.jit
+def _decode_step(decoder, token, state):
+    """One compiled decoder step: the next token (1, 1) and state; sets `decoder.attention_weights`."""
+    logits, state = decoder(token, state, training=False)              # (1, 1, vocab)
+    return logits.argmax(-1), state
+
+
+def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
+    """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.
+    Returns the tokens before eos and the attention of every step taken, the eos step
+    included: (steps, S). The encoder and each decoder step run compiled (nnx.jit): op by
+    op, JAX would dispatch every small operation of every step on its own."""
+    src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
+    enc_outputs, enc_state = _encode(model.encoder, src)
+    state = model.decoder.init_state(enc_outputs, enc_state, jnp.array([int(src_valid_len)]))
+    decode_step = nnx.cached_partial(_decode_step, model.decoder)      # walks the decoder's graph once, not per step
+    token, tokens, weights = jnp.array([[bos]]), [], []
+    for _ in range(num_steps):
+        token, state = decode_step(token, state)                        # (1, 1)
+        weights.append(np.asarray(model.decoder.attention_weights)[0, 0])  # (S,)
+        if token.item() == eos:
+            break
+        tokens.append(token.item())
+    return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])

@@ -1,0 +1,52 @@
+"""A small trainer: Adam, gradient clipping, a progress bar and the loss curve."""
+
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from d2lattn import _checks
+from d2lattn.jax.seq2seq import sequence_loss
+
+
+@nnx.jit
+def _train_step(model, optimizer, src, src_valid_lens, dec_input, labels, label_valid_lens):
+    """One Adam step on one batch, compiled once per batch shape; returns the batch's loss."""
+
+    def loss_fn(model):
+        logits = model(src, dec_input, src_valid_lens, training=True)   # (b, T, vocab)
+        return sequence_loss(logits, labels, label_valid_lens)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)                    # d/d every nnx.Param
+    optimizer.update(model, grads)
+    return loss
+
+
+def _forget_attention_weights(model):
+    """Set the weights the model kept from its last call (its nnx.Intermediate variables) back to
+    None. They go into the compiled step with the rest of the model's state, shapes and all: a
+    step after a batch of another size would compile again."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Intermediate):
+            node.set_value(None)
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
+    label_valid_lens); the model runs with training=True (its train/eval state is left as
+    it was). Returns each epoch's mean batch loss, for plotting."""
+    epochs = _checks.positive_int("epochs", epochs)
+    optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr)), wrt=nnx.Param)
+    losses = []
+    bar = tqdm(range(epochs), desc="train_seq2seq", unit="epoch", disable=not progress)
+    for _ in bar:
+        total, count = 0.0, 0
+        for batch in batches:
+            _forget_attention_weights(model)                            # one compilation per batch shape
+            loss = _train_step(model, optimizer, *(jnp.asarray(a) for a in batch))
+            total, count = total + float(loss), count + 1
+        if not count:
+            raise ValueError("train_seq2seq: `batches` gave no batch")
+        losses.append(total / count)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses

@@ -32,6 +32,11 @@ DISTRIBUTIONS = {
     "mxnet": ("mxnet",),
     "numpy": ("numpy",),
 }
+# Every backend folder holds these modules, the same names in the same order (the mirror a
+# reader relies on); together with the backend-free figures and notebook helpers they
+# define every name of the contract (d2lattn/api.py).
+MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "params", "grads", "train")
+SHARED = ("d2lattn.plotting", "d2lattn.notebook")
 INSTALL = {
     name: f"pip install 'd2lattn[{name}]' -c constraints/{name}.txt"
     for name in BACKENDS
@@ -78,6 +83,24 @@ def requires(name):
                 f"installed in this environment; install it with: {INSTALL[name]}"
             ) from err
         raise
+
+
+def export(namespace):
+    """Import a backend's modules and put every name of the contract into its package.
+
+    `namespace` is the backend package's globals(); returns the names for its __all__.
+    A name the backend lacks stays missing (tests/test_api.py reports it).
+    """
+    from d2lattn import api
+
+    package = namespace["__name__"]
+    modules = [importlib.import_module(f"{package}.{m}") for m in MODULES]
+    modules += [importlib.import_module(m) for m in SHARED]
+    for name in api.__all__:
+        found = next((vars(m)[name] for m in modules if name in vars(m)), None)
+        if found is not None:
+            namespace[name] = found
+    return [name for name in api.__all__ if name in namespace]
 
 
 def available():

@@ -54,3 +54,14 @@ def test_class_signatures(d2l, name):
     cls, contract = getattr(d2l, name), getattr(api, name)
     assert_compatible(_parameters(cls.__init__, True), _parameters(contract.__init__, True), f"{name}()")
     assert_compatible(_parameters(_call_method(cls), True), _parameters(contract.__call__, True), f"{name}.__call__")
+
+
+def test_backend_folder_mirrors_the_others(backend_name):
+    """Every backend folder holds the same modules (d2lattn/_backend.py MODULES), so a reader
+    who knows d2lattn/torch/attention.py finds its JAX twin at d2lattn/jax/attention.py."""
+    import pathlib
+
+    from d2lattn import _backend
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "d2lattn" / backend_name
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(("__init__", *_backend.MODULES))

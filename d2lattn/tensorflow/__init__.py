@@ -11,7 +11,9 @@ import contextlib
 import os
 import sys
 
-from d2lattn import _backend, api
+from d2lattn import _backend
+
+BACKEND = "tensorflow"
 
 
 @contextlib.contextmanager
@@ -40,51 +42,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 with _backend.requires("tensorflow"), _keras_on_tensorflow():
-    from d2lattn.notebook import check_shape, show_source
-    from d2lattn.plotting import show_heatmaps
-    from d2lattn.tensorflow.attention import (
-        AdditiveAttention,
-        ConcatAttention,
-        DotProductAttention,
-        MultiHeadAttention,
-    )
-    from d2lattn.tensorflow.blocks import (
-        AddNorm,
-        LayerNorm,
-        PositionWiseFFN,
-        TransformerDecoderBlock,
-        TransformerEncoderBlock,
-    )
-    from d2lattn.tensorflow.encoding import PositionalEncoding
-    from d2lattn.tensorflow.grads import value_and_grads
-    from d2lattn.tensorflow.ops import (
-        arange,
-        bmm,
-        causal_mask,
-        concat,
-        exp,
-        masked_softmax,
-        matmul,
-        normal,
-        ones,
-        reshape,
-        stack,
-        swapaxes,
-        tanh,
-        tensor,
-        to_numpy,
-        zeros,
-    )
-    from d2lattn.tensorflow.params import get_params, set_params
-    from d2lattn.tensorflow.seq2seq import (
-        GRU,
-        Seq2Seq,
-        Seq2SeqAttentionDecoder,
-        Seq2SeqEncoder,
-        greedy_decode,
-        sequence_loss,
-    )
-    from d2lattn.tensorflow.train import train_seq2seq
+    __all__ = _backend.export(globals())
 
-BACKEND = "tensorflow"
-__all__ = list(api.__all__)

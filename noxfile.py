@@ -1,6 +1,6 @@
 """Each framework in its own environment, installed from its constraints file.
 
-    nox                      every backend's tests, then crosscheck, then the chapters
+    nox                      every backend's tests, then crosscheck, the chapters, and lint
     nox -s tests-jax         one backend's tests (writes build/results/jax.npz)
     nox -s crosscheck        compare every backend's results with each other
     nox -s bench-torch       ours against the framework's own attention
@@ -15,7 +15,9 @@ FRAMEWORKS = [b for b in BACKENDS if b != "numpy"]
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["crosscheck"] + [f"chapters-{b}" for b in FRAMEWORKS]
+nox.options.sessions = [
+    *(f"tests-{b}" for b in BACKENDS), "crosscheck", *(f"chapters-{b}" for b in FRAMEWORKS), "lint",
+]
 
 
 def install(session, backend, *extras):

@@ -22,13 +22,14 @@ def inputs(tokens, seed=0):
     return X, lens
 
 
-def mha_weights(bias, seed=1):
-    """Canonical MultiHeadAttention weights (W (in, out)) drawn by NumPy."""
-    rng = np.random.default_rng(seed)
-    scale = 1 / np.sqrt(HIDDEN)
-    params = {f"W_{x}": rng.uniform(-scale, scale, (HIDDEN, HIDDEN)).astype(np.float32) for x in "qkvo"}
+def mha_weights(bias, rng=None, hidden=HIDDEN):
+    """Canonical MultiHeadAttention weights (W (in, out)) drawn by NumPy, uniform in +-1/sqrt(hidden);
+    the native-parity tests use them too."""
+    rng = np.random.default_rng(1) if rng is None else rng
+    scale = 1 / np.sqrt(hidden)
+    params = {f"W_{x}": rng.uniform(-scale, scale, (hidden, hidden)).astype(np.float32) for x in "qkvo"}
     if bias:
-        params.update({f"b_{x}": rng.uniform(-scale, scale, HIDDEN).astype(np.float32) for x in "qkvo"})
+        params.update({f"b_{x}": rng.uniform(-scale, scale, hidden).astype(np.float32) for x in "qkvo"})
     return params
 
 

@@ -14,18 +14,11 @@ import pytest
 from flax import nnx
 
 from benchmarks.bench_jax import native_mha, padding_mask
+from benchmarks.common import mha_weights
 from d2lattn import jax as d2l
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to
-
-
-def _mha_params(rng, bias):
-    scale = 1 / np.sqrt(H)
-    params = {f"W_{x}": rng.uniform(-scale, scale, (H, H)).astype(np.float32) for x in "qkvo"}
-    if bias:
-        params.update({f"b_{x}": rng.uniform(-scale, scale, H).astype(np.float32) for x in "qkvo"})
-    return params
 
 
 def _inputs(rng):
@@ -56,7 +49,7 @@ def _masks(masking):
 @pytest.mark.parametrize("masking", ["padding", "causal", "both"])
 def test_multihead_matches_nnx_multiheadattention(bias, masking):
     rng = np.random.default_rng(0)
-    params = _mha_params(rng, bias)
+    params = mha_weights(bias, rng, H)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=bias)
     ours.eval()
     d2l.set_params(ours, params)
@@ -80,7 +73,7 @@ def test_multihead_core_matches_jax_dot_product_attention(masking):
     rng = np.random.default_rng(1)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=True)
     ours.eval()
-    d2l.set_params(ours, _mha_params(rng, bias=True))
+    d2l.set_params(ours, mha_weights(True, rng, H))
     q, k, v = _inputs(rng)
     lens, causal, keep, rows = _masks(masking)
     out = ours(q, k, v, lens, mask=causal)
@@ -124,7 +117,7 @@ def test_masked_softmax_matches_softmax_on_kept_positions():
 def test_jitted_multihead_matches_and_keeps_its_weights():
     """Under nnx.jit, outputs match nnx.MultiHeadAttention and `.attention_weights` come back with the state."""
     rng = np.random.default_rng(4)
-    params = _mha_params(rng, bias=True)
+    params = mha_weights(True, rng, H)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=True)
     ours.eval()
     d2l.set_params(ours, params)

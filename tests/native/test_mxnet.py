@@ -19,6 +19,7 @@ import pytest
 from mxnet import npx
 
 from benchmarks.bench_mxnet import native_mha, row_lengths
+from benchmarks.common import mha_weights
 from d2lattn import mxnet as d2l
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
@@ -40,14 +41,6 @@ def _masks(masking):
 
 def _use_length_softmax(X, rows):
     return npx.softmax(X, length=mx.np.array(rows), use_length=True, axis=-1)
-
-
-def _mha_params(rng, bias):
-    scale = 1 / np.sqrt(H)
-    params = {f"W_{x}": rng.uniform(-scale, scale, (H, H)).astype(np.float32) for x in "qkvo"}
-    if bias:
-        params.update({f"b_{x}": rng.uniform(-scale, scale, H).astype(np.float32) for x in "qkvo"})
-    return params
 
 
 @pytest.mark.parametrize("masking", [*MASKINGS, "per-query"])
@@ -82,7 +75,7 @@ def test_dot_product_matches_batch_dot_and_use_length_softmax(masking):
 @pytest.mark.parametrize("masking", MASKINGS)
 def test_multihead_matches_composite(masking, bias, hybridize):
     rng = np.random.default_rng(2)
-    params = _mha_params(rng, bias)
+    params = mha_weights(bias, rng, H)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=bias)
     d2l.set_params(ours, params)
     native = native_mha(params, hidden=H, heads=HEADS)

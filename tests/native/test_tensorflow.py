@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_tensorflow import native_mha
+from benchmarks.common import mha_weights
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow
 
 # isort: split
@@ -42,13 +43,6 @@ LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend 
 
 def _uniform(rng, shape, fan_in):
     return rng.uniform(-1, 1, shape).astype(np.float32) / np.sqrt(fan_in)
-
-
-def _mha_params(rng, bias):
-    params = {f"W_{x}": _uniform(rng, (H, H), H) for x in "qkvo"}
-    if bias:
-        params.update({f"b_{x}": _uniform(rng, (H,), H) for x in "qkvo"})
-    return params
 
 
 def _masks(masking):
@@ -76,7 +70,7 @@ def _check_empty_rows(ours_weights, native_weights, live):
 @pytest.mark.parametrize("masking", ["padding", "causal", "both"])
 def test_multihead_matches_keras_multiheadattention(bias, masking):
     rng = np.random.default_rng(0)
-    params = _mha_params(rng, bias)
+    params = mha_weights(bias, rng, H)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=bias)
     d2l.set_params(ours, params)
     native = native_mha(params, hidden=H, heads=HEADS)

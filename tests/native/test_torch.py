@@ -11,24 +11,17 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.bench_torch import native_mha
+from benchmarks.common import mha_weights
 from d2lattn import torch as d2l
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
-
-
-def _mha_params(rng, bias):
-    scale = 1 / np.sqrt(H)
-    params = {f"W_{x}": rng.uniform(-scale, scale, (H, H)).astype(np.float32) for x in "qkvo"}
-    if bias:
-        params.update({f"b_{x}": rng.uniform(-scale, scale, H).astype(np.float32) for x in "qkvo"})
-    return params
 
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("masking", ["padding", "causal"])
 def test_multihead_matches_nn_multiheadattention(bias, masking):
     rng = np.random.default_rng(0)
-    params = _mha_params(rng, bias)
+    params = mha_weights(bias, rng, H)
     ours = d2l.MultiHeadAttention(H, HEADS, bias=bias).eval()
     d2l.set_params(ours, params)
     native = native_mha(params, hidden=H, heads=HEADS)

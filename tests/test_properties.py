@@ -8,6 +8,7 @@ EXAMPLES examples per component on every backend, every time.
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -74,25 +75,11 @@ def agree(d2l, component, call):
         np.testing.assert_allclose(d2l.to_numpy(fn.attention_weights), ref_fn.attention_weights, atol=1e-5)
 
 
+COMPONENTS = ["masked_softmax", "DotProductAttention", "AdditiveAttention", "MultiHeadAttention"]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
 @PROFILE
-@given(call=calls("masked_softmax"))
-def test_masked_softmax(d2l, call):
-    agree(d2l, "masked_softmax", call)
-
-
-@PROFILE
-@given(call=calls("DotProductAttention"))
-def test_dot_product_attention(d2l, call):
-    agree(d2l, "DotProductAttention", call)
-
-
-@PROFILE
-@given(call=calls("AdditiveAttention"))
-def test_additive_attention(d2l, call):
-    agree(d2l, "AdditiveAttention", call)
-
-
-@PROFILE
-@given(call=calls("MultiHeadAttention"))
-def test_multihead_attention(d2l, call):
-    agree(d2l, "MultiHeadAttention", call)
+@given(data=st.data())
+def test_agrees_with_reference(d2l, component, data):
+    agree(d2l, component, data.draw(calls(component), label="call"))

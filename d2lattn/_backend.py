@@ -35,7 +35,7 @@ DISTRIBUTIONS = {
 # Every backend folder holds these modules, the same names in the same order (the mirror a
 # reader relies on); together with the backend-free figures and notebook helpers they
 # define every name of the contract (d2lattn/api.py).
-MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "params", "grads", "train")
+MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "blockwise", "params", "grads", "train")
 SHARED = ("d2lattn.plotting", "d2lattn.notebook")
 INSTALL = {
     name: f"pip install 'd2lattn[{name}]' -c constraints/{name}.txt"

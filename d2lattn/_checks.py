@@ -183,3 +183,110 @@ def recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None
             _fits(a, b) for a, b in zip(tuple(state), (num_layers, X[0], num_hiddens)))):
         raise ValueError(f"state must have shape (num_layers, batch, num_hiddens) = "
                          f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")
+
+
+# --- lengths made the framework's own way (float lengths, issue 11) ------------------
+
+
+def lens_dtype(dtype):
+    """Lengths are integers, or floats holding whole numbers (MXNet's np.array([2, 3]) is
+    float32). Returns True when the backend must cast them (a float dtype)."""
+    name = dtype_name(dtype)
+    if name.startswith(("int", "uint")):
+        return False
+    if name.startswith(("float", "bfloat")):
+        return True
+    raise TypeError(f"valid_lens must be integers (or floats holding whole numbers), got dtype {name}")
+
+
+def lens_whole(fractional):
+    """`fractional`: a length that is not a whole number, or None; checked where values are known."""
+    if fractional is not None:
+        raise ValueError(f"valid_lens must hold whole numbers of keys, got a fractional length {fractional!r}")
+
+
+# --- modern attention (issue 13) -------------------------------------------------------
+
+
+def kv_heads(num_heads, num_kv_heads):
+    """num_kv_heads (None: num_heads) must divide num_heads; returns it as an int."""
+    if num_kv_heads is None:
+        return num_heads
+    positive_int("num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+    return int(num_kv_heads)
+
+
+def head_size(value):
+    """Rotary encoding rotates pairs of features: an even, positive head_size."""
+    positive_int("head_size", value)
+    if value % 2:
+        raise ValueError(f"head_size must be even (rotary encoding rotates pairs of features), got {value}")
+    return int(value)
+
+
+def window(value):
+    """A sliding window: None (no window) or a positive number of positions."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"window must be None or an integer >= 1 (positions each query sees), got {value!r}")
+    return int(value)
+
+
+def integer(name, value):
+    """Any integer (offsets may be negative)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def score_bias(bias_shape, scores_shape):
+    """score_bias broadcasts to the scores."""
+    bias_shape, scores_shape = tuple(bias_shape), tuple(scores_shape)
+    if len(bias_shape) > len(scores_shape) or not all(
+        m == 1 or _fits(m, s) for m, s in zip(reversed(bias_shape), reversed(scores_shape))
+    ):
+        raise ValueError(f"score_bias of shape {bias_shape} does not broadcast to the scores' shape {scores_shape}")
+
+
+def cache(cache_value, batch, num_kv_heads, head_size):
+    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size)."""
+    if cache_value is None:
+        return
+    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, t, {head_size})"
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
+        raise ValueError(f"cache must be None or a tuple (keys, values), each of shape {want}")
+    k, v = (tuple(c.shape) for c in cache_value)
+    for shape in (k, v):
+        if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, (batch, num_kv_heads, k[2], head_size))):
+            raise ValueError(f"cache must hold keys and values of shape {want}, got {k} and {v}; "
+                             "was it made by a layer of another shape?")
+
+
+def block_inputs(queries, keys, values):
+    """blockwise_attention: (..., q, d), (..., k, d), (..., k, dv) with the same leading axes."""
+    q, k, v = tuple(queries), tuple(keys), tuple(values)
+    if not (len(q) >= 3 and len(q) == len(k) == len(v)):
+        raise ValueError(f"queries, keys and values must have the same number of axes, at least 3 "
+                         f"(batch, ..., positions, features), got shapes {q}, {k} and {v}")
+    if not all(_fits(a, b) and _fits(a, c) for a, b, c in zip(q[:-2], k[:-2], v[:-2])):
+        raise ValueError(f"queries, keys and values must have the same leading axes, got shapes {q}, {k} and {v}")
+    if not _fits(k[-2], v[-2]):
+        raise ValueError(f"keys and values must have the same number of positions (axis -2), got keys {k} "
+                         f"and values {v}")
+    if not _fits(q[-1], k[-1]):
+        raise ValueError(f"queries and keys must have the same feature size (last axis), got queries {q} "
+                         f"and keys {k}")
+
+
+def merge_inputs(outputs, lses):
+    """merge_attention: as many outputs (..., q, dv) as lses (..., q), at least one."""
+    if len(outputs) != len(lses) or not outputs:
+        raise ValueError(f"merge_attention needs one lse per output and at least one part, got "
+                         f"{len(outputs)} outputs and {len(lses)} lses")
+    for o, s in zip(outputs, lses):
+        if tuple(o.shape[:-1]) != tuple(s.shape) or tuple(o.shape) != tuple(outputs[0].shape):
+            raise ValueError(f"merge_attention: outputs must share one shape (..., q, dv) and lses be (..., q), "
+                             f"got outputs {tuple(o.shape)} and lses {tuple(s.shape)}")

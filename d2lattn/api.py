@@ -8,11 +8,15 @@ Gluon, `call` in Keras, `__call__` in Flax NNX).
 
 Shapes: batch `b`, queries `q`, key-value pairs `k`, feature sizes `d`, `dv`.
 `valid_lens`: integers, `(b,)` per sequence or `(b, q)` per query; a length
-beyond the number of keys means all keys. `mask`: booleans broadcastable to
+beyond the number of keys means all keys. Floating-point lengths (MXNet's
+`np.array([2, 3])` is float32) are accepted when every value is a whole
+number and mean the same; a fractional length is a ValueError where the values
+are known (eager calls); under tracing only the dtype is known, and they are cast. `mask`: booleans broadcastable to
 the scores `(b, q, k)`, True = may attend. A position is attended only if
 both allow it.
 
-`training`: None follows the framework's own mode; True/False overrides it.
+`training`: every module's call takes it. None follows the framework's own mode;
+True/False overrides it; modules without dropout ignore it.
 """
 
 # The backend's canonical name, e.g. "torch".
@@ -91,8 +95,12 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     """
 
 
-def causal_mask(num_queries, num_keys=None):
-    """Boolean (q, k): key j may be attended by query i iff j <= i."""
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
+    """Boolean (q, k), a native array. Query i sits at position offset + i, key j at j:
+    True iff j <= offset + i and, with a window w (>= 1), offset + i - j < w (each query
+    sees itself and the w - 1 positions before it). offset = num_keys - num_queries is the
+    lower-right alignment of new queries that continue a cached sequence; offset may be
+    negative. The default is the classic lower triangle (j <= i)."""
 
 
 class DotProductAttention:
@@ -101,8 +109,12 @@ class DotProductAttention:
     def __init__(self, dropout=0.0):
         """`dropout` on the attention weights, active only in training."""
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        """(b, q, d), (b, k, d), (b, k, dv) -> (b, q, dv); sets `.attention_weights` (b, q, k)."""
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """(b, q, d), (b, k, d), (b, k, dv) -> (b, q, dv); sets `.attention_weights` (b, q, k).
+
+        `score_bias`: floats broadcastable to the scores (b, q, k), added to the scaled
+        scores before masking and softmax (masked positions still get weight 0);
+        gradients flow into it. Queries may carry one more leading axis (b, heads, q, d)."""
 
 
 class AdditiveAttention:
@@ -116,14 +128,21 @@ class AdditiveAttention:
 
 
 class MultiHeadAttention:
-    """`num_heads` scaled dot-product attentions in parallel on learned projections."""
+    """`num_heads` scaled dot-product attentions in parallel on learned projections.
+
+    Grouped-query attention: `num_kv_heads` (default num_heads) key/value heads, which
+    must divide num_heads; query head h uses key/value head h // (num_heads // num_kv_heads).
+    num_kv_heads=1 is multi-query attention."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None):
-        """W_q, W_k, W_v (in, num_hiddens), W_o (num_hiddens, num_hiddens), biases if `bias`."""
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
+        """W_q (query_size, num_hiddens), W_k (key_size, num_kv_heads * head_size),
+        W_v (value_size, num_kv_heads * head_size), W_o (num_hiddens, num_hiddens),
+        head_size = num_hiddens // num_heads; biases b_q, b_k, b_v, b_o likewise if `bias`."""
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        """-> (b, q, num_hiddens); `.attention_weights` (b, num_heads, q, k)."""
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """-> (b, q, num_hiddens); `.attention_weights` (b, num_heads, q, k).
+        `score_bias` broadcasts to (b, num_heads, q, k), e.g. an ALiBi bias (heads, q, k)."""
 
 
 class PositionalEncoding:
@@ -134,6 +153,33 @@ class PositionalEncoding:
 
     def __call__(self, X, *, training=None):
         """(b, T, num_hiddens) -> X + P[:, :T], then dropout."""
+
+
+def alibi_slopes(num_heads):
+    """float32 (num_heads,), a native array: Press et al.'s ALiBi slopes. For n a power of
+    two, slope h is 2 ** (-8 (h + 1) / n); otherwise the slopes of the largest power of two
+    c < n, followed by the first n - c of every other slope of 2c (indices 0, 2, 4, ...)."""
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    """float32 (heads, q, k), a native array: -slope[h] * |offset + i - j|, ready for a
+    MultiHeadAttention call's `score_bias`."""
+
+
+class RotaryPositionalEncoding:
+    """Rotary position embedding (RoPE), no parameters.
+
+    Row t is at position p = offset + t; theta_i = base ** (-2 i / head_size) for
+    i < head_size / 2; each pair (a, b) becomes (a cos(p theta_i) - b sin(p theta_i),
+    a sin(p theta_i) + b cos(p theta_i)). Pairs are (x[i], x[i + head_size / 2]) (split
+    halves, GPT-NeoX and Hugging Face's LLaMA) by default, (x[2i], x[2i + 1]) with
+    `interleaved=True` (RoFormer, Meta's original LLaMA)."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        """An odd head_size is a ValueError naming head_size."""
+
+    def __call__(self, X, *, offset=0, training=None):
+        """X (..., T, head_size) -> the same shape, rotated."""
 
 
 class ConcatAttention:
@@ -152,7 +198,7 @@ class ConcatAttention:
         """W_attn (query_size + key_size, num_values), b_attn (num_values,),
         W_combine (query_size + value_size, output_size), b_combine (output_size,)."""
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
         """(b, q, query_size), (b, q, key_size), (b, num_values, value_size) -> (b, q, output_size);
         `.attention_weights` (b, q, num_values)."""
 
@@ -167,7 +213,7 @@ class LayerNorm:
     def __init__(self, normalized_size, eps=1e-5):
         """Parameters gamma, beta (normalized_size,)."""
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):
         """(..., normalized_size) -> same shape."""
 
 
@@ -177,8 +223,29 @@ class PositionWiseFFN:
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         """W_1 (num_inputs, ffn_num_hiddens), b_1, W_2 (ffn_num_hiddens, ffn_num_outputs), b_2."""
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):
         """(b, T, num_inputs) -> (b, T, ffn_num_outputs)."""
+
+
+class RMSNorm:
+    """Root-mean-square normalization: X / sqrt(mean(X ** 2, -1) + eps) * gamma."""
+
+    def __init__(self, normalized_size, eps=1e-6):
+        """Parameter gamma (normalized_size,), ones."""
+
+    def __call__(self, X, *, training=None):
+        """(..., normalized_size) -> same shape."""
+
+
+class SwiGLUFFN:
+    """The gated FFN of current models: (silu(X W_gate) * (X W_up)) W_down, no biases."""
+
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+        """W_gate, W_up (num_inputs, ffn_num_hiddens), W_down (ffn_num_hiddens, ffn_num_outputs
+        or num_inputs)."""
+
+    def __call__(self, X, *, training=None):
+        """(..., num_inputs) -> (..., ffn_num_outputs)."""
 
 
 class AddNorm:
@@ -287,10 +354,90 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     one attention row per step taken, the step that produced eos included."""
 
 
+def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """The framework's own Adam with global-norm clipping on sequence_loss, a progress bar, and
+    the loss curve (each epoch's mean loss). batches: a re-iterable of NumPy
+    (inputs int (b, T), labels int (b, T), valid_lens int (b,))."""
+
+
 def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
     """Adam with gradient clipping (global norm `clip`) on sequence_loss, a progress bar,
     and the loss curve: a list with each epoch's mean loss.
     batches: a re-iterable of NumPy (src, src_valid_lens, dec_input, labels, label_valid_lens)."""
+
+
+# --- decoder-only language models ------------------------------------------------
+
+
+class CausalSelfAttention:
+    """The attention layer of a decoder-only model, with a key/value cache.
+
+    Parameters as MultiHeadAttention(num_hiddens, num_heads, bias=bias,
+    num_kv_heads=num_kv_heads): W_q, W_k, W_v, W_o. Rotary encoding (split halves, base
+    `rope_base`; None for none) rotates each head's queries and keys at their absolute
+    positions; causal, and with a sliding `window` each position sees itself and the
+    window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
+    equals MultiHeadAttention with mask=causal_mask(T) and the same parameters."""
+
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
+                 dropout=0.0, bias=False):
+        """num_kv_heads must divide num_heads; window >= 1 or None."""
+
+    def __call__(self, X, *, cache=None, training=None):
+        """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache).
+
+        `cache`: None at the start, or what the previous call returned: a tuple (keys,
+        values) of native arrays (b, num_kv_heads, t, head_size) holding the rotated keys and
+        the values of every position so far; the positions of X continue after them. Feeding
+        a sequence in pieces of any sizes gives the outputs of one full pass.
+        `.attention_weights` (b, num_heads, T, t + T)."""
+
+
+class TransformerLM:
+    """A decoder-only language model: `embedding` (vocab_size, num_hiddens); `num_layers`
+    pre-norm blocks `blocks.{i}`, each X = X + attention(norm1(X)), then X = X + ffn(norm2(X)),
+    with norm1, norm2 RMSNorm, attention a CausalSelfAttention (num_kv_heads, window,
+    rope_base passed on) and ffn a SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm`
+    (RMSNorm) and W_out (num_hiddens, vocab_size), not tied to the embedding."""
+
+    def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+        """Parameter names follow the children: embedding, blocks.0.attention.W_q,
+        blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out."""
+
+    def __call__(self, tokens, *, cache=None, training=None):
+        """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
+        previous call returned (a list with one CausalSelfAttention cache per block)."""
+
+
+def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
+    """prompt int (b, T0) (array-like) -> NumPy int (b, T0 + num_tokens): the prompt followed by
+    the new tokens. Greedy at temperature 0; otherwise sampled from softmax(logits /
+    temperature) with numpy.random.default_rng(seed), so the same logits give the same tokens
+    on every backend. use_cache=False recomputes the whole sequence at every step and gives
+    the same tokens."""
+
+
+# --- attention that fits in memory ---------------------------------------------------
+
+
+def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
+                        return_lse=False):
+    """Scaled dot-product attention computed `block_size` keys at a time with a running max
+    and sum (the online softmax): extra memory O(q * block_size), never O(q * k).
+
+    (..., q, d), (..., k, d), (..., k, dv) -> (..., q, dv), any leading axes ((b,) or
+    (b, heads)); `valid_lens` ((b,) or (b, q)) indexes the first. causal=True applies
+    causal_mask(q, k, offset=offset). A row with nothing to attend to is zeros. With
+    return_lse=True also the log-sum-exp of each row's kept scaled scores, (..., q), -inf
+    for an empty row. Gradients recompute the scores block by block from the saved output
+    and log-sum-exp (FlashAttention-2's backward), so training memory is O(T) too."""
+
+
+def merge_attention(outputs, lses):
+    """Combine partial results over disjoint sets of keys: sequences of (..., q, dv) outputs
+    and (..., q) log-sum-exps -> (output, lse), each part weighted by exp(lse_i - lse);
+    a row empty in every part stays zeros with lse = -inf."""
 
 
 # --- portable parameters --------------------------------------------------------
@@ -302,6 +449,14 @@ def get_params(module):
 
 def set_params(module, params):
     """Load canonical parameters; a missing, extra or mis-shaped entry is a ValueError."""
+
+
+def save_params(module, path):
+    """Write get_params(module) to a .safetensors file (float32, canonical names)."""
+
+
+def load_params(module, path):
+    """Load a .safetensors file written by any backend; strict like set_params."""
 
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):

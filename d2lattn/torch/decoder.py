@@ -1,0 +1,1 @@
+"""Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""

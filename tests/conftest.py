@@ -35,8 +35,9 @@ def d2l(backend_name):
 
 
 def pytest_ignore_collect(collection_path, config):
-    """tests/native/test_<backend>.py compares one framework with its own attention: the
+    """tests/native/test_<backend>.py compares one framework with its own attention, and
+    tests/distributed/test_<backend>.py runs ring attention on its distributed engine: the
     other backends' environments do not have that framework, so only this backend's is collected."""
-    if collection_path.parent.name == "native" and collection_path.name.startswith("test_"):
+    if collection_path.parent.name in ("native", "distributed") and collection_path.name.startswith("test_"):
         return collection_path.stem != f"test_{config.backend_name}"
     return None

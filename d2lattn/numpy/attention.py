@@ -21,10 +21,14 @@ class DotProductAttention(Module):
         self.rate = _checks.dropout_rate(dropout)
         self.attention_weights = None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(d)      # (b, q, k)
+        if score_bias is not None:
+            score_bias = np.asarray(score_bias)
+            _checks.score_bias(score_bias.shape, scores.shape)
+            scores = scores + score_bias                                 # masking still wins below
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         return self.dropout(self.attention_weights, self.rate, training) @ values  # (b, q, dv)
 
@@ -56,44 +60,53 @@ class AdditiveAttention(Module):
 
 class MultiHeadAttention(Module):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
-        sizes = {"q": ("query_size", query_size), "k": ("key_size", key_size),
-                 "v": ("value_size", value_size), "o": ("num_hiddens", h)}
-        for x, (name, size) in sizes.items():
-            self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.positive_int(name, size), h)
+        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        self.head_size = h // self.num_heads
+        kv = self.num_kv_heads * self.head_size                    # key/value heads share columns
+        sizes = {"q": ("query_size", query_size, h), "k": ("key_size", key_size, kv),
+                 "v": ("value_size", value_size, kv), "o": ("num_hiddens", h, h)}
+        for x, (name, size, out) in sizes.items():
+            self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.positive_int(name, size), out)
         if bias:
-            self.params.update({f"b_{x}": np.zeros(h) for x in sizes})
+            self.params.update({f"b_{x}": np.zeros(out) for x, (_, _, out) in sizes.items()})
         self.attention = DotProductAttention(dropout)
 
     def _dense(self, X, x):
         return X @ self.params[f"W_{x}"] + self.params.get(f"b_{x}", 0.0)
 
-    def _split_heads(self, X):
-        b, n, _ = X.shape                                          # (b, n, num_hiddens)
-        X = X.reshape(b, n, self.num_heads, -1)                    # (b, n, heads, dh)
+    def _split_heads(self, X, num_heads):
+        b, n, _ = X.shape                                          # (b, n, num_heads * dh)
+        X = X.reshape(b, n, num_heads, -1)                         # (b, n, heads, dh)
         return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+        group = self.num_heads // self.num_kv_heads
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (b, heads, k, dh): head h uses h // group
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        b, _, n, _ = out.shape                                     # (b, heads, q, dh)
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)          # (b, q, num_hiddens)
+        return self._dense(out, "o")
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.params["W_q"].shape[0], "keys": self.params["W_k"].shape[0],
                  "values": self.params["W_v"].shape[0]}
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = np.asarray(mask)
             _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self._split_heads(self._dense(queries, "q"))            # (b, heads, q, dh)
-        k = self._split_heads(self._dense(keys, "k"))               # (b, heads, k, dh)
-        v = self._split_heads(self._dense(values, "v"))             # (b, heads, k, dh)
+        q = self._split_heads(self._dense(queries, "q"), self.num_heads)     # (b, heads, q, dh)
+        k = self._split_heads(self._dense(keys, "k"), self.num_kv_heads)     # (b, kv_heads, k, dh)
+        v = self._split_heads(self._dense(values, "v"), self.num_kv_heads)   # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                   # (b, 1, q, k): every head
-        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
-        b, _, n, _ = out.shape                                     # (b, heads, q, dh)
-        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)          # (b, q, num_hiddens)
-        return self._dense(out, "o")
+        return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):
@@ -115,7 +128,7 @@ class ConcatAttention(Module):
         }
         self.attention_weights = None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
         _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         p = self.params
         scores = np.concatenate([queries, keys], -1) @ p["W_attn"] + p["b_attn"]   # (b, q, num_values)

@@ -1,4 +1,4 @@
-"""Sinusoidal positional encoding."""
+"""Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
 import numpy as np
 
@@ -28,3 +28,46 @@ class PositionalEncoding(Module):
         _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                # (b, T, d)
         return self.dropout(X, self.rate, training)
+
+
+def alibi_slopes(num_heads):
+    """Press et al.'s slopes: 2 ** (-8 (h + 1) / n) for n a power of two; otherwise those of the
+    largest power of two c < n, then every other slope of 2c, the first n - c of them."""
+    n = _checks.positive_int("num_heads", num_heads)
+    c = 2 ** (n.bit_length() - 1)                                    # the largest power of two <= n
+
+    def geometric(m):
+        return 2.0 ** (-8 * np.arange(1, m + 1) / m)                 # (m,)
+
+    return np.concatenate([geometric(c), geometric(2 * c)[0::2][: n - c]])  # (n,)
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    """(heads, q, k): -slope[h] * |offset + i - j|, the distance between query i and key j."""
+    num_keys = num_queries if num_keys is None else num_keys
+    offset = _checks.integer("offset", offset)
+    distance = np.abs(offset + np.arange(num_queries)[:, None] - np.arange(num_keys))  # (q, k)
+    return -alibi_slopes(num_heads)[:, None, None] * distance      # (heads, q, k)
+
+
+class RotaryPositionalEncoding(Module):
+    """Rotates each pair of features (a, b) by the angle p theta_i; pairs are split halves
+    (x[i], x[i + d/2]) or, interleaved, neighbours (x[2i], x[2i + 1])."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        super().__init__()
+        self.head_size = _checks.head_size(head_size)
+        self.base = _checks.positive_number("base", base)
+        self.interleaved = bool(interleaved)
+
+    def forward(self, X, *, offset=0, training=None):
+        _checks.features("X", X.shape, self.head_size, "the head_size")
+        d = self.head_size
+        theta = self.base ** (-2 * np.arange(d // 2) / d)               # (d/2,)
+        p = _checks.integer("offset", offset) + np.arange(X.shape[-2])  # (T,): absolute positions
+        cos, sin = np.cos(p[:, None] * theta), np.sin(p[:, None] * theta)  # (T, d/2)
+        a, b = (X[..., 0::2], X[..., 1::2]) if self.interleaved else (X[..., : d // 2], X[..., d // 2:])
+        a, b = a * cos - b * sin, a * sin + b * cos                     # (..., T, d/2) each
+        if self.interleaved:
+            return np.stack([a, b], -1).reshape(X.shape)                 # (..., T, d): a0 b0 a1 b1 ...
+        return np.concatenate([a, b], -1)                                # (..., T, d): a... b...

@@ -96,6 +96,12 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     return (e / np.where(total > 0, total, 1.0)).astype(dtype)  # empty row: 0 / 1 = 0
 
 
-def causal_mask(num_queries, num_keys=None):
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
+    """Query i sits at position offset + i, key j at j: keep j <= offset + i, and within a
+    window w also offset + i - j < w."""
     num_keys = num_queries if num_keys is None else num_keys
-    return np.tril(np.ones((num_queries, num_keys), dtype=bool))
+    offset, window = _checks.integer("offset", offset), _checks.window(window)
+    i = offset + np.arange(num_queries)[:, None]           # (q, 1): the queries' positions
+    j = np.arange(num_keys)                                # (k,): the keys' positions
+    keep = j <= i                                          # (q, k)
+    return keep if window is None else keep & (i - j < window)

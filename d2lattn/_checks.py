@@ -65,10 +65,10 @@ def lens_view(lens_shape, scores_shape, dtype=None):
 
     (b,) -> (b, 1, ..., 1) applies to every query of a sequence;
     (b, q) -> (b, 1, ..., q, 1) gives each query its own length.
-    Checks the shape, and the dtype where given (lengths are integers).
+    Checks the shape, and the dtype where given (integers, or floats holding whole numbers).
     """
-    if dtype is not None and not dtype_name(dtype).startswith(("int", "uint")):
-        raise TypeError(f"valid_lens must be integers, got dtype {dtype_name(dtype)}")
+    if dtype is not None:
+        lens_dtype(dtype)
     lens_shape, scores_shape = tuple(lens_shape), tuple(scores_shape)
     if len(scores_shape) < 2:
         raise ValueError(f"valid_lens needs scores with axes (batch, ..., queries, keys), got shape {scores_shape}")
@@ -84,10 +84,15 @@ def lens_view(lens_shape, scores_shape, dtype=None):
     return tuple(-1 if n is None else n for n in lens_shape[:1] + pad + lens_shape[1:] + (1,))
 
 
-def lens_values(smallest):
-    """Lengths count keys: none may be negative (one beyond the number of keys means all)."""
-    if smallest < 0:
-        raise ValueError(f"valid_lens must be >= 0, got a length of {smallest}")
+def lens_values(values):
+    """Lengths count keys, where their values are known (eager calls): whole numbers (a float
+    length must hold one), none negative (one beyond the number of keys means all)."""
+    values = np.asarray(values, dtype=np.float64)
+    fractional = values[values != np.floor(values)]
+    if fractional.size:
+        raise ValueError(f"valid_lens must hold whole numbers of keys, got a fractional length {fractional[0]:g}")
+    if values.size and values.min() < 0:
+        raise ValueError(f"valid_lens must be >= 0, got a length of {int(values.min())}")
 
 
 def mask(mask_shape, scores_shape, dtype):
@@ -185,24 +190,19 @@ def recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None
                          f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")
 
 
-# --- lengths made the framework's own way (float lengths, issue 11) ------------------
+# --- lengths made the framework's own way -------------------------------------------
 
 
 def lens_dtype(dtype):
     """Lengths are integers, or floats holding whole numbers (MXNet's np.array([2, 3]) is
-    float32). Returns True when the backend must cast them (a float dtype)."""
+    float32). Returns True when the backend must cast them to integers (a float dtype);
+    under tracing only the dtype is known, and a fractional length is cast (truncated)."""
     name = dtype_name(dtype)
     if name.startswith(("int", "uint")):
         return False
     if name.startswith(("float", "bfloat")):
         return True
     raise TypeError(f"valid_lens must be integers (or floats holding whole numbers), got dtype {name}")
-
-
-def lens_whole(fractional):
-    """`fractional`: a length that is not a whole number, or None; checked where values are known."""
-    if fractional is not None:
-        raise ValueError(f"valid_lens must hold whole numbers of keys, got a fractional length {fractional!r}")
 
 
 # --- modern attention (issue 13) -------------------------------------------------------

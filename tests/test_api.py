@@ -56,6 +56,16 @@ def test_class_signatures(d2l, name):
     assert_compatible(_parameters(_call_method(cls), True), _parameters(contract.__call__, True), f"{name}.__call__")
 
 
+@pytest.mark.parametrize("name", CLASSES)
+def test_every_module_call_takes_training(d2l, name):
+    """`training=None` on every module's call, in the contract and in the backend, so one line
+    of chapter code runs on every backend (ignored where a module has no dropout)."""
+    for where, call in (("contract", getattr(api, name).__call__), (d2l.BACKEND, _call_method(getattr(d2l, name)))):
+        training = inspect.signature(call).parameters.get("training")
+        assert training is not None and training.default is None and training.kind is training.KEYWORD_ONLY, (
+            f"{name}.__call__ ({where}) must take a keyword-only training=None")
+
+
 def test_backend_folder_mirrors_the_others(backend_name):
     """Every backend folder holds the same modules (d2lattn/_backend.py MODULES), so a reader
     who knows d2lattn/torch/attention.py finds its JAX twin at d2lattn/jax/attention.py."""

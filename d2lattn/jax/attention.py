@@ -40,10 +40,14 @@ class DotProductAttention(nnx.Module):
         self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ jnp.swapaxes(keys, -1, -2) / math.sqrt(d)          # (b, q, k)
+        if score_bias is not None:
+            score_bias = jnp.asarray(score_bias)
+            _checks.score_bias(score_bias.shape, scores.shape)
+            scores = scores + score_bias                                      # before masking: masked stays 0
         weights = masked_softmax(scores, valid_lens, mask=mask)
         self.last_weights.set_value(weights)
         weights = self.dropout(weights, deterministic=_deterministic(training))
@@ -83,40 +87,50 @@ class AdditiveAttention(nnx.Module):
 
 
 class MultiHeadAttention(nnx.Module):
-    """Multi-head attention; `.attention_weights` (b, heads, q, k) as in DotProductAttention."""
+    """Multi-head attention; `.attention_weights` (b, heads, q, k) as in DotProductAttention.
+    With num_kv_heads < num_heads (grouped-query), W_k and W_v map to num_kv_heads heads."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None, rngs=None):
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        self.head_size = h // self.num_heads
         size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
+        h_kv = self.num_kv_heads * self.head_size
         self.W_q = nnx.Linear(size["query"], h, use_bias=bias, rngs=rngs)
-        self.W_k = nnx.Linear(size["key"], h, use_bias=bias, rngs=rngs)
-        self.W_v = nnx.Linear(size["value"], h, use_bias=bias, rngs=rngs)
+        self.W_k = nnx.Linear(size["key"], h_kv, use_bias=bias, rngs=rngs)
+        self.W_v = nnx.Linear(size["value"], h_kv, use_bias=bias, rngs=rngs)
         self.W_o = nnx.Linear(h, h, use_bias=bias, rngs=rngs)
         self.attention = DotProductAttention(dropout, rngs=rngs)
 
     def split_heads(self, X):
-        b, n, _ = X.shape                                                 # (b, n, num_hiddens)
-        return X.reshape(b, n, self.num_heads, -1).transpose(0, 2, 1, 3)  # (b, heads, n, dh)
+        b, n, _ = X.shape                                                     # (b, n, heads * dh)
+        return X.reshape(b, n, -1, self.head_size).transpose(0, 2, 1, 3)      # (b, heads, n, dh)
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """q (b, heads, q, dh), k, v (b, kv_heads, k, dh) -> W_o of the heads' outputs, (b, q, num_hiddens)."""
+        group = self.num_heads // self.num_kv_heads
+        k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)   # (b, heads, k, dh): h uses h // group
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        b, _, n, _ = out.shape                                                # (b, heads, q, dh)
+        return self.W_o(out.transpose(0, 2, 1, 3).reshape(b, n, -1))          # (b, q, num_hiddens)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = jnp.asarray(mask)
             _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                           # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                              # (b, heads, k, dh)
-        v = self.split_heads(self.W_v(values))                            # (b, heads, k, dh)
+        k = self.split_heads(self.W_k(keys))                              # (b, kv_heads, k, dh)
+        v = self.split_heads(self.W_v(values))                            # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                          # (b, 1, q, k): every head
-        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
-        b, _, n, _ = out.shape                                            # (b, heads, q, dh)
-        return self.W_o(out.transpose(0, 2, 1, 3).reshape(b, n, -1))      # (b, q, num_hiddens)
+        return self.attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):
@@ -136,7 +150,7 @@ class ConcatAttention(nnx.Module):
         self.W_combine = nnx.Linear(query_size + value_size, output_size, rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
         _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(jnp.concatenate([queries, keys], -1))               # (b, q, num_values)
         weights = masked_softmax(scores, valid_lens, mask=mask)

@@ -21,7 +21,7 @@ class LayerNorm(nnx.Module):
         self.gamma = nnx.Param(jnp.ones(n))
         self.beta = nnx.Param(jnp.zeros(n))
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         mean = X.mean(axis=-1, keepdims=True)                             # (..., 1)
         var = ((X - mean) ** 2).mean(axis=-1, keepdims=True)              # biased, as in the paper
@@ -37,7 +37,7 @@ class PositionWiseFFN(nnx.Module):
         self.W_1 = nnx.Linear(n_in, n_h, rngs=rngs)
         self.W_2 = nnx.Linear(n_h, n_out, rngs=rngs)
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.W_1.in_features, "the num_inputs")
         return self.W_2(jax.nn.relu(self.W_1(X)))                         # (b, T, ffn_num_outputs)
 

@@ -76,8 +76,10 @@ def keep_mask(scores_shape, valid_lens=None, mask=None):
     if valid_lens is not None:
         lens = jnp.asarray(valid_lens)
         lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if lens.size and not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
-            _checks.lens_values(int(lens.min()))
+        if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
+            _checks.lens_values(np.asarray(lens))           # whole numbers, none negative
+        if _checks.lens_dtype(lens.dtype):
+            lens = lens.astype(jnp.int32)                   # a float length counts like an integer
         keep = jnp.arange(scores_shape[-1]) < lens
     if mask is not None:
         mask = jnp.asarray(mask)
@@ -100,6 +102,13 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     return jnp.where(keep, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
 
 
-def causal_mask(num_queries, num_keys=None):
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
+    """`offset` may also be a traced integer scalar (generate's compiled step)."""
     num_keys = num_queries if num_keys is None else num_keys
-    return jnp.tril(jnp.ones((num_queries, num_keys), dtype=bool))
+    if not isinstance(offset, jax.Array):
+        offset = _checks.integer("offset", offset)
+    window = _checks.window(window)
+    i = offset + jnp.arange(num_queries)[:, None]                     # (q, 1): the queries' positions
+    j = jnp.arange(num_keys)                                          # (k,): the keys' positions
+    keep = j <= i                                                     # (q, k)
+    return keep if window is None else keep & (i - j < window)

@@ -4,7 +4,7 @@ from mxnet import init, np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import LENS_IN_GRAPH, keep_mask, lower_masked, tensor, train_mode
+from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, keep_mask, lower_masked, tensor, train_mode
 
 # Uniform in +-1/sqrt(fan_in), the reference's default for a dense map.
 DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
@@ -30,22 +30,26 @@ class _Attention(nn.HybridBlock):
     A Gluon call takes positional arrays, and a hybridized graph knows no shapes,
     so the call first checks the inputs and turns `valid_lens` and `mask` into one
     boolean `keep` array (`self.keep`), then runs `hybrid_forward(F, queries, keys,
-    values, keep) -> (output, weights, live)` in the requested mode and saves the
-    weights. Called inside a graph being traced, it takes `mask` as that `keep` array;
-    a parent that made `keep` itself calls `attend`.
+    values, keep, *extra) -> (output, weights, live)` in the requested mode and saves the
+    weights (`extra`: the score bias of the blocks that take one). Called inside a graph
+    being traced, it takes `mask` as that `keep` array; a parent that made `keep` itself
+    calls `attend`.
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        return self.run(queries, keys, values, valid_lens, mask, training)
+
+    def run(self, queries, keys, values, valid_lens, mask, training, *extra):
         if isinstance(queries, np.ndarray):                                  # concrete, not graph symbols
             mask = self.keep(queries, keys, values, valid_lens, mask)
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
         with train_mode(training):
-            return self.attend(queries, keys, values, mask)
+            return self.attend(queries, keys, values, mask, *extra)
 
-    def attend(self, queries, keys, values, keep):
+    def attend(self, queries, keys, values, keep, *extra):
         """The graph on a ready `keep` array, as a parent's graph calls it; saves the weights."""
-        out, weights, live = super().__call__(queries, keys, values, keep)
+        out, weights, live = super().__call__(queries, keys, values, keep, *extra)
         self.save_weights(weights, live)
         return out
 
@@ -59,19 +63,39 @@ class _Attention(nn.HybridBlock):
         return None if saved is None else saved[0] * saved[1]
 
 
-class DotProductAttention(_Attention):
+class _Biased(_Attention):
+    """Dot-product and multi-head attention also take a `score_bias`, one more graph input.
+
+    A graph keeps the structure of its first call's inputs, so "no bias" enters it
+    as a zero (1,): the graph always adds one.
+    """
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        F = _F(queries)
+        if score_bias is None:
+            score_bias = F.np.zeros((1,))                                   # adds nothing
+        elif F is not mx.sym:                                               # concrete: check it broadcasts
+            score_bias = tensor(score_bias)
+            _checks.score_bias(score_bias.shape, self.scores_shape(queries, keys))
+        return self.run(queries, keys, values, valid_lens, mask, training, score_bias)
+
+
+class DotProductAttention(_Biased):
     def __init__(self, dropout=0.0):
         super().__init__()
         self.rate = _checks.dropout_rate(dropout)
 
+    def scores_shape(self, queries, keys):
+        return (*queries.shape[:-1], keys.shape[-2])                          # (b, q, k) or (b, heads, q, k)
+
     def keep(self, queries, keys, values, valid_lens, mask):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
-        return keep_mask((*queries.shape[:-1], keys.shape[-2]), valid_lens, mask, queries.ctx)  # (b, q, k)
+        return keep_mask(self.scores_shape(queries, keys), valid_lens, mask, queries.ctx)
 
-    def hybrid_forward(self, F, queries, keys, values, keep):
+    def hybrid_forward(self, F, queries, keys, values, keep, score_bias):
         d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
         scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
-        return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
+        return _attend(F, scores + score_bias, keep, values, self.rate)     # (b, q, dv), ...
 
 
 class AdditiveAttention(_Attention):
@@ -96,21 +120,27 @@ class AdditiveAttention(_Attention):
         return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
 
 
-class MultiHeadAttention(_Attention):
+class MultiHeadAttention(_Biased):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        self.head_size = h // self.num_heads
+        kv = self.num_kv_heads * self.head_size                              # key/value heads share columns
         size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["query"])
-        self.W_k = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["key"])
-        self.W_v = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["value"])
+        self.W_k = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["key"])
+        self.W_v = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["value"])
         self.W_o = nn.Dense(h, use_bias=bias, flatten=False, in_units=h)
         self.attention = DotProductAttention(dropout)
         self.initialize(DENSE_INIT)
+
+    def scores_shape(self, queries, keys):
+        return queries.shape[0], self.num_heads, queries.shape[1], keys.shape[1]   # (b, heads, q, k)
 
     def keep(self, queries, keys, values, valid_lens, mask):
         sizes = {x: dense.weight.shape[1] for x, dense in
@@ -123,17 +153,24 @@ class MultiHeadAttention(_Attention):
             mask = np.expand_dims(mask, 1) if mask.ndim == 3 else mask        # (b, 1, q, k): every head
         return keep_mask((b, self.num_heads, q, k), valid_lens, mask, queries.ctx)
 
-    def split_heads(self, F, X):
-        X = F.npx.reshape(X, (-2, -2, self.num_heads, -1))                  # (b, n, heads, dh)
+    def split_heads(self, F, X, num_heads):
+        X = F.npx.reshape(X, (-2, -2, num_heads, -1))                        # (b, n, heads, dh)
         return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
 
-    def hybrid_forward(self, F, queries, keys, values, keep):
-        q = self.split_heads(F, self.W_q(queries))                           # (b, heads, q, dh)
-        k = self.split_heads(F, self.W_k(keys))                              # (b, heads, k, dh)
-        v = self.split_heads(F, self.W_v(values))                            # (b, heads, k, dh)
-        out = self.attention(q, k, v, mask=keep)                             # (b, heads, q, dh)
+    def attend_heads(self, F, q, k, v, keep, score_bias):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
+        group = self.num_heads // self.num_kv_heads
+        if group > 1:
+            k, v = F.np.repeat(k, group, axis=1), F.np.repeat(v, group, axis=1)  # (b, heads, k, dh): h uses h // group
+        out = self.attention(q, k, v, mask=keep, score_bias=score_bias)      # (b, heads, q, dh)
         out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, q, num_hiddens)
         return (self.W_o(out), *self.attention._saved)
+
+    def hybrid_forward(self, F, queries, keys, values, keep, score_bias):
+        q = self.split_heads(F, self.W_q(queries), self.num_heads)           # (b, heads, q, dh)
+        k = self.split_heads(F, self.W_k(keys), self.num_kv_heads)           # (b, kv_heads, k, dh)
+        v = self.split_heads(F, self.W_v(values), self.num_kv_heads)         # (b, kv_heads, k, dh)
+        return self.attend_heads(F, q, k, v, keep, score_bias)
 
     def save_weights(self, weights, live):
         self.attention.save_weights(weights, live)                           # traced, its own are symbols
@@ -155,8 +192,8 @@ class ConcatAttention(_Attention):
         self.W_combine = nn.Dense(output_size, flatten=False, in_units=query_size + value_size)
         self.initialize(DENSE_INIT)
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None):
-        return super().__call__(queries, keys, values, valid_lens, mask=mask)   # no dropout, no mode
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        return super().__call__(queries, keys, values, valid_lens, mask=mask, training=training)  # no dropout
 
     def keep(self, queries, keys, values, valid_lens, mask):
         _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)

@@ -17,7 +17,7 @@ class LayerNorm(nn.HybridBlock):
         self.beta = self.params.get("beta", shape=(n,), init="zeros")
         self.initialize()
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
             _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         return super().__call__(X)
@@ -38,7 +38,7 @@ class PositionWiseFFN(nn.HybridBlock):
         self.W_2 = nn.Dense(n_out, flatten=False, in_units=n_h)
         self.initialize(DENSE_INIT)
 
-    def __call__(self, X):
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):
             _checks.features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
         return super().__call__(X)

@@ -99,8 +99,9 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     if valid_lens is not None:
         lens = tensor(valid_lens).as_in_ctx(ctx)
         lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if lens.size:
-            _checks.lens_values(int(lens.min()))
+        _checks.lens_values(lens.asnumpy())                 # whole numbers, none negative
+        if _checks.lens_dtype(lens.dtype):
+            lens = lens.astype(onp.int32)                   # a float length counts like an integer
         keep = np.arange(scores_shape[-1], dtype=lens.dtype, ctx=ctx) < lens
     if mask is not None:
         mask = tensor(mask).as_in_ctx(ctx)
@@ -135,6 +136,12 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     return F.npx.softmax(scores, axis=-1) * on                      # masked weights and empty rows: 0
 
 
-def causal_mask(num_queries, num_keys=None):
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     num_keys = num_queries if num_keys is None else num_keys
-    return np.tril(np.ones((num_queries, num_keys))).astype(bool)
+    i = onp.arange(num_queries)[:, None] + _checks.integer("offset", offset)   # (q, 1): query positions
+    j = onp.arange(num_keys)                                                  # (k,): key positions
+    keep = j <= i
+    window = _checks.window(window)
+    if window is not None:
+        keep &= i - j < window                                                # itself and window - 1 before
+    return np.array(keep)                                                     # (q, k) bool

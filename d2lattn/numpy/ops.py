@@ -73,7 +73,8 @@ def keep_mask(scores_shape, valid_lens=None, mask=None):
     if valid_lens is not None:
         lens = np.asarray(valid_lens)
         lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        _checks.lens_values(lens.min(initial=0))
+        _checks.lens_values(lens)                           # whole numbers, none negative
+        lens = lens.astype(np.int64)                        # a float length counts like an integer
         keep = keep & (np.arange(scores_shape[-1]) < lens)
     if mask is not None:
         mask = np.asarray(mask)

@@ -126,7 +126,7 @@ class ConcatAttention(AttentionLayer):
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def call(self, queries, keys, values, valid_lens=None, *, mask=None):
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
         _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(tf.concat([queries, keys], -1))                     # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)

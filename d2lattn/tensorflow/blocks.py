@@ -17,7 +17,7 @@ class LayerNorm(keras.layers.Layer):
         self.beta = self.add_weight(shape=(n,), initializer="zeros", name="beta")
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def call(self, X):
+    def call(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         mean = tf.reduce_mean(X, axis=-1, keepdims=True)                   # (..., 1)
         var = tf.reduce_mean((X - mean) ** 2, axis=-1, keepdims=True)      # biased, as in the paper
@@ -34,7 +34,7 @@ class PositionWiseFFN(keras.layers.Layer):
         self.W_2 = dense(n_h, n_out, bias=True)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def call(self, X):
+    def call(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.W_1.kernel.shape[0], "the num_inputs")
         return self.W_2(tf.nn.relu(self.W_1(X)))                          # (b, T, ffn_num_outputs)
 

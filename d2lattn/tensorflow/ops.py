@@ -82,8 +82,10 @@ def keep_mask(scores, valid_lens=None, mask=None):
     if valid_lens is not None:
         lens = tf.convert_to_tensor(valid_lens)
         lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores.shape, lens.dtype))
-        if tf.executing_eagerly() and lens.shape.num_elements():  # values are unknown while tracing
-            _checks.lens_values(int(tf.reduce_min(lens)))
+        if tf.executing_eagerly():  # values are unknown while tracing
+            _checks.lens_values(lens.numpy())                   # whole numbers, none negative
+        if _checks.lens_dtype(lens.dtype):
+            lens = tf.cast(lens, tf.int32)                      # a float length counts like an integer
         keep = tf.range(tf.shape(scores)[-1], dtype=lens.dtype) < lens
     if mask is not None:
         mask = tf.convert_to_tensor(mask)
@@ -103,6 +105,13 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     return tf.where(keep, tf.nn.softmax(scores, axis=-1), 0.0)
 
 
-def causal_mask(num_queries, num_keys=None):
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
+    """Sizes and `offset` may be int32 tensors (known only at run time under tf.function)."""
     num_keys = num_queries if num_keys is None else num_keys
-    return tf.range(num_queries)[:, None] >= tf.range(num_keys)    # (q, k)
+    window = _checks.window(window)
+    if not tf.is_tensor(offset):
+        _checks.integer("offset", offset)
+    queries = offset + tf.range(num_queries)[:, None]              # (q, 1): their positions
+    keys = tf.range(num_keys)                                      # (k,)
+    keep = keys <= queries                                         # (q, k)
+    return keep if window is None else keep & (queries - keys < window)

@@ -11,11 +11,13 @@ from d2lattn.torch.ops import keep_mask, masked_softmax
 
 
 class DotProductAttention(nn.Module):
-    """softmax(Q K^T / sqrt(d)) V, with the output from PyTorch's fused kernel.
+    """softmax(Q K^T / sqrt(d) + bias) V, with the output from PyTorch's fused kernel.
 
     `F.scaled_dot_product_attention` computes exactly masked_softmax(scores) @ V
     without keeping the (b, q, k) weights, and gives a row with nothing to
-    attend to zeros. `.attention_weights` are computed from the saved queries
+    attend to zeros. A `score_bias` goes in as its float `attn_mask`, with -inf
+    where the keep-mask says no, so masked positions still get weight 0 (and an
+    empty row zeros). `.attention_weights` are computed from the saved queries
     and keys only when read, so a call that nobody inspects does not pay for them.
     """
 
@@ -24,22 +26,27 @@ class DotProductAttention(nn.Module):
         self.rate = _checks.dropout_rate(dropout)
         self._saved, self._weights = None, None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         training = self.training if training is None else training
         scores_shape = (*queries.shape[:-1], keys.shape[-2])                  # (b, q, k)
         keep = keep_mask(scores_shape, valid_lens, mask, queries.device)      # broadcasts to it
-        self._saved, self._weights = (queries, keys, keep), None
+        attn_mask = keep
+        if score_bias is not None:
+            score_bias = torch.as_tensor(score_bias, dtype=queries.dtype, device=queries.device)
+            _checks.score_bias(score_bias.shape, scores_shape)
+            attn_mask = score_bias if keep is None else torch.where(keep, score_bias, -math.inf)
+        self._saved, self._weights = (queries, keys, keep, score_bias), None
         return F.scaled_dot_product_attention(                                # (b, q, dv)
-            queries, keys, values, attn_mask=keep, dropout_p=self.rate if training else 0.0)
+            queries, keys, values, attn_mask=attn_mask, dropout_p=self.rate if training else 0.0)
 
     @property
     def attention_weights(self):
         """(b, q, k): the weights of the last call, before dropout."""
         if self._weights is None and self._saved is not None:
-            queries, keys, keep = self._saved
+            queries, keys, keep, score_bias = self._saved
             scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])  # (b, q, k)
-            self._weights = masked_softmax(scores, mask=keep)
+            self._weights = masked_softmax(scores if score_bias is None else scores + score_bias, mask=keep)
         return self._weights
 
 
@@ -66,36 +73,46 @@ class AdditiveAttention(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
+    """Grouped-query heads: W_k and W_v map to num_kv_heads heads, and each is
+    repeated for the num_heads // num_kv_heads query heads of its group."""
+
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        self.head_size = h // self.num_heads
+        h_kv = self.num_kv_heads * self.head_size
         size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = nn.Linear(size["query"], h, bias=bias)
-        self.W_k = nn.Linear(size["key"], h, bias=bias)
-        self.W_v = nn.Linear(size["value"], h, bias=bias)
+        self.W_k = nn.Linear(size["key"], h_kv, bias=bias)
+        self.W_v = nn.Linear(size["value"], h_kv, bias=bias)
         self.W_o = nn.Linear(h, h, bias=bias)
         self.attention = DotProductAttention(dropout)
 
     def split_heads(self, X):
-        b, n, _ = X.shape                                            # (b, n, num_hiddens)
-        return X.reshape(b, n, self.num_heads, -1).transpose(1, 2)   # (b, heads, n, dh)
+        b, n, _ = X.shape                                            # (b, n, heads * dh)
+        return X.reshape(b, n, -1, self.head_size).transpose(1, 2)   # (b, heads, n, dh)
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def repeat_kv(self, X):
+        """(b, kv_heads, n, dh) -> (b, heads, n, dh): query head h reads kv head h // group."""
+        return X.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = torch.as_tensor(mask)
             _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                         # (b, heads, k, dh)
-        v = self.split_heads(self.W_v(values))                       # (b, heads, k, dh)
+        k = self.repeat_kv(self.split_heads(self.W_k(keys)))         # (b, heads, k, dh)
+        v = self.repeat_kv(self.split_heads(self.W_v(values)))       # (b, heads, k, dh)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)                                 # (b, 1, q, k): every head
-        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
         b, _, n, _ = out.shape                                       # (b, heads, q, dh)
         return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)
 
@@ -116,7 +133,7 @@ class ConcatAttention(nn.Module):
         self.W_combine = nn.Linear(query_size + value_size, output_size)
         self.attention_weights = None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
         _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(torch.cat([queries, keys], -1))                     # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)

@@ -1,4 +1,5 @@
-"""The transformer's building blocks: layer norm, position-wise FFN, Add & Norm, encoder and decoder blocks."""
+"""The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder and
+decoder blocks."""
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ class LayerNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(n))
         self.beta = nn.Parameter(torch.zeros(n))
 
-    def forward(self, X):
+    def forward(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, len(self.gamma), "the normalized_size")
         mean = X.mean(dim=-1, keepdim=True)                               # (..., 1)
         var = ((X - mean) ** 2).mean(dim=-1, keepdim=True)                # biased, as in the paper
@@ -33,9 +34,37 @@ class PositionWiseFFN(nn.Module):
         self.W_1 = nn.Linear(n_in, n_h)
         self.W_2 = nn.Linear(n_h, n_out)
 
-    def forward(self, X):
+    def forward(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.W_1.in_features, "the num_inputs")
         return self.W_2(F.relu(self.W_1(X)))                               # (b, T, ffn_num_outputs)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, normalized_size, eps=1e-6):
+        super().__init__()
+        n = _checks.positive_int("normalized_size", normalized_size)
+        self.eps = _checks.positive_number("eps", eps)
+        self.gamma = nn.Parameter(torch.ones(n))
+
+    def forward(self, X, *, training=None):  # no dropout: `training` is ignored
+        _checks.features("X", X.shape, len(self.gamma), "the normalized_size")
+        rms = torch.sqrt((X ** 2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1), no centring
+        return X / rms * self.gamma                                       # (..., n)
+
+
+class SwiGLUFFN(nn.Module):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+        super().__init__()
+        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+            ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
+        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        self.W_gate = nn.Linear(n_in, n_h, bias=False)
+        self.W_up = nn.Linear(n_in, n_h, bias=False)
+        self.W_down = nn.Linear(n_h, n_out, bias=False)
+
+    def forward(self, X, *, training=None):  # no dropout: `training` is ignored
+        _checks.features("X", X.shape, self.W_gate.in_features, "the num_inputs")
+        return self.W_down(F.silu(self.W_gate(X)) * self.W_up(X))          # (..., ffn_num_outputs)
 
 
 class AddNorm(nn.Module):

@@ -88,8 +88,10 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, device=None):
     if valid_lens is not None:
         lens = torch.as_tensor(valid_lens, device=device)
         lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if lens.numel() and not torch.compiler.is_compiling():  # values are unknown while compiling
-            _checks.lens_values(int(lens.min()))
+        if not torch.compiler.is_compiling():  # values are unknown while compiling
+            _checks.lens_values(to_numpy(lens))                 # whole numbers, none negative
+        if _checks.lens_dtype(lens.dtype):
+            lens = lens.long()                                  # a float length counts like an integer
         keep = torch.arange(scores_shape[-1], device=device) < lens
     if mask is not None:
         mask = torch.as_tensor(mask, device=device)
@@ -108,6 +110,10 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
     return F.softmax(scores, dim=-1).masked_fill(~keep, 0.0)
 
 
-def causal_mask(num_queries, num_keys=None):
+def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     num_keys = num_queries if num_keys is None else num_keys
-    return torch.ones(num_queries, num_keys, dtype=torch.bool).tril()
+    offset, window = _checks.integer("offset", offset), _checks.window(window)
+    i = torch.arange(num_queries).unsqueeze(1) + offset           # (q, 1): the queries' positions
+    j = torch.arange(num_keys)                                    # (k,): the keys' positions
+    keep = j <= i                                                 # (q, k)
+    return keep if window is None else keep & (i - j < window)

@@ -1,4 +1,6 @@
-"""Sinusoidal positional encoding."""
+"""Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
+
+import math
 
 import torch
 from torch import nn
@@ -31,3 +33,42 @@ class PositionalEncoding(nn.Module):
         training = self.training if training is None else training
         X = X + self.P[:, : X.shape[1]]                                        # (b, T, d)
         return F.dropout(X, self.rate, training)
+
+
+def alibi_slopes(num_heads):
+    n = _checks.positive_int("num_heads", num_heads)
+    c = 2 ** int(math.log2(n))                                                # the largest power of two <= n
+    slopes = [2 ** (-8 * (h + 1) / c) for h in range(c)]
+    slopes += [2 ** (-8 * (h + 1) / (2 * c)) for h in range(0, 2 * c, 2)][: n - c]  # every other slope of 2c
+    return torch.tensor(slopes, dtype=torch.float32)                          # (heads,)
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    num_keys = num_queries if num_keys is None else num_keys
+    i = torch.arange(num_queries, dtype=torch.float64).unsqueeze(1) + _checks.integer("offset", offset)  # (q, 1)
+    j = torch.arange(num_keys, dtype=torch.float64)                                                   # (k,)
+    slopes = alibi_slopes(num_heads).double()[:, None, None]                                          # (heads, 1, 1)
+    return (-slopes * (i - j).abs()).float()                                                          # (heads, q, k)
+
+
+class RotaryPositionalEncoding(nn.Module):
+    """Rotates each pair (a, b) of features by the angle p * theta_i of its position p."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        super().__init__()
+        self.head_size = _checks.head_size(head_size)
+        theta = _checks.positive_number("base", base) ** (-torch.arange(0, head_size, 2, dtype=torch.float64)
+                                                          / head_size)
+        self.register_buffer("theta", theta, persistent=False)                # (head_size / 2,), float64
+        self.interleaved = bool(interleaved)
+
+    def forward(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
+        _checks.features("X", X.shape, self.head_size, "the head_size")
+        position = torch.arange(X.shape[-2], dtype=torch.float64, device=X.device) + _checks.integer("offset", offset)
+        angles = position.unsqueeze(1) * self.theta                           # (T, head_size / 2)
+        cos, sin = angles.cos().to(X.dtype), angles.sin().to(X.dtype)
+        if self.interleaved:
+            a, b = X[..., 0::2], X[..., 1::2]                                 # (..., T, head_size / 2) each
+            return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)  # (..., T, head_size)
+        a, b = X.chunk(2, dim=-1)                                             # split halves
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)          # (..., T, head_size)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from d2lattn import _checks
+from d2lattn import _checks, checkpoint
 
 
 class Layout:
@@ -64,7 +64,7 @@ def _named(module):
     nn.GRU maps to `l{i}.W_xr` ... (see `_gru`). Other parameters keep their names.
     """
     named = {}
-    for path, sub in module.named_modules():
+    for path, sub in module.named_modules():  # an nn.ModuleList's children are `blocks.0`, `blocks.1`, ...
         prefix = f"{path}." if path else ""
         if isinstance(sub, nn.Linear):
             named[path] = (sub.weight, Layout(transpose=True))
@@ -90,3 +90,11 @@ def set_params(module, params):
     with torch.no_grad():
         for name, (p, layout) in named.items():
             layout.set(p, torch.as_tensor(np.asarray(params[name]), dtype=p.dtype))
+
+
+def save_params(module, path):
+    checkpoint.save(get_params(module), path)
+
+
+def load_params(module, path):
+    set_params(module, checkpoint.load(path))

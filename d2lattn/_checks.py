@@ -290,3 +290,16 @@ def merge_inputs(outputs, lses):
         if tuple(o.shape[:-1]) != tuple(s.shape) or tuple(o.shape) != tuple(outputs[0].shape):
             raise ValueError(f"merge_attention: outputs must share one shape (..., q, dv) and lses be (..., q), "
                              f"got outputs {tuple(o.shape)} and lses {tuple(s.shape)}")
+
+
+# --- decoder-only language models (issue 14) -----------------------------------------------
+
+
+def lm_cache(cache_value, num_layers):
+    """A TransformerLM cache: None or a list with one CausalSelfAttention cache per block."""
+    if cache_value is None:
+        return
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != num_layers:
+        got = f"{len(cache_value)} entries" if isinstance(cache_value, (tuple, list)) else type(cache_value).__name__
+        raise ValueError(f"cache must be None or a list with one (keys, values) per block ({num_layers}, "
+                         f"num_layers), got {got}")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from d2lattn import _checks
+from d2lattn import _checks, checkpoint
 
 
 class Module:
@@ -10,7 +10,8 @@ class Module:
 
     Canonical names are the ones every backend uses: a dense map's weight is named
     by its attribute (`W_out`, with bias `b_out`), and so is an embedding table
-    (`embedding`, (vocab, embed)); a GRU's layers are children `l0`, `l1`, ....
+    (`embedding`, (vocab, embed)); a GRU's layers are children `l0`, `l1`, ...; a list
+    of child modules (`blocks`) names them `blocks.0`, `blocks.1`, ....
 
     The reference is forward-only and deterministic: it runs in evaluation
     mode and refuses to apply dropout.
@@ -31,7 +32,13 @@ class Module:
         return X
 
     def children(self):
-        return {name: child for name, child in vars(self).items() if isinstance(child, Module)}
+        found = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                found[name] = value
+            elif isinstance(value, list) and value and all(isinstance(v, Module) for v in value):
+                found.update({f"{name}.{i}": child for i, child in enumerate(value)})
+        return found
 
 
 def _named(module, prefix=""):
@@ -52,5 +59,13 @@ def set_params(module, params):
         *path, leaf = name.split(".")
         owner = module
         for step in path:
-            owner = getattr(owner, step)
+            owner = owner[int(step)] if isinstance(owner, list) else getattr(owner, step)
         owner.params[leaf] = np.array(value, dtype=np.float64)
+
+
+def save_params(module, path):
+    checkpoint.save(get_params(module), path)
+
+
+def load_params(module, path):
+    set_params(module, checkpoint.load(path))

@@ -66,15 +66,14 @@ class _Attention(nn.HybridBlock):
 class _Biased(_Attention):
     """Dot-product and multi-head attention also take a `score_bias`, one more graph input.
 
-    A graph keeps the structure of its first call's inputs, so "no bias" enters it
-    as a zero (1,): the graph always adds one.
+    A hybridized block's graph keeps the structure of its first call's inputs, so "no
+    bias" enters a call as a zero (1,); a parent's graph may leave it out (`attend`).
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        F = _F(queries)
         if score_bias is None:
-            score_bias = F.np.zeros((1,))                                   # adds nothing
-        elif F is not mx.sym:                                               # concrete: check it broadcasts
+            score_bias = _F(queries).np.zeros((1,))                         # adds nothing
+        elif isinstance(queries, np.ndarray):                               # concrete: check it broadcasts
             score_bias = tensor(score_bias)
             _checks.score_bias(score_bias.shape, self.scores_shape(queries, keys))
         return self.run(queries, keys, values, valid_lens, mask, training, score_bias)
@@ -92,10 +91,12 @@ class DotProductAttention(_Biased):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         return keep_mask(self.scores_shape(queries, keys), valid_lens, mask, queries.ctx)
 
-    def hybrid_forward(self, F, queries, keys, values, keep, score_bias):
+    def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
         d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
         scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
-        return _attend(F, scores + score_bias, keep, values, self.rate)     # (b, q, dv), ...
+        if score_bias is not None:
+            scores = scores + score_bias                                     # masking still wins in _attend
+        return _attend(F, scores, keep, values, self.rate)                  # (b, q, dv), ...
 
 
 class AdditiveAttention(_Attention):
@@ -157,7 +158,7 @@ class MultiHeadAttention(_Biased):
         X = F.npx.reshape(X, (-2, -2, num_heads, -1))                        # (b, n, heads, dh)
         return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
 
-    def attend_heads(self, F, q, k, v, keep, score_bias):
+    def attend_heads(self, F, q, k, v, keep, score_bias=None):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
         group = self.num_heads // self.num_kv_heads
         if group > 1:
@@ -166,7 +167,7 @@ class MultiHeadAttention(_Biased):
         out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, q, num_hiddens)
         return (self.W_o(out), *self.attention._saved)
 
-    def hybrid_forward(self, F, queries, keys, values, keep, score_bias):
+    def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
         q = self.split_heads(F, self.W_q(queries), self.num_heads)           # (b, heads, q, dh)
         k = self.split_heads(F, self.W_k(keys), self.num_kv_heads)           # (b, kv_heads, k, dh)
         v = self.split_heads(F, self.W_v(values), self.num_kv_heads)         # (b, kv_heads, k, dh)

@@ -1,4 +1,5 @@
-"""The transformer's building blocks: layer norm, position-wise FFN, Add & Norm, encoder and decoder blocks."""
+"""The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder
+and decoder blocks."""
 
 from mxnet import np
 from mxnet.gluon import nn
@@ -45,6 +46,45 @@ class PositionWiseFFN(nn.HybridBlock):
 
     def hybrid_forward(self, F, X):
         return self.W_2(F.npx.relu(self.W_1(X)))                           # (b, T, ffn_num_outputs)
+
+
+class RMSNorm(nn.HybridBlock):
+    def __init__(self, normalized_size, eps=1e-6):
+        super().__init__()
+        n = _checks.positive_int("normalized_size", normalized_size)
+        self.eps = _checks.positive_number("eps", eps)
+        self.gamma = self.params.get("gamma", shape=(n,), init="ones")
+        self.initialize()
+
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
+        if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
+            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        return super().__call__(X)
+
+    def hybrid_forward(self, F, X, gamma):
+        rms = F.np.sqrt(F.np.mean(F.np.square(X), axis=-1, keepdims=True) + self.eps)  # (..., 1): no mean removed
+        return X / rms * gamma                                            # (..., n)
+
+
+class SwiGLUFFN(nn.HybridBlock):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+        super().__init__()
+        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+            ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
+        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        self.W_gate = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
+        self.W_up = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
+        self.W_down = nn.Dense(n_out, use_bias=False, flatten=False, in_units=n_h)
+        self.initialize(DENSE_INIT)
+
+    def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
+        if isinstance(X, np.ndarray):
+            _checks.features("X", X.shape, self.W_gate.weight.shape[1], "the num_inputs")  # Dense: (out, in)
+        return super().__call__(X)
+
+    def hybrid_forward(self, F, X):
+        G = self.W_gate(X)                                                # (..., ffn_num_hiddens)
+        return self.W_down(G * F.npx.sigmoid(G) * self.W_up(X))           # silu(G) * up: (..., ffn_num_outputs)
 
 
 class AddNorm(nn.HybridBlock):

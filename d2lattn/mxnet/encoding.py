@@ -1,4 +1,4 @@
-"""Sinusoidal positional encoding."""
+"""Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
 import numpy as onp
 from mxnet import np
@@ -42,3 +42,63 @@ class PositionalEncoding(nn.HybridBlock):
         T = F.npx.arange_like(X, axis=1).astype("int32")                       # positions 0..T-1
         X = X + F.np.take(codes, T, axis=1)                                    # (b, T, d)
         return F.npx.dropout(X, p=self.rate) if self.rate else X               # active only in training
+
+
+def alibi_slopes(num_heads):
+    """Press et al.'s slopes: 2 ** (-8 (h + 1) / n) for n a power of two; otherwise those of the
+    largest power of two c < n, then every other slope of 2c, the first n - c of them."""
+    n = _checks.positive_int("num_heads", num_heads)
+    c = 2 ** (n.bit_length() - 1)                                             # the largest power of two <= n
+
+    def geometric(m):
+        return 2.0 ** (-8 * onp.arange(1, m + 1) / m)                         # (m,)
+
+    return tensor(onp.concatenate([geometric(c), geometric(2 * c)[0::2][: n - c]]))  # (n,) float32
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    """(heads, q, k): -slope[h] * |offset + i - j|, the distance between query i and key j."""
+    num_keys = num_queries if num_keys is None else num_keys
+    offset = _checks.integer("offset", offset)
+    distance = onp.abs(offset + onp.arange(num_queries)[:, None] - onp.arange(num_keys))  # (q, k)
+    return -alibi_slopes(num_heads).reshape(-1, 1, 1) * tensor(distance, "float32")    # (heads, q, k)
+
+
+class RotaryPositionalEncoding(nn.HybridBlock):
+    """Rotates each pair of features (a, b) by the angle p theta_i; pairs are split halves
+    (x[i], x[i + d/2]) or, interleaved, neighbours (x[2i], x[2i + 1]).
+
+    Both conventions are one formula, X cos + X[partner] sin with a signed sin, the pairs in a
+    constant index array, so one graph serves any number of leading axes. The cos and sin
+    tables are made outside the graph (`tables`, in float64, then float32), so a hybridized
+    call serves every offset; called inside a graph being traced, it takes `offset` as the
+    tables (cos, sin) its parent made.
+    """
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        super().__init__()
+        d = self.head_size = _checks.head_size(head_size)
+        self.base = _checks.positive_number("base", base)
+        self.interleaved = bool(interleaved)
+        theta = self.base ** (-2 * onp.arange(d // 2) / d)                        # (d/2,)
+        a, b = (onp.arange(0, d, 2), onp.arange(1, d, 2)) if self.interleaved else (
+            onp.arange(d // 2), onp.arange(d // 2, d))                            # each pair's features
+        self.freq, self.sign, partner = onp.zeros(d), onp.zeros(d), onp.zeros(d, dtype=onp.int32)
+        self.freq[a], self.freq[b], self.sign[a], self.sign[b] = theta, theta, -1, 1  # a cos - b sin, b cos + a sin
+        partner[a], partner[b] = b, a
+        self.partner = self.params.get_constant("partner", np.array(partner, dtype="int32"))  # (d,)
+        self.initialize()
+
+    def tables(self, offset, steps, ctx):
+        """cos and signed sin (T, d) of the angles p theta at positions p = offset, ..., offset + T - 1."""
+        angles = (_checks.integer("offset", offset) + onp.arange(steps))[:, None] * self.freq   # (T, d)
+        return tensor(onp.cos(angles)).as_in_ctx(ctx), tensor(self.sign * onp.sin(angles)).as_in_ctx(ctx)
+
+    def __call__(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
+        if isinstance(X, np.ndarray):                                              # concrete, not a graph symbol
+            _checks.features("X", X.shape, self.head_size, "the head_size")
+            offset = self.tables(offset, X.shape[-2], X.ctx)
+        return super().__call__(X, *offset)
+
+    def hybrid_forward(self, F, X, cos, sin, partner):
+        return X * cos + F.np.take(X, partner, axis=-1) * sin                      # (..., T, d)

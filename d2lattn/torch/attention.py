@@ -74,7 +74,8 @@ class AdditiveAttention(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     """Grouped-query heads: W_k and W_v map to num_kv_heads heads, and each is
-    repeated for the num_heads // num_kv_heads query heads of its group."""
+    repeated (repeat_interleave) for the num_heads // num_kv_heads query heads of its
+    group, so DotProductAttention sees one key head per query head."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
@@ -97,9 +98,13 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = X.shape                                            # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(1, 2)   # (b, heads, n, dh)
 
-    def repeat_kv(self, X):
-        """(b, kv_heads, n, dh) -> (b, heads, n, dh): query head h reads kv head h // group."""
-        return X.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+        group = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (b, heads, k, dh): h uses h // group
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        b, _, n, _ = out.shape                                       # (b, heads, q, dh)
+        return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
@@ -108,13 +113,11 @@ class MultiHeadAttention(nn.Module):
             mask = torch.as_tensor(mask)
             _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
-        k = self.repeat_kv(self.split_heads(self.W_k(keys)))         # (b, heads, k, dh)
-        v = self.repeat_kv(self.split_heads(self.W_v(values)))       # (b, heads, k, dh)
+        k = self.split_heads(self.W_k(keys))                         # (b, kv_heads, k, dh)
+        v = self.split_heads(self.W_v(values))                       # (b, kv_heads, k, dh)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)                                 # (b, 1, q, k): every head
-        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
-        b, _, n, _ = out.shape                                       # (b, heads, q, dh)
-        return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)
+        return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):

@@ -32,6 +32,14 @@ def _fit(name, model, batches, batch_loss, epochs, lr, clip, progress):
     return losses
 
 
+def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Next-token prediction on each NumPy batch (inputs, labels, valid_lens), with training=True."""
+    def batch_loss(inputs, labels, valid_lens):
+        logits, _ = model(inputs, training=True)                         # (b, T, vocab)
+        return sequence_loss(logits, labels, valid_lens)
+    return _fit("train_lm", model, batches, batch_loss, epochs, lr, clip, progress)
+
+
 def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
     """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
     label_valid_lens); the model runs with training=True (its mode is left as it was)."""
@@ -39,11 +47,3 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         logits = model(src, dec_input, src_valid_lens, training=True)    # (b, T, vocab)
         return sequence_loss(logits, labels, label_valid_lens)
     return _fit("train_seq2seq", model, batches, batch_loss, epochs, lr, clip, progress)
-
-
-def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
-    """Next-token prediction on each NumPy batch (inputs, labels, valid_lens), with training=True."""
-    def batch_loss(inputs, labels, valid_lens):
-        logits, _ = model(inputs, training=True)                         # (b, T, vocab)
-        return sequence_loss(logits, labels, valid_lens)
-    return _fit("train_lm", model, batches, batch_loss, epochs, lr, clip, progress)

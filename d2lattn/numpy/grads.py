@@ -26,7 +26,9 @@ def _central_difference(f, x):
 
 
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
-    """A tuple output takes a tuple (or list) of projections, one per element."""
+    """A tuple output takes a tuple (or list) of projections, one per element. An output entry
+    that is not finite (blockwise_attention's lse of an empty row, -inf) does not move under a
+    small step, so it counts as a constant: zero gradient, where -inf - -inf would be NaN."""
     del compiled  # NumPy has no compiler: both modes are this computation
     inputs = [np.array(x, dtype=np.float64) for x in inputs]
     output = fn(*inputs, **kwargs)
@@ -35,7 +37,8 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
 
     def objective():
         out = fn(*inputs, **kwargs)
-        return float(sum(np.sum(o * p) for o, p in zip(out if several else [out], projections)))
+        outs = out if several else [out]
+        return float(sum(np.sum(np.where(np.isfinite(o), o * p, 0.0)) for o, p in zip(outs, projections)))
 
     input_grads = [_central_difference(objective, x) for x in inputs]
     params = _named(fn) if isinstance(fn, Module) else {}

@@ -67,15 +67,19 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def lengths(valid_lens, scores_shape):
+    """`valid_lens` as integers shaped to broadcast against scores (b, ..., q, k)."""
+    lens = np.asarray(valid_lens)
+    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
+    _checks.lens_values(lens)                               # whole numbers, none negative
+    return lens.astype(np.int64)                            # a float length counts like an integer
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None):
     """Boolean array broadcastable to `scores_shape`: True where a query may attend."""
     keep = np.ones((1,) * len(scores_shape), dtype=bool)
     if valid_lens is not None:
-        lens = np.asarray(valid_lens)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        _checks.lens_values(lens)                           # whole numbers, none negative
-        lens = lens.astype(np.int64)                        # a float length counts like an integer
-        keep = keep & (np.arange(scores_shape[-1]) < lens)
+        keep = keep & (np.arange(scores_shape[-1]) < lengths(valid_lens, scores_shape))
     if mask is not None:
         mask = np.asarray(mask)
         _checks.mask(mask.shape, scores_shape, mask.dtype)

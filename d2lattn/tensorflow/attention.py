@@ -39,10 +39,14 @@ class DotProductAttention(AttentionLayer):
         self.attention_weights = None
         self.built = True  # no weights: nothing for Keras to build on the first call
 
-    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = tf.matmul(queries, keys, transpose_b=True) / math.sqrt(d)   # (b, q, k)
+        if score_bias is not None:
+            score_bias = tf.cast(score_bias, scores.dtype)
+            _checks.score_bias(score_bias.shape, scores.shape)
+            scores = scores + score_bias                                     # masked after: weight 0 there
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         weights = self.dropout(self.attention_weights, training=training)
         return tf.matmul(weights, values)                                    # (b, q, dv)
@@ -72,26 +76,39 @@ class AdditiveAttention(AttentionLayer):
 
 class MultiHeadAttention(AttentionLayer):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         _checks.divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        self.head_size = h // self.num_heads
         size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = dense(size["query"], h, bias)
-        self.W_k = dense(size["key"], h, bias)
-        self.W_v = dense(size["value"], h, bias)
+        self.W_k = dense(size["key"], self.num_kv_heads * self.head_size, bias)
+        self.W_v = dense(size["value"], self.num_kv_heads * self.head_size, bias)
         self.W_o = dense(h, h, bias)
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def split_heads(self, X):
-        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, num_hiddens)
-        dh = X.shape[-1] // self.num_heads                          # static, even while tracing
-        return tf.transpose(tf.reshape(X, (b, n, self.num_heads, dh)), (0, 2, 1, 3))  # (b, heads, n, dh)
+        """(b, n, heads * dh) -> (b, heads, n, dh): num_heads for queries, num_kv_heads for keys and values."""
+        b, n = tf.shape(X)[0], tf.shape(X)[1]
+        heads = X.shape[-1] // self.head_size                       # static, even while tracing
+        return tf.transpose(tf.reshape(X, (b, n, heads, self.head_size)), (0, 2, 1, 3))
 
-    def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+    def attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """Query heads (b, heads, q, dh) on key/value heads (b, kv_heads, k, dh) -> (b, q, num_hiddens):
+        query head h uses key/value head h // group, then W_o joins the heads."""
+        group = self.num_heads // self.num_kv_heads
+        k, v = tf.repeat(k, group, axis=1), tf.repeat(v, group, axis=1)   # (b, heads, k, dh)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        out = tf.transpose(out, (0, 2, 1, 3))                       # (b, q, heads, dh)
+        b, n = tf.shape(out)[0], tf.shape(out)[1]
+        return self.W_o(tf.reshape(out, (b, n, out.shape[2] * out.shape[3])))  # (b, q, num_hiddens)
+
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0],
                  "values": self.W_v.kernel.shape[0]}
         _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
@@ -99,14 +116,11 @@ class MultiHeadAttention(AttentionLayer):
             mask = tf.convert_to_tensor(mask)
             _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
         q = self.split_heads(self.W_q(queries))                     # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                        # (b, heads, k, dh)
-        v = self.split_heads(self.W_v(values))                      # (b, heads, k, dh)
+        k = self.split_heads(self.W_k(keys))                        # (b, kv_heads, k, dh)
+        v = self.split_heads(self.W_v(values))                      # (b, kv_heads, k, dh)
         if mask is not None and len(mask.shape) == 3:
             mask = tf.expand_dims(mask, 1)                          # (b, 1, q, k): every head
-        out = self.attention(q, k, v, valid_lens, mask=mask, training=training)
-        out = tf.transpose(out, (0, 2, 1, 3))                       # (b, q, heads, dh)
-        b, n = tf.shape(out)[0], tf.shape(out)[1]
-        return self.W_o(tf.reshape(out, (b, n, out.shape[2] * out.shape[3])))  # (b, q, num_hiddens)
+        return self.attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):

@@ -1,4 +1,5 @@
-"""The transformer's building blocks: layer norm, position-wise FFN, Add & Norm, encoder and decoder blocks."""
+"""The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder and
+decoder blocks."""
 
 import keras
 import tensorflow as tf
@@ -37,6 +38,36 @@ class PositionWiseFFN(keras.layers.Layer):
     def call(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.features("X", X.shape, self.W_1.kernel.shape[0], "the num_inputs")
         return self.W_2(tf.nn.relu(self.W_1(X)))                          # (b, T, ffn_num_outputs)
+
+
+class RMSNorm(keras.layers.Layer):
+    def __init__(self, normalized_size, eps=1e-6):
+        super().__init__()
+        n = _checks.positive_int("normalized_size", normalized_size)
+        self.eps = _checks.positive_number("eps", eps)
+        self.gamma = self.add_weight(shape=(n,), initializer="ones", name="gamma")
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, X, *, training=None):
+        _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        mean_square = tf.reduce_mean(tf.square(X), axis=-1, keepdims=True)   # (..., 1)
+        return X * tf.math.rsqrt(mean_square + self.eps) * self.gamma      # (..., n)
+
+
+class SwiGLUFFN(keras.layers.Layer):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+        super().__init__()
+        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+            ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
+        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        self.W_gate = dense(n_in, n_h)
+        self.W_up = dense(n_in, n_h)
+        self.W_down = dense(n_h, n_out)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, X, *, training=None):
+        _checks.features("X", X.shape, self.W_gate.kernel.shape[0], "the num_inputs")
+        return self.W_down(tf.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
 
 
 class AddNorm(keras.layers.Layer):

@@ -1,1 +1,141 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
+
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from d2lattn import _checks, sampling
+from d2lattn.tensorflow.attention import MultiHeadAttention, dense
+from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
+from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
+from d2lattn.tensorflow.ops import causal_mask
+from d2lattn.tensorflow.seq2seq import embedding
+
+
+class CausalSelfAttention(MultiHeadAttention):
+    """MultiHeadAttention's parameters and heads on one sequence: rotary queries and keys, causal
+    (and windowed) from the positions, and the keys and values of earlier calls in `cache`.
+
+    `position` (this backend's keyword, for `generate` under tf.function): a scalar int tensor
+    where X starts; `cache` is then a pair of buffers preallocated at a fixed length, X's keys and
+    values are written into them at `position`, and the causal mask keeps the slots not yet
+    written out of sight, so every step has the same shapes and one trace serves them all.
+    """
+
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
+                 dropout=0.0, bias=False):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        self.window = _checks.window(window)
+        self.rope = None if rope_base is None else RotaryPositionalEncoding(self.head_size, rope_base)
+
+    def call(self, X, *, cache=None, position=None, training=None):
+        _checks.sequence_input(X.shape, self.W_q.kernel.shape[0])
+        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        q = self.split_heads(self.W_q(X))                                  # (b, heads, T, dh)
+        k, v = self.split_heads(self.W_k(X)), self.split_heads(self.W_v(X))  # (b, kv_heads, T, dh)
+        start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
+        if self.rope is not None:
+            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at their absolute positions
+        if position is not None:
+            k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
+                    for buffer, new in zip(cache, (k, v)))
+        elif cache is not None:
+            k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
+        mask = causal_mask(tf.shape(X)[1], tf.shape(k)[2], offset=start, window=self.window)  # (T, t + T)
+        return self.attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
+
+
+class TransformerLMBlock(keras.layers.Layer):
+    """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X))."""
+
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads=None, window=None,
+                 rope_base=10000.0, dropout=0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(num_hiddens)
+        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                             rope_base=rope_base, dropout=dropout)
+        self.norm2 = RMSNorm(num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, X, *, cache=None, position=None, training=None):
+        Y, cache = self.attention(self.norm1(X), cache=cache, position=position, training=training)
+        X = X + Y                                                          # (b, T, h)
+        return X + self.ffn(self.norm2(X)), cache
+
+
+class TransformerLM(keras.layers.Layer):
+    """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step)."""
+
+    def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+        super().__init__()
+        self.embedding = embedding(vocab_size, num_hiddens)
+        self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
+                                          window=window, rope_base=rope_base, dropout=dropout)
+                       for _ in range(_checks.positive_int("num_layers", num_layers))]
+        self.norm = RMSNorm(num_hiddens)
+        self.W_out = dense(num_hiddens, vocab_size)
+        self.built = True  # weights made above: nothing for Keras to build on the first call
+
+    def call(self, tokens, *, cache=None, position=None, training=None):
+        tokens = tf.convert_to_tensor(tokens)
+        _checks.tokens(tokens.shape, "tokens")
+        X = self.embedding(tokens)                                         # (b, T, h)
+        caches = []
+        for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
+            X, block_cache = block(X, cache=block_cache, position=position, training=training)
+            caches.append(block_cache)
+        return self.W_out(self.norm(X)), caches                            # (b, T, vocab)
+
+
+_traced = weakref.WeakKeyDictionary()  # model -> its two traced calls for generate
+
+
+def _calls(model):
+    """One tf.function per model and mode, whose signature leaves batch, steps and buffer length
+    unknown: traced once, whatever the prompt, the number of tokens or the position."""
+    if model not in _traced:
+        attention = model.blocks[0].attention
+        buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
+        tokens = tf.TensorSpec((None, None), tf.int32)
+
+        @tf.function(input_signature=[tokens, tf.TensorSpec((), tf.int32), [(buffer, buffer)] * len(model.blocks)])
+        def step(tokens, position, buffers):
+            logits, buffers = model(tokens, cache=buffers, position=position, training=False)
+            return logits[:, -1], buffers                                  # (b, vocab), the buffers
+
+        @tf.function(input_signature=[tokens])
+        def full(tokens):
+            return model(tokens, training=False)[0][:, -1]                  # (b, vocab)
+
+        _traced[model] = step, full
+    return _traced[model]
+
+
+def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
+    """Against retracing at every token, each token runs in one traced call whose shapes do not
+    change: with the cache, the keys and values live in buffers preallocated for the whole length
+    (T0 + num_tokens) inside generate; the call writes the new ones at `position`, a tensor, and
+    builds its masks from positions (CausalSelfAttention's `position`). Without the cache, the traced
+    full pass leaves the length unknown. Both trace once per model (`_calls`)."""
+    tokens = np.asarray(prompt).astype(np.int32)                           # (b, T0)
+    _checks.tokens(tokens.shape, "prompt")
+    num_tokens = _checks.positive_int("num_tokens", num_tokens)
+    rng = np.random.default_rng(seed)
+    step, full = _calls(model)
+    attention = model.blocks[0].attention
+    shape = (len(tokens), attention.num_kv_heads, tokens.shape[1] + num_tokens, attention.head_size)
+    buffers = [(tf.zeros(shape), tf.zeros(shape)) for _ in model.blocks] if use_cache else None
+    new, position = tokens, 0                                              # what the next step feeds, and where
+    for _ in range(num_tokens):
+        if use_cache:
+            logits, buffers = step(new, tf.constant(position), buffers)    # (b, vocab)
+            position += new.shape[1]
+        else:
+            logits = full(tokens)                                          # (b, vocab)
+        new = sampling.next_tokens(logits.numpy(), temperature, rng)[:, None]  # (b, 1)
+        tokens = np.concatenate([tokens, new], 1)
+    return tokens                                                          # (b, T0 + num_tokens)

@@ -1,6 +1,7 @@
-"""Sinusoidal positional encoding."""
+"""Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks
@@ -28,3 +29,44 @@ class PositionalEncoding(keras.layers.Layer):
         _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : tf.shape(X)[1]]                                     # (b, T, d)
         return self.dropout(X, training=training)
+
+
+def alibi_slopes(num_heads):
+    n = _checks.positive_int("num_heads", num_heads)
+    c = 1 << (n.bit_length() - 1)                                               # largest power of two <= n
+    slopes = [2.0 ** (-8 * (h + 1) / c) for h in range(c)]
+    slopes += [2.0 ** (-8 * (h + 1) / (2 * c)) for h in range(0, 2 * (n - c), 2)]  # every other one of 2c
+    return tf.constant(slopes, tf.float32)                                      # (heads,)
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    num_keys = num_queries if num_keys is None else num_keys
+    offset = _checks.integer("offset", offset)
+    distance = tf.abs(offset + tf.range(num_queries)[:, None] - tf.range(num_keys))  # (q, k)
+    return -alibi_slopes(num_heads)[:, None, None] * tf.cast(distance, tf.float32)   # (heads, q, k)
+
+
+class RotaryPositionalEncoding(keras.layers.Layer):
+    """`offset` may be an int32 tensor (a position known only at run time under tf.function)."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        super().__init__()
+        self.head_size = _checks.head_size(head_size)
+        self.base = _checks.positive_number("base", base)
+        self.interleaved = bool(interleaved)
+        self.theta = self.base ** (-np.arange(0, self.head_size, 2) / self.head_size)  # (head_size / 2,), float64
+        self.built = True  # no weights: nothing for Keras to build on the first call
+
+    def call(self, X, *, offset=0, training=None):
+        _checks.features("X", X.shape, self.head_size, "the head_size")
+        if not tf.is_tensor(offset):
+            _checks.integer("offset", offset)
+        positions = tf.cast(offset + tf.range(tf.shape(X)[-2]), tf.float64)   # (T,)
+        angles = positions[:, None] * self.theta                               # (T, head_size / 2), float64
+        cos, sin = tf.cast(tf.cos(angles), X.dtype), tf.cast(tf.sin(angles), X.dtype)
+        half = self.head_size // 2
+        a, b = (X[..., 0::2], X[..., 1::2]) if self.interleaved else (X[..., :half], X[..., half:])  # (..., T, half)
+        rotated = (a * cos - b * sin, a * sin + b * cos)
+        if self.interleaved:
+            return tf.reshape(tf.stack(rotated, -1), tf.shape(X))              # pairs back side by side
+        return tf.concat(rotated, -1)                                          # (..., T, head_size)

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from d2lattn import _checks
+from d2lattn import _checks, checkpoint
 
 
 class Layout:
@@ -35,14 +35,20 @@ class Layout:
 
 
 def _layers(module, path=""):
-    """(dotted path, layer) for `module` and every layer in its public attributes, in order.
-    A Keras RNN is a leaf: its cell's weights are named by `_gru`."""
+    """(dotted path, layer) for `module` and every layer in its public attributes, in order; a
+    list of layers (`blocks`) names them `blocks.0`, `blocks.1`, .... A Keras RNN is a leaf:
+    its cell's weights are named by `_gru`."""
     yield path, module
     if isinstance(module, keras.layers.RNN):
         return
     for name, value in vars(module).items():
-        if isinstance(value, keras.layers.Layer) and not name.startswith("_"):
-            yield from _layers(value, f"{path}.{name}" if path else name)
+        if name.startswith("_"):
+            continue
+        children = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, child in children:
+            if isinstance(child, keras.layers.Layer):
+                child_name = name if i is None else f"{name}.{i}"
+                yield from _layers(child, f"{path}.{child_name}" if path else child_name)
 
 
 def _gru(prefix, gru):
@@ -102,3 +108,11 @@ def set_params(module, params):
         layout.set(arrays[id(v)][1], np.asarray(params[name]))
     for v, a in arrays.values():
         v.assign(a)
+
+
+def save_params(module, path):
+    checkpoint.save(get_params(module), path)
+
+
+def load_params(module, path):
+    set_params(module, checkpoint.load(path))

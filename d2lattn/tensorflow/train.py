@@ -1,4 +1,4 @@
-"""A small trainer: Adam, gradient clipping, a progress bar and the loss curve."""
+"""Small trainers (a language model, Bahdanau's seq2seq): Adam, gradient clipping, a progress bar and the loss curve."""
 
 import keras
 import tensorflow as tf
@@ -9,24 +9,22 @@ from d2lattn.tensorflow.params import _layers
 from d2lattn.tensorflow.seq2seq import sequence_loss
 
 
-def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
-    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
-    label_valid_lens); the model runs with training=True. Each training step is one
-    tf.function. Returns each epoch's mean batch loss, for plotting."""
+def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
+    """Adam with global-norm clipping on `loss(*batch)` for every NumPy batch, one tf.function per
+    batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss."""
     epochs = _checks.positive_int("epochs", epochs)
     # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_; eps as in PyTorch and optax
     optimizer = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8, global_clipnorm=clip)
     params = model.trainable_variables
     optimizer.build(params)  # the optimizer's slots exist before the step is traced
 
-    def step(src, src_valid_lens, dec_input, labels, label_valid_lens):
+    def step(*batch):
         with tf.GradientTape() as tape:
-            logits = model(src, dec_input, src_valid_lens, training=True)  # (b, T, vocab)
-            loss = sequence_loss(logits, labels, label_valid_lens)
-        optimizer.apply_gradients(zip(tape.gradient(loss, params), params))
-        return loss
+            value = loss(*batch)
+        optimizer.apply_gradients(zip(tape.gradient(value, params), params))
+        return value
 
-    traced = {}  # tracing takes seconds: one trace per batch layout, whatever the batch size
+    traced = {}
 
     def train_step(batch):
         batch = [tf.convert_to_tensor(a) for a in batch]
@@ -36,16 +34,37 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         return float(traced[specs](*batch))
 
     losses = []
-    bar = tqdm(range(epochs), desc="train_seq2seq", unit="epoch", disable=not progress)
+    bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)
     for _ in bar:
         total, count = 0.0, 0
         for batch in batches:
             total, count = total + train_step(batch), count + 1
         if not count:
-            raise ValueError("train_seq2seq: `batches` gave no batch")
+            raise ValueError(f"{name}: `batches` gave no batch")
         losses.append(total / count)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     for _, layer in _layers(model):  # the trace left graph tensors there: no weights until the next call
         if "attention_weights" in vars(layer):
             layer.attention_weights = None
     return losses
+
+
+def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Next-token prediction on each NumPy batch (inputs (b, T), labels (b, T), valid_lens (b,));
+    the model runs with training=True. Returns each epoch's mean batch loss, for plotting."""
+    def loss(inputs, labels, valid_lens):
+        logits, _ = model(inputs, training=True)                          # (b, T, vocab)
+        return sequence_loss(logits, labels, valid_lens)
+
+    return _fit("train_lm", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress)
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
+    label_valid_lens); the model runs with training=True. Returns each epoch's mean batch loss,
+    for plotting."""
+    def loss(src, src_valid_lens, dec_input, labels, label_valid_lens):
+        logits = model(src, dec_input, src_valid_lens, training=True)      # (b, T, vocab)
+        return sequence_loss(logits, labels, label_valid_lens)
+
+    return _fit("train_seq2seq", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress)

@@ -1,1 +1,162 @@
-"""Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
+"""Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate.
+
+As everywhere in this backend, what needs shapes is made from concrete arrays before a
+(possibly hybridized) graph runs: the lower-right causal mask, the rotary tables of the new
+positions, and an empty cache (b, kv_heads, 0, dh) at the start, so the graph always
+concatenates and keeps one input structure from the first token to the last.
+"""
+
+import numpy as onp
+from mxnet import np
+from mxnet.gluon import nn
+
+from d2lattn import _checks
+from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
+from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
+from d2lattn.mxnet.encoding import RotaryPositionalEncoding
+from d2lattn.mxnet.ops import causal_mask, tensor, to_numpy, train_mode
+from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
+from d2lattn.sampling import next_tokens
+
+
+def _concrete(block, X):
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{type(block).__name__} builds its mask and cache from arrays, so it cannot be called "
+                        "inside a graph being traced: hybridize the block itself, or a plain Block around it")
+
+
+class CausalSelfAttention(MultiHeadAttention):
+    """MultiHeadAttention's parameters and heads on one sequence: rotary positions, a causal
+    (sliding-window) mask, and a cache of the rotated keys and the values seen so far.
+
+    The call makes the graph's other inputs (`inputs`) and runs `attend`; a parent's graph
+    calls `attend` with the inputs it made (one mask and one set of tables for every layer).
+    """
+
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
+                 dropout=0.0, bias=False):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        self.window = _checks.window(window)
+        self.rope = None if rope_base is None else RotaryPositionalEncoding(
+            self.head_size, _checks.positive_number("rope_base", rope_base))
+
+    def cache_inputs(self, batch, cache, ctx):
+        """The cache checked, as (keys, values); an empty one (b, kv_heads, 0, dh) at the start."""
+        _checks.cache(cache, batch, self.num_kv_heads, self.head_size)
+        return tuple(cache or 2 * (np.zeros((batch, self.num_kv_heads, 0, self.head_size), ctx=ctx),))
+
+    def positions(self, T, t, ctx):
+        """(keep (T, t + T), rotary tables or ()) for T new positions after t cached ones."""
+        keep = causal_mask(T, t + T, offset=t, window=self.window).as_in_ctx(ctx)   # lower right
+        return keep, () if self.rope is None else self.rope.tables(t, T, ctx)       # at t .. t + T - 1
+
+    def __call__(self, X, *, cache=None, training=None):
+        _concrete(self, X)
+        _checks.sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
+        keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
+        keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
+        with train_mode(training):
+            return self.attend(X, keys, values, keep, *tables)
+
+    def attend(self, X, keys, values, keep, *tables):
+        """The graph on ready inputs, as a parent's graph calls it: -> (Y, (keys, values))."""
+        Y, keys, values, weights, live = nn.HybridBlock.__call__(self, X, keys, values, keep, *tables)
+        self.save_weights(weights, live)
+        return Y, (keys, values)
+
+    def hybrid_forward(self, F, X, keys, values, keep, *tables):
+        q = self.split_heads(F, self.W_q(X), self.num_heads)               # (b, heads, T, dh)
+        k = self.split_heads(F, self.W_k(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
+        v = self.split_heads(F, self.W_v(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
+        if self.rope is not None:
+            q, k = self.rope(q, offset=tables), self.rope(k, offset=tables)  # rotated at their positions
+        k = F.np.concatenate([keys, k], axis=2)                             # (b, kv_heads, t + T, dh)
+        v = F.np.concatenate([values, v], axis=2)                           # (b, kv_heads, t + T, dh)
+        Y, weights, live = self.attend_heads(F, q, k, v, keep)              # (b, T, num_hiddens), ...
+        return Y, k, v, weights, live
+
+
+class TransformerLMBlock(nn.HybridBlock):
+    """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
+    only) on the attention weights and on each branch before it is added. Runs inside its
+    model's graph: -> (X, keys, values, weights, live)."""
+
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+        super().__init__()
+        self.norm1 = RMSNorm(num_hiddens)
+        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                             rope_base=rope_base, dropout=dropout)
+        self.norm2 = RMSNorm(num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.rate = _checks.dropout_rate(dropout)
+
+    def dropout(self, F, X):
+        return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
+
+    def hybrid_forward(self, F, X, keys, values, keep, *tables):
+        Y, (keys, values) = self.attention.attend(self.norm1(X), keys, values, keep, *tables)
+        X = X + self.dropout(F, Y)                                          # (b, T, h)
+        X = X + self.dropout(F, self.ffn(self.norm2(X)))
+        return (X, keys, values, *self.attention.attention._saved)
+
+
+class TransformerLM(nn.HybridBlock):
+    """Embedding, pre-norm blocks `blocks.{i}`, a final RMSNorm and an untied W_out, as one graph.
+
+    The call makes the inputs every block shares (mask, rotary tables) and each block's
+    cache, flat, before the graph; the graph hands back each block's cache and attention
+    weights (`blocks[i].attention.attention_weights` hold arrays after a hybridized call too).
+    """
+
+    def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+        super().__init__()
+        v, h = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("num_hiddens", num_hiddens)
+        self.embedding = nn.Embedding(v, h)
+        self.embedding.initialize(EMBEDDING_INIT)
+        self.blocks = nn.HybridSequential()
+        for _ in range(_checks.positive_int("num_layers", num_layers)):
+            self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
+                                               window=window, rope_base=rope_base, dropout=dropout))
+        self.norm = RMSNorm(h)
+        self.W_out = nn.Dense(v, use_bias=False, flatten=False, in_units=h)
+        self.W_out.initialize(DENSE_INIT)
+
+    def __call__(self, tokens, *, cache=None, training=None):
+        _concrete(self, tokens)
+        tokens = tensor(tokens)
+        _checks.tokens(tokens.shape, "tokens")
+        _checks.lm_cache(cache, len(self.blocks))
+        (b, T), ctx = tokens.shape, tokens.ctx
+        caches = [block.attention.cache_inputs(b, c, ctx) for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
+        keep, tables = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)   # shared by every block
+        with train_mode(training):
+            logits, *rest = super().__call__(tokens, keep, *tables, *(a for c in caches for a in c))
+        for i, block in enumerate(self.blocks):
+            block.attention.save_weights(*rest[4 * i + 2: 4 * i + 4])          # (weights, live) of each
+        return logits, [tuple(rest[4 * i: 4 * i + 2]) for i in range(len(self.blocks))]
+
+    def hybrid_forward(self, F, tokens, keep, *args):
+        tables, caches = args[:len(args) - 2 * len(self.blocks)], args[len(args) - 2 * len(self.blocks):]
+        X, out = self.embedding(tokens), []                                 # (b, T, h)
+        for i, block in enumerate(self.blocks):
+            X, *saved = block(X, caches[2 * i], caches[2 * i + 1], keep, *tables)
+            out += saved                                                    # keys, values, weights, live
+        return (self.W_out(self.norm(X)), *out)                             # (b, T, vocab), then per block
+
+
+def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
+    """A Python loop over steps, each one call of the model. A hybridized model runs each call
+    as the graph it traced on its first call: a new length re-infers shapes, never retraces;
+    with the cache, each step feeds only the newest token."""
+    tokens = onp.asarray(prompt).astype(onp.int32)                         # (b, T0)
+    _checks.tokens(tokens.shape, "prompt")
+    rng, new, cache = onp.random.default_rng(seed), tokens, None
+    for _ in range(_checks.positive_int("num_tokens", num_tokens)):
+        if use_cache:
+            logits, cache = model(tensor(new), cache=cache, training=False)  # (b, len(new), vocab)
+        else:
+            logits, _ = model(tensor(tokens), training=False)               # (b, T, vocab): everything again
+        new = next_tokens(to_numpy(logits[:, -1]), temperature, rng)[:, None]  # (b, 1)
+        tokens = onp.concatenate([tokens, new], axis=1)                     # (b, T + 1)
+    return tokens

@@ -71,8 +71,7 @@ class RotaryPositionalEncoding(nn.HybridBlock):
     Both conventions are one formula, X cos + X[partner] sin with a signed sin, the pairs in a
     constant index array, so one graph serves any number of leading axes. The cos and sin
     tables are made outside the graph (`tables`, in float64, then float32), so a hybridized
-    call serves every offset; called inside a graph being traced, it takes `offset` as the
-    tables (cos, sin) its parent made.
+    call serves every offset; a parent's graph passes the tables (cos, sin) it made as `offset`.
     """
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
@@ -95,7 +94,7 @@ class RotaryPositionalEncoding(nn.HybridBlock):
         return tensor(onp.cos(angles)).as_in_ctx(ctx), tensor(self.sign * onp.sin(angles)).as_in_ctx(ctx)
 
     def __call__(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
-        if isinstance(X, np.ndarray):                                              # concrete, not a graph symbol
+        if not isinstance(offset, tuple):                                          # an offset, not tables
             _checks.features("X", X.shape, self.head_size, "the head_size")
             offset = self.tables(offset, X.shape[-2], X.ctx)
         return super().__call__(X, *offset)

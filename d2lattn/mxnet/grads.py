@@ -36,11 +36,18 @@ class _Function(nn.HybridBlock):
         return self.fn(*args[:split], **dict(zip(self.names, args[split:])))
 
 
+def _leaves(out):
+    """The arrays of an output that nests tuples and lists (a cache), in order."""
+    return [leaf for o in out for leaf in _leaves(o)] if isinstance(out, (tuple, list)) else [out]
+
+
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     """`compiled=True` hybridizes: a block itself (it stays hybridized; a plain Block
     hybridizes its children), a function inside a `_Function` block; forward and
     backward then run as cached graphs. Recording puts autograd in training mode:
-    pass `training=False` for evaluation. Integer keyword arrays are not differentiated."""
+    pass `training=False` for evaluation. Keyword arrays are not differentiated: pass what
+    needs a gradient (a score_bias) as an input. An output that nests a cache, (Y, (keys,
+    values)), counts as the flat tuple of its arrays, one projection each."""
     xs = [tensor(x) for x in inputs]
     for x in xs:
         x.attach_grad()
@@ -52,8 +59,8 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
         call.hybridize()
     with autograd.record():
         out = call(*xs, **kwargs)
-        several = isinstance(out, tuple)  # a tuple output takes one projection per element
-        outs, projections = (out, projection) if several else ((out,), (projection,))
+        several = isinstance(out, (tuple, list))  # one projection per array of a tuple output
+        outs, projections = (_leaves(out), projection) if several else ((out,), (projection,))
         objective = sum((o * tensor(p)).sum() for o, p in zip(outs, projections))
     objective.backward()
     param_grads = {name: to_numpy(layout(p.grad())) for name, (p, layout) in named.items()}

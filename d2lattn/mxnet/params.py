@@ -4,7 +4,7 @@ import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn, rnn
 
-from d2lattn import _checks
+from d2lattn import _checks, checkpoint
 
 
 class Layout:
@@ -68,7 +68,8 @@ def _named(module):
     Gluon's Dense keeps its weight as (out, in): canonical `W_x` is its transpose,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named
     by the block, like a dense map: `embedding`, `encoder.embedding`. So are the
-    one-layer rnn.GRUs of our GRU: `l0.W_xr`, `l1.W_xr` ... (see `_gru`). Other trainable parameters keep their names;
+    one-layer rnn.GRUs of our GRU: `l0.W_xr`, `l1.W_xr` ... (see `_gru`). A HybridSequential's
+    children are named by their index: `blocks.0.attention.W_q`. Other trainable parameters keep their names;
     Constants (the positional codes) are not parameters.
     """
     named = {}
@@ -100,3 +101,11 @@ def set_params(module, params):
         layout.set(staged, p, onp.asarray(params[name]))
     for p, value in staged.items():
         p.set_data(np.array(value, dtype=p.dtype))
+
+
+def save_params(module, path):
+    checkpoint.save(get_params(module), path)
+
+
+def load_params(module, path):
+    set_params(module, checkpoint.load(path))

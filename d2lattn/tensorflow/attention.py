@@ -92,17 +92,15 @@ class MultiHeadAttention(AttentionLayer):
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def split_heads(self, X):
-        """(b, n, heads * dh) -> (b, heads, n, dh): num_heads for queries, num_kv_heads for keys and values."""
-        b, n = tf.shape(X)[0], tf.shape(X)[1]
-        heads = X.shape[-1] // self.head_size                       # static, even while tracing
-        return tf.transpose(tf.reshape(X, (b, n, heads, self.head_size)), (0, 2, 1, 3))
+    def _split_heads(self, X, num_heads):
+        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, num_heads * dh)
+        X = tf.reshape(X, (b, n, num_heads, self.head_size))        # (b, n, heads, dh), dh static while tracing
+        return tf.transpose(X, (0, 2, 1, 3))                        # (b, heads, n, dh)
 
-    def attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """Query heads (b, heads, q, dh) on key/value heads (b, kv_heads, k, dh) -> (b, q, num_hiddens):
-        query head h uses key/value head h // group, then W_o joins the heads."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
         group = self.num_heads // self.num_kv_heads
-        k, v = tf.repeat(k, group, axis=1), tf.repeat(v, group, axis=1)   # (b, heads, k, dh)
+        k, v = tf.repeat(k, group, axis=1), tf.repeat(v, group, axis=1)   # (b, heads, k, dh): head h uses h // group
         out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
         out = tf.transpose(out, (0, 2, 1, 3))                       # (b, q, heads, dh)
         b, n = tf.shape(out)[0], tf.shape(out)[1]
@@ -115,12 +113,12 @@ class MultiHeadAttention(AttentionLayer):
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
             _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self.split_heads(self.W_q(queries))                     # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                        # (b, kv_heads, k, dh)
-        v = self.split_heads(self.W_v(values))                      # (b, kv_heads, k, dh)
+        q = self._split_heads(self.W_q(queries), self.num_heads)         # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys), self.num_kv_heads)         # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values), self.num_kv_heads)       # (b, kv_heads, k, dh)
         if mask is not None and len(mask.shape) == 3:
             mask = tf.expand_dims(mask, 1)                          # (b, 1, q, k): every head
-        return self.attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):

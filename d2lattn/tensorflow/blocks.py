@@ -50,8 +50,8 @@ class RMSNorm(keras.layers.Layer):
 
     def call(self, X, *, training=None):
         _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
-        mean_square = tf.reduce_mean(tf.square(X), axis=-1, keepdims=True)   # (..., 1)
-        return X * tf.math.rsqrt(mean_square + self.eps) * self.gamma      # (..., n)
+        rms = tf.sqrt(tf.reduce_mean(X ** 2, axis=-1, keepdims=True) + self.eps)  # (..., 1): no mean removed
+        return X / rms * self.gamma                                        # (..., n)
 
 
 class SwiGLUFFN(keras.layers.Layer):

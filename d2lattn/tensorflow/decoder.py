@@ -28,42 +28,46 @@ class CausalSelfAttention(MultiHeadAttention):
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
         self.window = _checks.window(window)
-        self.rope = None if rope_base is None else RotaryPositionalEncoding(self.head_size, rope_base)
+        self.rope = None if rope_base is None else RotaryPositionalEncoding(
+            self.head_size, _checks.positive_number("rope_base", rope_base))
 
     def call(self, X, *, cache=None, position=None, training=None):
         _checks.sequence_input(X.shape, self.W_q.kernel.shape[0])
         _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        q = self.split_heads(self.W_q(X))                                  # (b, heads, T, dh)
-        k, v = self.split_heads(self.W_k(X)), self.split_heads(self.W_v(X))  # (b, kv_heads, T, dh)
         start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
+        q = self._split_heads(self.W_q(X), self.num_heads)                 # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
         if self.rope is not None:
-            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at their absolute positions
+            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
         if position is not None:
             k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
                     for buffer, new in zip(cache, (k, v)))
         elif cache is not None:
             k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
         mask = causal_mask(tf.shape(X)[1], tf.shape(k)[2], offset=start, window=self.window)  # (T, t + T)
-        return self.attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
+        return self._attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
 
 
 class TransformerLMBlock(keras.layers.Layer):
-    """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X))."""
+    """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
+    only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads=None, window=None,
-                 rope_base=10000.0, dropout=0.0):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, cache=None, position=None, training=None):
         Y, cache = self.attention(self.norm1(X), cache=cache, position=position, training=training)
-        X = X + Y                                                          # (b, T, h)
-        return X + self.ffn(self.norm2(X)), cache
+        X = X + self.dropout(Y, training=training)                        # (b, T, h)
+        X = X + self.dropout(self.ffn(self.norm2(X)), training=training)
+        return X, cache
 
 
 class TransformerLM(keras.layers.Layer):
@@ -83,12 +87,13 @@ class TransformerLM(keras.layers.Layer):
     def call(self, tokens, *, cache=None, position=None, training=None):
         tokens = tf.convert_to_tensor(tokens)
         _checks.tokens(tokens.shape, "tokens")
+        _checks.lm_cache(cache, len(self.blocks))
         X = self.embedding(tokens)                                         # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, position=position, training=training)
             caches.append(block_cache)
-        return self.W_out(self.norm(X)), caches                            # (b, T, vocab)
+        return self.W_out(self.norm(X)), caches                            # (b, T, vocab), one cache per block
 
 
 _traced = weakref.WeakKeyDictionary()  # model -> its two traced calls for generate

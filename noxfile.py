@@ -4,20 +4,32 @@
     nox -s tests-jax         one backend's tests (writes build/results/jax.npz)
     nox -s crosscheck        compare every backend's results with each other
     nox -s bench-torch       ours against the framework's own attention
+    nox -s book              the chapters that have run, every framework's in tabs: build/html/index.html
+    nox -s book-test         the book in headless Chromium (Debian's chromium package)
 """
 
 import functools
+import os
+import re
+import shutil
 
 import nox
 
 BACKENDS = ["numpy", "torch", "jax", "tensorflow", "mxnet"]
 FRAMEWORKS = [b for b in BACKENDS if b != "numpy"]
 
+# What chapters.run prints: one line per chapter, then where the notebooks are.
+CHAPTER_LOG = re.compile(r"^\S+ +\d\d_\w+ +[\d.]+ s$|^executed \d+ chapters on \w+: open ")
+# TensorFlow's C++ INFO lines tell a learner nothing (a logging level, not a kernel switch).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
-    *(f"tests-{b}" for b in BACKENDS), "crosscheck", *(f"chapters-{b}" for b in FRAMEWORKS), "lint",
+    *(f"tests-{b}" for b in BACKENDS), "crosscheck", *(f"chapters-{b}" for b in FRAMEWORKS), "book", "book-test",
+    "lint",
 ]
+BOOK = ["sphinx", "myst-parser", "sphinx-design", "furo", "django-static-mathjax"]  # pinned in constraints/book.txt
 
 
 def install(session, backend, *extras):
@@ -55,12 +67,33 @@ def per_backend(run, backends):
 def chapters(session, backend):
     """Execute every chapter notebook; the executed notebooks go to build/<backend>/."""
     install(session, backend, "notebooks")
-    session.run("python", "-m", "chapters.run", backend, *session.posargs)
+    log = session.run("python", "-m", "chapters.run", backend, *session.posargs, silent=True)
+    print(log, end="")
+    noise = [line for line in log.splitlines() if line.strip() and not CHAPTER_LOG.match(line)]
+    if noise:  # a learner's run shows one line per chapter; a new warning is worth a look, so it fails here
+        session.error("the chapters printed more than one line per chapter:\n" + "\n".join(noise))
 
 
 per_backend(tests, BACKENDS)
 per_backend(chapters, FRAMEWORKS)
 per_backend(bench, FRAMEWORKS)
+
+
+@nox.session(python="3.11")
+def book(session):
+    """Merge build/<backend>/*.ipynb into one page per chapter and build the site in build/html/."""
+    session.install("-c", "constraints/book.txt", *BOOK)
+    session.run("python", "book/merge.py")
+    shutil.rmtree("build/html", ignore_errors=True)
+    session.run("sphinx-build", "-q", "-c", "book", "build/book", "build/html")
+    session.log("open build/html/index.html")
+
+
+@nox.session(name="book-test", python="3.11")
+def book_test(session):
+    """The built book in headless Chromium through Playwright; screenshots go to build/book-test/."""
+    session.install("-c", "constraints/book.txt", "playwright", "pytest")
+    session.run("pytest", "book/tests", *session.posargs)
 
 
 @nox.session(python="3.11")

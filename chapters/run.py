@@ -3,21 +3,35 @@
 Each chapter is a MyST markdown notebook (chapters/NN_name.md). It is run top to
 bottom with D2LATTN_BACKEND=BACKEND, and the executed notebook, outputs and
 figures included, is written to OUTDIR (default build/BACKEND/) with the time
-each chapter took. A failing cell fails the run.
+each chapter took. A failing cell fails the run. Progress bars are tqdm's text
+bars, stored as their final line (a widget's saved state would be its first frame).
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import re
+import shutil
 import sys
+import tempfile
+import threading
 import time
 
 import jupytext
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 HERE = pathlib.Path(__file__).resolve().parent
 CELL_TIMEOUT = 600
+TEXT_BARS = "--IPKernelApp.exec_lines=import tqdm.auto, tqdm.std; tqdm.auto.tqdm = tqdm.std.tqdm"
+# What kernels write to the terminal that tells a learner nothing: TensorFlow 2.21 prints its oneDNN
+# notice (and absl's preamble) before its log level is read, so TF_CPP_MIN_LOG_LEVEL cannot hide it,
+# and turning oneDNN off would change the kernels' numerics. Anything else passes through.
+NOISE = re.compile(r"port\.cc:\d+\] oneDNN custom operations are on|^WARNING: All log messages before "
+                   r"absl::InitializeLog\(\) is called are written to STDERR")
+REDRAWN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line's earlier states, each ended by a carriage return
 
 
 def chapters(names=()):
@@ -25,18 +39,73 @@ def chapters(names=()):
     return [p for p in found if not names or any(p.stem.startswith(n) or p.stem == n for n in names)]
 
 
+class IPCKernelManager(KernelManager):
+    """Kernels on IPC sockets in a private folder: nothing listens on the network, and ipykernel
+    has no reason to warn, once per chapter, that TCP traffic is unencrypted."""
+
+    folder = tempfile.gettempdir()  # run() points it at a temporary folder of its own
+
+    def __init__(self, **kwargs):
+        super().__init__(transport="ipc", ip=os.path.join(self.folder, "kernel"), **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_stderr(noise=NOISE):
+    """Route this process's stderr, which the kernels inherit, through a filter that drops `noise`."""
+    sys.stderr.flush()
+    real, (read, write) = os.dup(2), os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump():
+        with os.fdopen(read, errors="replace") as lines, os.fdopen(os.dup(real), "w") as out:
+            for line in lines:
+                if not noise.search(line):
+                    out.write(line)
+                    out.flush()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        os.close(real)
+        thread.join(timeout=10)
+
+
+def final_states(cell):
+    """Join adjacent outputs of one stream, keep the last state of each redrawn line, drop blank stderr."""
+    outputs = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream" and outputs and outputs[-1].get("name") == out.name:
+            outputs[-1].text += out.text
+        else:
+            outputs.append(out)
+    for out in outputs:
+        if out.output_type == "stream":
+            out.text = REDRAWN.sub("", out.text)
+    cell.outputs = [out for out in outputs if out.get("name") != "stderr" or out.text.strip()]
+
+
 def run(backend, outdir, names=()):
     os.environ["D2LATTN_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines: a log level, not a kernel switch
     outdir.mkdir(parents=True, exist_ok=True)
     timings = {}
+    IPCKernelManager.folder = tempfile.mkdtemp(prefix="d2lattn-kernels-")
     for path in chapters(names):
         notebook = jupytext.read(path)
         start = time.perf_counter()
-        NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
-                       resources={"metadata": {"path": str(HERE.parent)}}).execute()
+        NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3", kernel_manager_class=IPCKernelManager,
+                       extra_arguments=[TEXT_BARS], resources={"metadata": {"path": str(HERE.parent)}}).execute()
+        for cell in notebook.cells:
+            final_states(cell)
         timings[path.stem] = round(time.perf_counter() - start, 1)
         nbformat.write(notebook, outdir / f"{path.stem}.ipynb")
         print(f"{backend:<11} {path.stem:<36} {timings[path.stem]:>7.1f} s", flush=True)
+    shutil.rmtree(IPCKernelManager.folder, ignore_errors=True)
     (outdir / "timings.json").write_text(json.dumps(timings, indent=1))
     print(f"executed {len(timings)} chapters on {backend}: open {outdir}/*.ipynb")
 
@@ -44,4 +113,5 @@ def run(backend, outdir, names=()):
 if __name__ == "__main__":
     backend, *rest = sys.argv[1:]
     outdir = pathlib.Path(rest.pop(0)) if rest and not rest[0][:2].isdigit() else pathlib.Path("build") / backend
-    run(backend, outdir, rest)
+    with contextlib.nullcontext():
+        run(backend, outdir, rest)

@@ -113,5 +113,5 @@ def run(backend, outdir, names=()):
 if __name__ == "__main__":
     backend, *rest = sys.argv[1:]
     outdir = pathlib.Path(rest.pop(0)) if rest and not rest[0][:2].isdigit() else pathlib.Path("build") / backend
-    with contextlib.nullcontext():
+    with quiet_stderr():
         run(backend, outdir, rest)

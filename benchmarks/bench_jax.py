@@ -15,25 +15,34 @@ from benchmarks import common
 from d2lattn import jax as d2l
 
 
-def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
+def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS, kv_heads=None):
     """flax.nnx.MultiHeadAttention holding the canonical weights, in eval mode.
 
     Its q/k/v kernels are (in, heads, head_dim) and its out kernel (heads, head_dim, out):
     head i owns columns i*dh:(i+1)*dh of W_q, W_k, W_v and rows i*dh:(i+1)*dh of W_o.
+    With `kv_heads` (grouped-query) its k/v kernels are (in, kv_heads, head_dim).
     """
     bias = "b_q" in params
     mha = nnx.MultiHeadAttention(num_heads=heads, in_features=hidden, qkv_features=hidden, out_features=hidden,
-                                 dropout_rate=0.0, use_bias=bias, decode=False, rngs=nnx.Rngs(0))
+                                 num_kv_heads=kv_heads, dropout_rate=0.0, use_bias=bias, decode=False,
+                                 rngs=nnx.Rngs(0))
     dh = hidden // heads
     for name, layer in (("q", mha.query), ("k", mha.key), ("v", mha.value)):
-        layer.kernel[...] = jnp.asarray(params[f"W_{name}"]).reshape(-1, heads, dh)   # (in, heads, dh)
+        layer.kernel[...] = jnp.asarray(params[f"W_{name}"]).reshape(-1, layer.kernel.shape[1], dh)  # (in, heads, dh)
         if bias:
-            layer.bias[...] = jnp.asarray(params[f"b_{name}"]).reshape(heads, dh)      # (heads, dh)
+            layer.bias[...] = jnp.asarray(params[f"b_{name}"]).reshape(-1, dh)                       # (heads, dh)
     mha.out.kernel[...] = jnp.asarray(params["W_o"]).reshape(heads, dh, hidden)        # (heads, dh, out)
     if bias:
         mha.out.bias[...] = jnp.asarray(params["b_o"])
     mha.eval()
     return mha
+
+
+def gqa_weights(params, kv_heads, hidden=common.HIDDEN, heads=common.HEADS):
+    """Grouped-query canonical weights from common.mha_weights: W_k, W_v (and b_k, b_v) keep the
+    columns of their first kv_heads heads, (in, kv_heads * head_size)."""
+    width = kv_heads * (hidden // heads)
+    return {n: p[..., :width] if n[2] in "kv" else p for n, p in params.items()}
 
 
 def padding_mask(lens, num_keys):

@@ -111,8 +111,8 @@ class MultiHeadAttention(nnx.Module):
         b, n, _ = X.shape                                                     # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(0, 2, 1, 3)      # (b, heads, n, dh)
 
-    def attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """q (b, heads, q, dh), k, v (b, kv_heads, k, dh) -> W_o of the heads' outputs, (b, q, num_hiddens)."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
         group = self.num_heads // self.num_kv_heads
         k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)   # (b, heads, k, dh): h uses h // group
         out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
@@ -130,7 +130,7 @@ class MultiHeadAttention(nnx.Module):
         v = self.split_heads(self.W_v(values))                            # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                          # (b, 1, q, k): every head
-        return self.attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
 
     @property
     def attention_weights(self):

@@ -1,1 +1,142 @@
-"""Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
+"""Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate.
+
+As in attention.py, `rngs` (keyword-only, default `nnx.Rngs(0)`) seeds the initial weights
+and dropout. Under jit a cache that grows by one position per token would change shape at
+every token, and JAX compiles once per shape; so `generate` keeps the cache in a buffer
+preallocated for the whole sequence and passes the position as a traced scalar: the
+`position` keyword of the calls below (not part of the contract, generate's alone).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from d2lattn import _checks
+from d2lattn.jax.attention import MultiHeadAttention, _deterministic
+from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
+from d2lattn.jax.encoding import RotaryPositionalEncoding
+from d2lattn.jax.ops import causal_mask
+from d2lattn.sampling import next_tokens
+
+
+class CausalSelfAttention(MultiHeadAttention):
+    """MultiHeadAttention's parameters, heads and `.attention_weights` on one sequence: rotary
+    positions, a causal (sliding-window) mask, and a cache of the rotated keys and the values.
+
+    `position` (keyword-only; generate's compiled steps): an int32 scalar, traced under jit.
+    `cache` is then a preallocated (keys, values) buffer (b, num_kv_heads, L, head_size):
+    X's keys and values are written at position .. position + T - 1, and the slots after
+    them are masked by causality, so every step has the same shapes."""
+
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
+                 dropout=0.0, bias=False, rngs=None):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, rngs=rngs)
+        self.window = _checks.window(window)
+        self.rope = None if rope_base is None else RotaryPositionalEncoding(
+            self.head_size, _checks.positive_number("rope_base", rope_base))
+
+    def __call__(self, X, *, cache=None, training=None, position=None):
+        _checks.sequence_input(X.shape, self.W_q.in_features)
+        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        T = X.shape[1]
+        start = (0 if cache is None else cache[0].shape[2]) if position is None else position
+        q = self.split_heads(self.W_q(X))                                     # (b, heads, T, dh)
+        k = self.split_heads(self.W_k(X))                                     # (b, kv_heads, T, dh)
+        v = self.split_heads(self.W_v(X))                                     # (b, kv_heads, T, dh)
+        if self.rope is not None:
+            q, k = self.rope(q, offset=start), self.rope(k, offset=start)     # at their absolute positions
+        if position is not None:
+            k, v = (jax.lax.dynamic_update_slice_in_dim(c, x, position, axis=2) for c, x in zip(cache, (k, v)))
+        elif cache is not None:
+            k, v = (jnp.concatenate([c, x], axis=2) for c, x in zip(cache, (k, v)))   # (b, kv_heads, t + T, dh)
+        mask = causal_mask(T, k.shape[2], offset=start, window=self.window)   # (T, t + T): lower right
+        return self._attend(q, k, v, mask=mask, training=training), (k, v)     # (b, T, num_hiddens)
+
+
+class TransformerLMBlock(nnx.Module):
+    """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
+    only) on the attention weights and on each branch before it is added."""
+
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout, rngs):
+        self.norm1 = RMSNorm(num_hiddens)
+        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                             rope_base=rope_base, dropout=dropout, rngs=rngs)
+        self.norm2 = RMSNorm(num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+
+    def __call__(self, X, *, cache=None, training=None, position=None):
+        drop = functools.partial(self.dropout, deterministic=_deterministic(training))
+        Y, cache = self.attention(self.norm1(X), cache=cache, training=training, position=position)
+        X = X + drop(Y)                                                       # (b, T, h)
+        X = X + drop(self.ffn(self.norm2(X)))
+        return X, cache
+
+
+class TransformerLM(nnx.Module):
+    """Children embedding (nnx.Embed), blocks (an nnx.List: names blocks.0. ...), norm, W_out."""
+
+    def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        vocab_size = _checks.positive_int("vocab_size", vocab_size)
+        h = _checks.positive_int("num_hiddens", num_hiddens)
+        self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
+        self.blocks = nnx.List([
+            TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
+                               rope_base=rope_base, dropout=dropout, rngs=rngs)
+            for _ in range(_checks.positive_int("num_layers", num_layers))])
+        self.norm = RMSNorm(h)
+        self.W_out = nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)
+
+    def __call__(self, tokens, *, cache=None, training=None, position=None):
+        tokens = jnp.asarray(tokens)
+        _checks.tokens(tokens.shape, "tokens")
+        _checks.lm_cache(cache, len(self.blocks))
+        X = self.embedding(tokens)                                            # (b, T, h)
+        caches = []
+        for block, block_cache in zip(self.blocks, [None] * len(self.blocks) if cache is None else cache):
+            X, block_cache = block(X, cache=block_cache, training=training, position=position)
+            caches.append(block_cache)
+        return self.W_out(self.norm(X)), caches                   # (b, T, vocab), one cache per block
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, state, tokens, cache, position):
+    """The model (nnx.merge(graphdef, state)) in evaluation mode, compiled once per shape. Plain
+    jax.jit, not nnx.jit: nothing is written back into the module, so the attention weights it
+    keeps (of the prompt's shape, then of one token's) never change the state the next step
+    sees, and one compilation serves every step."""
+    return nnx.merge(graphdef, state)(tokens, cache=cache, training=False, position=position)
+
+
+def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
+    """Compiled, with no compilation per token: the tokens live in a (b, T0 + num_tokens) buffer.
+    With the cache, each block's keys and values go into a buffer of that length too: the prompt in
+    one call at position 0, then one token per call at a traced position. Without it, every step
+    runs the model over the whole buffer (causal, so the slots not yet filled do not matter) and
+    reads the logits at the last filled position."""
+    prompt = np.asarray(prompt)
+    _checks.tokens(prompt.shape, "prompt")
+    num_tokens = _checks.positive_int("num_tokens", num_tokens)
+    (b, T0), L = prompt.shape, prompt.shape[1] + num_tokens
+    tokens = np.zeros((b, L), np.int32)                                       # (b, T0 + num_tokens)
+    tokens[:, :T0] = prompt
+    rng = np.random.default_rng(seed)
+    graphdef, state = nnx.split(model)
+    if use_cache:
+        attention = model.blocks[0].attention
+        empty = jnp.zeros((b, attention.num_kv_heads, L, attention.head_size))   # (b, kv_heads, L, dh)
+        logits, cache = _logits(graphdef, state, jnp.asarray(prompt), [(empty, empty)] * len(model.blocks),
+                                jnp.int32(0))
+    for t in range(T0, L):
+        if use_cache and t > T0:
+            logits, cache = _logits(graphdef, state, jnp.asarray(tokens[:, t - 1:t]), cache, jnp.int32(t - 1))
+        elif not use_cache:
+            logits, _ = _logits(graphdef, state, jnp.asarray(tokens), None, None)  # (b, L, vocab)
+        last = logits[:, -1] if use_cache else logits[:, t - 1]              # (b, vocab)
+        tokens[:, t] = next_tokens(np.asarray(last), temperature, rng)
+    return tokens

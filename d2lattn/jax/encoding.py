@@ -1,5 +1,6 @@
-"""Sinusoidal positional encoding."""
+"""Positions: sinusoidal encoding, ALiBi biases and rotary encoding (RoPE)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -32,3 +33,43 @@ class PositionalEncoding(nnx.Module):
         _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                       # (b, T, d)
         return self.dropout(X, deterministic=_deterministic(training))
+
+
+def alibi_slopes(num_heads):
+    n = _checks.positive_int("num_heads", num_heads)
+    c = 1 << (n.bit_length() - 1)                                             # the largest power of two <= n
+
+    def geometric(m):
+        return 2.0 ** (-8.0 * np.arange(1, m + 1) / m)                        # (m,): 2^(-8/m), 2^(-16/m), ...
+
+    return jnp.asarray(np.concatenate([geometric(c), geometric(2 * c)[0::2][: n - c]]), dtype=jnp.float32)
+
+
+def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
+    num_keys = num_queries if num_keys is None else num_keys
+    distance = (_checks.integer("offset", offset) + jnp.arange(num_queries)[:, None]) - jnp.arange(num_keys)
+    return -alibi_slopes(num_heads)[:, None, None] * jnp.abs(distance)        # (heads, q, k)
+
+
+class RotaryPositionalEncoding(nnx.Module):
+    """No parameters: `.theta` (head_size / 2,) is a constant jax array. `offset` may be a traced
+    integer scalar (generate's compiled step)."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+        self.head_size = _checks.head_size(head_size)
+        base = _checks.positive_number("base", base)
+        self.theta = jnp.asarray(base ** (-np.arange(0, head_size, 2) / head_size), dtype=jnp.float32)
+        self.interleaved = bool(interleaved)
+
+    def __call__(self, X, *, offset=0, training=None):
+        _checks.features("X", X.shape, self.head_size, "the head_size")
+        if not isinstance(offset, jax.Array):
+            offset = _checks.integer("offset", offset)
+        positions = offset + jnp.arange(X.shape[-2])                          # (T,)
+        angles = positions[:, None] * self.theta                              # (T, head_size / 2)
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+        if self.interleaved:
+            a, b = X[..., 0::2], X[..., 1::2]                                 # pairs (x[2i], x[2i + 1])
+            return jnp.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(X.shape)
+        a, b = jnp.split(X, 2, axis=-1)                                       # pairs (x[i], x[i + d / 2])
+        return jnp.concatenate([a * cos - b * sin, a * sin + b * cos], -1)    # (..., T, head_size)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from d2lattn import _checks
+from d2lattn import _checks, checkpoint
 
 
 def _named(module):
@@ -44,3 +44,11 @@ def set_params(module, params):
     _checks.param_shapes({name: p.shape for name, p in named.items()}, params)
     for name, p in named.items():
         p[...] = jnp.asarray(np.asarray(params[name]), dtype=p.dtype)
+
+
+def save_params(module, path):
+    checkpoint.save(get_params(module), path)
+
+
+def load_params(module, path):
+    set_params(module, checkpoint.load(path))

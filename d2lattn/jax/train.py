@@ -31,22 +31,47 @@ def _forget_attention_weights(model):
             node.set_value(None)
 
 
-def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
-    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
-    label_valid_lens); the model runs with training=True (its train/eval state is left as
-    it was). Returns each epoch's mean batch loss, for plotting."""
+def _fit(name, model, step, batches, *, epochs, lr, clip, progress):
+    """The loop both trainers share: optax Adam after global-norm clipping, `step` (an nnx.jit
+    function of the model, the optimizer and one batch) on every batch, the mean loss per epoch."""
     epochs = _checks.positive_int("epochs", epochs)
     optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr)), wrt=nnx.Param)
     losses = []
-    bar = tqdm(range(epochs), desc="train_seq2seq", unit="epoch", disable=not progress)
+    bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)
     for _ in bar:
         total, count = 0.0, 0
         for batch in batches:
             _forget_attention_weights(model)                            # one compilation per batch shape
-            loss = _train_step(model, optimizer, *(jnp.asarray(a) for a in batch))
+            loss = step(model, optimizer, *(jnp.asarray(a) for a in batch))
             total, count = total + float(loss), count + 1
         if not count:
-            raise ValueError("train_seq2seq: `batches` gave no batch")
+            raise ValueError(f"{name}: `batches` gave no batch")
         losses.append(total / count)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
+
+
+@nnx.jit
+def _lm_step(model, optimizer, inputs, labels, valid_lens):
+    """One Adam step of a language model on one batch (next-token prediction); returns its loss."""
+
+    def loss_fn(model):
+        logits, _ = model(inputs, training=True)                        # (b, T, vocab)
+        return sequence_loss(logits, labels, valid_lens)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Each NumPy batch (inputs, labels, valid_lens), the model run with training=True (its
+    train/eval state is left as it was). Returns each epoch's mean batch loss."""
+    return _fit("train_lm", model, _lm_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress)
+
+
+def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
+    """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
+    label_valid_lens); the model runs with training=True (its train/eval state is left as
+    it was). Returns each epoch's mean batch loss, for plotting."""
+    return _fit("train_seq2seq", model, _train_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress)

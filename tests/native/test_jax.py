@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks.bench_jax import native_mha, padding_mask
+from benchmarks.bench_jax import gqa_weights, native_mha, padding_mask
 from benchmarks.common import mha_weights
 from d2lattn import jax as d2l
 
@@ -174,3 +174,162 @@ def test_gru_matches_nnx_gru_cell():
         H, want = nnx.RNN(cell, return_carry=True)(want, initial_carry=state[i])   # (b, h), (b, T, h)
         np.testing.assert_allclose(np.asarray(last[i]), np.asarray(H), atol=1e-5)
     np.testing.assert_allclose(np.asarray(outputs), np.asarray(want), atol=1e-5)
+
+
+# --- modern attention (issue 13) and decoder-only models (issue 14) ------------------------
+
+
+def _rotate64(X, positions, base=10000.0, interleaved=False):
+    """RoPE written as complex multiplication in float64: pair (a, b) is a + ib, times e^(i p theta_i)."""
+    X = np.asarray(X, dtype=np.float64)
+    d = X.shape[-1]
+    a, b = (X[..., 0::2], X[..., 1::2]) if interleaved else (X[..., : d // 2], X[..., d // 2:])
+    z = (a + 1j * b) * np.exp(1j * np.outer(positions, base ** (-np.arange(0, d, 2) / d)))   # (..., T, d / 2)
+    if interleaved:
+        return np.stack([z.real, z.imag], -1).reshape(X.shape)
+    return np.concatenate([z.real, z.imag], -1)
+
+
+def _gqa64(params, X, heads, kv_heads, keep):
+    """Grouped-query attention in float64, one head at a time: query head h reads key/value head
+    h // (heads // kv_heads); `keep` (b, q, k) or None."""
+    p = {n: np.asarray(v, np.float64) for n, v in params.items()}
+    X = np.asarray(X, np.float64)
+    dh = p["W_q"].shape[1] // heads
+    q, k, v = (X @ p[f"W_{x}"] + p.get(f"b_{x}", 0.0) for x in "qkv")
+    outs = []
+    for h in range(heads):
+        g = h // (heads // kv_heads)
+        scores = q[..., h * dh:(h + 1) * dh] @ np.swapaxes(k[..., g * dh:(g + 1) * dh], 1, 2) / np.sqrt(dh)
+        scores = np.where(keep, scores, -np.inf) if keep is not None else scores
+        w = np.exp(scores - scores.max(-1, keepdims=True))
+        outs.append(w / w.sum(-1, keepdims=True) @ v[..., g * dh:(g + 1) * dh])    # (b, q, dh)
+    return np.concatenate(outs, -1) @ p["W_o"] + p.get("b_o", 0.0)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("masking", ["padding", "causal"])
+def test_grouped_query_matches_nnx_multiheadattention(kv_heads, masking):
+    """Flax's own num_kv_heads, the same grouping (query head h reads kv head h // group), same weights."""
+    rng = np.random.default_rng(7)
+    params = gqa_weights(mha_weights(True, rng, H), kv_heads, H, HEADS)
+    ours = d2l.MultiHeadAttention(H, HEADS, bias=True, num_kv_heads=kv_heads)
+    ours.eval()
+    d2l.set_params(ours, params)
+    native = native_mha(params, hidden=H, heads=HEADS, kv_heads=kv_heads)
+    q, k, v = _inputs(rng)
+    lens, causal, keep, rows = _masks(masking)
+    out = ours(q, k, v, lens, mask=causal)
+    want, weights = _native(native, q, k, v, keep)
+    assert ours.attention_weights.shape == (B, HEADS, Q, K)
+    np.testing.assert_allclose(np.asarray(out)[rows], want[rows], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.attention_weights).transpose(0, 2, 1, 3)[rows],
+                               weights.transpose(0, 2, 1, 3)[rows], atol=1e-5)
+
+
+def test_grouped_query_matches_float64_math():
+    rng = np.random.default_rng(8)
+    params = gqa_weights(mha_weights(True, rng, H), 2, H, HEADS)
+    ours = d2l.MultiHeadAttention(H, HEADS, bias=True, num_kv_heads=2)
+    d2l.set_params(ours, params)
+    X = rng.normal(size=(B, K, H)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(ours(*(jnp.asarray(X),) * 3)), _gqa64(params, X, HEADS, 2, None), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias_kind", ["random", "alibi"])
+def test_score_bias_matches_jax_dot_product_attention(bias_kind):
+    """score_bias against jax.nn.dot_product_attention(bias=...), with a causal mask and key lengths:
+    the outputs and the gradients with respect to the bias."""
+    rng = np.random.default_rng(9)
+    q, k, v = (jnp.asarray(rng.normal(size=(B, HEADS, n, 8)).astype(np.float32)) for n in (K, K, K))
+    lens = jnp.asarray([2, 4, 6], dtype=jnp.int32)                               # every row keeps a key
+    bias = (jnp.asarray(rng.normal(size=(HEADS, K, K)).astype(np.float32)) if bias_kind == "random"
+            else d2l.alibi_bias(HEADS, K))                                         # (heads, q, k)
+    P = jnp.asarray(rng.normal(size=(B, HEADS, K, 8)).astype(np.float32))
+    attention = d2l.DotProductAttention()
+
+    def ours(attention, bias):
+        return jnp.sum(attention(q, k, v, lens, mask=d2l.causal_mask(K), score_bias=bias, training=False) * P)
+
+    def native(bias):
+        out = jax.nn.dot_product_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), bias=bias[None],
+                                           is_causal=True, key_value_seq_lengths=lens)
+        return jnp.sum(out.transpose(0, 2, 1, 3) * P)
+
+    (got, d_got), (want, d_want) = nnx.value_and_grad(ours, argnums=1)(attention, bias), jax.value_and_grad(native)(bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(d_got, d_want, atol=1e-5)
+    assert np.abs(np.asarray(d_got)).max() > 0
+
+
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_sliding_window_matches_jax_local_window(window):
+    """causal_mask(T, window=w) as jax.nn.dot_product_attention's is_causal with local_window_size (w - 1, 0)."""
+    rng = np.random.default_rng(10)
+    q, k, v = (jnp.asarray(rng.normal(size=(B, HEADS, 7, 8)).astype(np.float32)) for _ in range(3))
+    out = d2l.DotProductAttention()(q, k, v, mask=d2l.causal_mask(7, window=window), training=False)
+    want = jax.nn.dot_product_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), is_causal=True,
+                                        local_window_size=(window - 1, 0))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want).transpose(0, 2, 1, 3), atol=1e-5)
+
+
+def test_causal_mask_offset_and_window_follow_their_definition():
+    for q, k, offset, window in [(3, 5, 2, None), (3, 5, 2, 2), (4, 4, 0, 3), (2, 6, -1, None), (5, 3, 1, 1)]:
+        want = [[j <= offset + i and (window is None or offset + i - j < window) for j in range(k)] for i in range(q)]
+        np.testing.assert_array_equal(np.asarray(d2l.causal_mask(q, k, offset=offset, window=window)), want)
+
+
+def test_rms_norm_matches_nnx_rmsnorm():
+    rng = np.random.default_rng(11)
+    X = jnp.asarray(rng.normal(size=(B, Q, H)).astype(np.float32) * 3 + 1)
+    gamma = rng.normal(size=H).astype(np.float32)
+    ours = d2l.RMSNorm(H)
+    d2l.set_params(ours, {"gamma": gamma})
+    native = nnx.RMSNorm(H, epsilon=1e-6, rngs=nnx.Rngs(0))
+    native.scale[...] = gamma
+    np.testing.assert_allclose(np.asarray(ours(X)), np.asarray(native(X)), atol=1e-5)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_encoding_matches_complex_rotation_in_float64(interleaved):
+    X = np.random.default_rng(12).normal(size=(B, HEADS, 5, 8)).astype(np.float32)
+    rope = d2l.RotaryPositionalEncoding(8, base=100.0, interleaved=interleaved)
+    got = np.asarray(rope(jnp.asarray(X), offset=7))
+    np.testing.assert_allclose(got, _rotate64(X, np.arange(7, 12), 100.0, interleaved), atol=1e-5)
+
+
+def test_causal_self_attention_matches_jax_gqa_with_window():
+    """CausalSelfAttention (GQA, sliding window, RoPE) against jax.nn.dot_product_attention on GQA-shaped
+    keys and values (B, T, kv_heads, dh), rotated in float64, with is_causal and local_window_size."""
+    rng = np.random.default_rng(13)
+    T, kv_heads, window = 6, 2, 3
+    params = gqa_weights(mha_weights(False, rng, H), kv_heads, H, HEADS)
+    ours = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=kv_heads, window=window)
+    d2l.set_params(ours, params)
+    X = rng.normal(size=(B, T, H)).astype(np.float32)
+    out, (keys, values) = ours(jnp.asarray(X), training=False)
+
+    def heads(Y, n):
+        return Y.reshape(B, T, n, -1)                                            # (B, T, N, dh)
+
+    rotate = lambda Y: _rotate64(Y.transpose(0, 2, 1, 3), np.arange(T)).transpose(0, 2, 1, 3).astype(np.float32)
+    q, k = rotate(heads(X @ params["W_q"], HEADS)), rotate(heads(X @ params["W_k"], kv_heads))
+    core = jax.nn.dot_product_attention(q, k, heads(X @ params["W_v"], kv_heads), is_causal=True,
+                                        local_window_size=(window - 1, 0))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(core).reshape(B, T, H) @ params["W_o"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(keys), k.transpose(0, 2, 1, 3), atol=1e-5)   # the cache: rotated keys
+
+
+def test_generate_compiles_once_per_shape_not_per_token():
+    """generate's compiled model call is traced for the prompt and for one token (cache), or once for the
+    whole buffer (no cache), however many tokens it makes; both give the same tokens."""
+    from d2lattn.jax.decoder import _logits
+
+    model = d2l.TransformerLM(13, 16, 4, 2, 24, num_kv_heads=2, window=4)
+    prompt = np.random.default_rng(14).integers(0, 13, (2, 3))
+    before = _logits._cache_size()
+    cached = d2l.generate(model, prompt, 12)
+    assert _logits._cache_size() - before <= 2
+    before = _logits._cache_size()
+    np.testing.assert_array_equal(d2l.generate(model, prompt, 12, use_cache=False), cached)
+    assert _logits._cache_size() - before <= 1

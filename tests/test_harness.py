@@ -23,6 +23,9 @@ def write_results(backend_name):
 @pytest.mark.parametrize("mode", harness.MODES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_matches_reference(d2l, case, mode):
+    imperative = getattr(getattr(d2l, case.component), "imperative_only", None)  # MXNet's blockwise_attention
+    if mode == "compiled" and imperative:
+        pytest.skip(imperative)
     result = harness.run_case(d2l, case, mode)
     want = harness.expected(case.name)
     bad = harness.failures(harness.differences(result, want))

@@ -3,7 +3,8 @@
 A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
-every backend sees the same inputs and the same parameters.
+every backend sees the same inputs and the same parameters. A module that returns a cache
+(`CausalSelfAttention`, `TransformerLM`) is checked on its output and every array of the cache.
 """
 
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ class Case:
     seed: int = 0
     tokens: tuple = ()                # integer inputs, passed by name: ((name, shape, vocab size), ...)
     lens_arg: str = "valid_lens"      # the name the lengths are passed by
+    keywords: tuple = ()              # names the last float inputs are passed by (differentiated like the rest)
+    bias: str | None = None           # "alibi": the score_bias input holds alibi_bias(heads, q, k), not noise
+    call: dict = field(default_factory=dict)  # fixed keyword arguments of the call (e.g. a RoPE offset)
+    pieces: tuple = ()                # a cached module fed its sequence in pieces of these sizes, cache passed on
 
 
 B, Q, K, D, DV = 2, 3, 4, 6, 5
@@ -89,4 +94,56 @@ CASES = [
     Case("seq2seq-2layers", "Seq2Seq", (),
          {"src_vocab_size": 4, "tgt_vocab_size": 5, "embed_size": 2, "num_hiddens": 3, "num_layers": 2},
          tokens=(("src", (B, 3), 4), ("tgt", (B, 3), 5)), valid_lens=(1, 3), lens_arg="src_valid_lens", seed=10),
+    # score bias: added to the scaled scores before masking, differentiated as an input
+    Case("dot-bias", "DotProductAttention", QKV + ((B, Q, K),), keywords=("score_bias",), seed=11),
+    Case("dot-bias-broadcast-lens-mask", "DotProductAttention", QKV + ((Q, K),), keywords=("score_bias",),
+         valid_lens=(3, 1), mask="random", seed=12),
+    Case("mha-bias-lens1d", "MultiHeadAttention", ((B, K, 8),) * 3 + ((B, 2, K, K),),
+         {"num_hiddens": 8, "num_heads": 2}, keywords=("score_bias",), valid_lens=(3, 0), seed=13),
+    Case("mha-alibi-causal", "MultiHeadAttention", ((B, K, 8),) * 3 + ((4, K, K),), {"num_hiddens": 8, "num_heads": 4},
+         keywords=("score_bias",), bias="alibi", mask="causal", seed=14),
+    # rotary positions: split halves and interleaved, at offsets
+    Case("rope-halves", "RotaryPositionalEncoding", ((B, 2, 5, 6),), {"head_size": 6}, seed=15),
+    Case("rope-halves-offset", "RotaryPositionalEncoding", ((B, 5, 8),), {"head_size": 8, "base": 100.0},
+         call={"offset": 7}, seed=16),
+    Case("rope-interleaved", "RotaryPositionalEncoding", ((B, 5, 8),), {"head_size": 8, "interleaved": True}, seed=17),
+    Case("rope-interleaved-offset", "RotaryPositionalEncoding", ((B, 2, 4, 6),),
+         {"head_size": 6, "base": 50.0, "interleaved": True}, call={"offset": 3}, seed=18),
+    # grouped-query (num_kv_heads divides num_heads) and multi-query (one key/value head) attention
+    Case("gqa-lens1d", "MultiHeadAttention", ((B, Q, 8), (B, K, 8), (B, K, 8)),
+         {"num_hiddens": 8, "num_heads": 4, "num_kv_heads": 2}, valid_lens=(3, 0), seed=19),
+    Case("gqa-cross-lens2d-bias", "MultiHeadAttention", CROSS,
+         {"num_hiddens": 12, "num_heads": 6, "num_kv_heads": 3, "bias": True, "query_size": 3, "key_size": 7,
+          "value_size": 5}, valid_lens=((1, 0, 9), (2, 3, 4)), seed=20),
+    Case("mqa-lens1d-bias", "MultiHeadAttention", ((B, K, 8),) * 3,
+         {"num_hiddens": 8, "num_heads": 4, "num_kv_heads": 1, "bias": True}, valid_lens=(2, 4), seed=21),
+    Case("mqa-cross-lens2d-mask", "MultiHeadAttention", CROSS,
+         {"num_hiddens": 6, "num_heads": 3, "num_kv_heads": 1, "query_size": 3, "key_size": 7, "value_size": 5},
+         valid_lens=((2, 0, 9), (1, 3, 4)), mask="random", seed=22),
+    Case("gqa-alibi-causal", "MultiHeadAttention", ((B, K, 12),) * 3 + ((6, K, K),),
+         {"num_hiddens": 12, "num_heads": 6, "num_kv_heads": 2, "bias": True}, keywords=("score_bias",), bias="alibi",
+         mask="causal", seed=23),
+    # the blocks of current models
+    Case("rmsnorm", "RMSNorm", ((B, Q, 6),), {"normalized_size": 6}, seed=24),
+    Case("rmsnorm-eps", "RMSNorm", ((B, Q, 4),), {"normalized_size": 4, "eps": 0.5}, seed=25),
+    Case("swiglu", "SwiGLUFFN", ((B, Q, 4),), {"num_inputs": 4, "ffn_num_hiddens": 6}, seed=26),
+    Case("swiglu-outputs", "SwiGLUFFN", ((B, Q, 4),), {"num_inputs": 4, "ffn_num_hiddens": 6, "ffn_num_outputs": 5},
+         seed=27),
+    # causal self-attention: outputs Y and the cache (keys, values)
+    Case("csa-window", "CausalSelfAttention", ((B, 6, 8),), {"num_hiddens": 8, "num_heads": 2, "window": 3}, seed=28),
+    Case("csa-gqa-bias", "CausalSelfAttention", ((B, 5, 8),),
+         {"num_hiddens": 8, "num_heads": 4, "num_kv_heads": 2, "bias": True}, seed=29),
+    Case("csa-mqa-rope-base", "CausalSelfAttention", ((B, 5, 8),),
+         {"num_hiddens": 8, "num_heads": 2, "num_kv_heads": 1, "rope_base": 100.0}, seed=30),
+    Case("csa-no-rope", "CausalSelfAttention", ((B, 5, 8),), {"num_hiddens": 8, "num_heads": 2, "rope_base": None},
+         seed=31),
+    Case("csa-cache-pieces", "CausalSelfAttention", ((B, 6, 8),),
+         {"num_hiddens": 8, "num_heads": 4, "num_kv_heads": 2, "window": 3}, pieces=(3, 1, 2), seed=32),
+    # decoder-only language model: logits and the caches of its blocks
+    Case("lm", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12},
+         tokens=(("tokens", (B, 5), 7),), seed=33),
+    Case("lm-gqa-window-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
+          "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
 ]

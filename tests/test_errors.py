@@ -25,6 +25,10 @@ def mha(d2l, q=(2, 3, 8), k=(2, 5, 8), v=(2, 5, 8), **kwargs):
     return d2l.MultiHeadAttention(8, 2)(t(d2l, *q), t(d2l, *k), t(d2l, *v), **kwargs)
 
 
+def block(d2l, q=(2, 3, 4), k=(2, 5, 4), v=(2, 5, 6), **kwargs):
+    return d2l.blockwise_attention(t(d2l, *q), t(d2l, *k), t(d2l, *v), **kwargs)
+
+
 BAD_INPUT = {
     # valid_lens
     "lens batch size": (lambda d2l: dot(d2l, valid_lens=ints(d2l, 1, 2, 3)), ValueError,
@@ -90,6 +94,34 @@ BAD_INPUT = {
                     r"dropout must be a number in \[0, 1\), got 1"),
     "posenc dropout": (lambda d2l: d2l.PositionalEncoding(8, dropout=2.0), ValueError,
                        r"dropout must be a number in \[0, 1\), got 2.0"),
+    # blockwise attention and the merge of partial results
+    "block size zero": (lambda d2l: block(d2l, block_size=0), ValueError, r"block_size must be a positive integer, got 0"),
+    "block size float": (lambda d2l: block(d2l, block_size=2.0), ValueError,
+                         r"block_size must be a positive integer, got 2.0"),
+    "block offset float": (lambda d2l: block(d2l, causal=True, offset=1.5), ValueError,
+                           r"offset must be an integer, got 1.5"),
+    "block feature sizes": (lambda d2l: block(d2l, k=(2, 5, 3)), ValueError,
+                            r"queries and keys must have the same feature size \(last axis\), got queries \(2, 3, 4\) "
+                            r"and keys \(2, 5, 3\)"),
+    "block leading axes": (lambda d2l: block(d2l, k=(2, 2, 5, 4), v=(2, 2, 5, 6), q=(2, 3, 3, 4)), ValueError,
+                           r"queries, keys and values must have the same leading axes"),
+    "block rank": (lambda d2l: block(d2l, q=(3, 4)), ValueError,
+                   r"queries, keys and values must have the same number of axes, at least 3"),
+    "block keys and values": (lambda d2l: block(d2l, v=(2, 4, 6)), ValueError,
+                              r"keys and values must have the same number of positions \(axis -2\)"),
+    "block lens shape": (lambda d2l: block(d2l, valid_lens=ints(d2l, 1, 2, 3)), ValueError,
+                         r"valid_lens must have shape \(batch,\) = \(2,\) or \(batch, queries\) = \(2, 3\)"),
+    "block lens negative": (lambda d2l: block(d2l, valid_lens=ints(d2l, 2, -1)), ValueError,
+                            r"valid_lens must be >= 0, got a length of -1"),
+    "merge counts": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6)] * 2, [t(d2l, 2, 3)]), ValueError,
+                     r"merge_attention needs one lse per output and at least one part, got 2 outputs and 1 lses"),
+    "merge nothing": (lambda d2l: d2l.merge_attention([], []), ValueError,
+                      r"merge_attention needs one lse per output and at least one part, got 0 outputs and 0 lses"),
+    "merge lse shape": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6)] * 2, [t(d2l, 2, 3), t(d2l, 2, 4)]),
+                        ValueError, r"merge_attention: outputs must share one shape \(\.\.\., q, dv\) and lses be "
+                        r"\(\.\.\., q\), got outputs \(2, 3, 6\) and lses \(2, 4\)"),
+    "merge output shapes": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6), t(d2l, 2, 3, 5)], [t(d2l, 2, 3)] * 2),
+                            ValueError, r"merge_attention: outputs must share one shape"),
 }
 
 

@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from d2lattn import _checks
@@ -16,9 +17,9 @@ def _lengths(valid_lens, scores_shape):
         return None
     lens = jnp.asarray(valid_lens)
     lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if lens.size and not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
-        _checks.lens_values(int(lens.min()))
-    return lens
+    if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
+        _checks.lens_values(np.asarray(lens))                 # whole numbers, none negative
+    return lens.astype(jnp.int32) if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
 
 
 def _block_scores(queries, keys, lens, causal, offset, start, num_keys):

@@ -13,9 +13,9 @@ def _lengths(valid_lens, scores_shape):
         return None
     lens = tf.convert_to_tensor(valid_lens)
     lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if tf.executing_eagerly() and lens.shape.num_elements():  # values are unknown while tracing
-        _checks.lens_values(int(tf.reduce_min(lens)))
-    return tf.cast(lens, tf.int32)
+    if tf.executing_eagerly():  # values are unknown while tracing
+        _checks.lens_values(lens.numpy())                     # whole numbers, none negative
+    return tf.cast(lens, tf.int32)                            # a float length counts like an integer
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):

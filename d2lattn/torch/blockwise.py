@@ -13,9 +13,9 @@ def _lengths(valid_lens, scores_shape, device):
         return None
     lens = torch.as_tensor(valid_lens, device=device)
     lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if lens.numel() and not torch.compiler.is_compiling():  # values are unknown while compiling
-        _checks.lens_values(int(lens.min()))
-    return lens
+    if not torch.compiler.is_compiling():  # values are unknown while compiling
+        _checks.lens_values(lens.cpu().numpy())               # whole numbers, none negative
+    return lens.long() if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):

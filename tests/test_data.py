@@ -9,6 +9,7 @@ import pytest
 
 from d2lattn.data import (
     Batches,
+    DateLMData,
     Seq2SeqData,
     Vocab,
     date_pairs,
@@ -170,6 +171,40 @@ def test_date_task_through_the_loader():
     assert (label_lens == 11).all()                                     # 10 characters + <eos>
     assert data.decode(labels[0]) == data.val_pairs[0][1]
     assert "".join(data.src_vocab.to_tokens(src[0, :src_lens[0] - 1])) == data.val_pairs[0][0]
+
+
+def test_date_task_as_one_sequence():
+    """DateLMData: '<pad>...<pad>source=target<eos>', source left-padded to 21 characters."""
+    pairs = date_pairs(40, seed=3)
+    data = DateLMData(pairs, batch_size=16, num_val=10)
+    pad, eos = data.vocab.pad, data.vocab.eos
+    ids = data.encode("5/3/96", "1996-03-05")
+    assert ids[:15] == [pad] * 15 and data.vocab.to_tokens(ids[15:]) == [*"5/3/96=1996-03-05", "<eos>"]
+    assert data.decode(ids) == "5/3/96=1996-03-05" and data.decode(data.encode("5/3/96")) == "5/3/96="
+    batches = list(data.train)
+    assert [len(b[0]) for b in batches] == [16, 14]
+    inputs, labels, valid_lens = (np.concatenate(a) for a in zip(*batches))
+    assert inputs.dtype == labels.dtype == valid_lens.dtype == np.int32
+    assert inputs.shape == labels.shape == (30, 21 + 1 + 11 - 1) and (valid_lens == 32).all()
+    np.testing.assert_array_equal(inputs[:, 1:], labels[:, :-1])       # labels: the next token
+    assert (labels[:, -1] == eos).all() and (inputs[:, 0] == pad).all()
+    texts = sorted(data.decode([*x, y[-1]]) for x, y in zip(inputs, labels))
+    assert texts == sorted(f"{s}={t}" for s, t in pairs[:30])          # every training pair, once a pass
+    assert data.val_prompts.shape == (10, 22) and data.val_prompts.dtype == np.int32
+    assert [data.decode(p) for p in data.val_prompts] == [f"{s}=" for s, _ in pairs[30:]]
+    assert data.val_answers == [t for _, t in pairs[30:]]
+    # generate's output: the prompts and ANSWER_STEPS new tokens each
+    generated = np.array([data.encode(s, t) for s, t in pairs[30:]])
+    assert generated.shape == (10, data.PROMPT_STEPS + data.ANSWER_STEPS)
+    assert data.answers(generated) == data.val_answers and data.exact_match(generated) == 1.0
+    generated[0, 23] = pad                                             # a <pad> for the second digit
+    generated[1, -1] = data.vocab["0"]                                 # no <eos>: the answer runs on
+    generated[2, -2] = eos                                             # an <eos> in place of a character
+    assert data.exact_match(generated) == 0.7
+    assert data.answers(generated)[:2] == [f"{pairs[30][1][0]}<pad>{pairs[30][1][2:]}", pairs[31][1] + "0"]
+    assert data.exact_match(generated[:2], ["x", pairs[31][1] + "0"]) == 0.5
+    with pytest.raises(ValueError, match="at most 21 characters"):
+        data.encode("wednesday 30 september 2049")
 
 
 # --- BLEU, worked out by hand ------------------------------------------------------------

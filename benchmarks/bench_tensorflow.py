@@ -5,10 +5,14 @@ key-padding lengths, no gradients), both called inside tf.function; and
 DotProductAttention against keras.ops.dot_product_attention on the same per-head
 tensors, both inside tf.function. Keras' layer skips the explicit weights unless
 asked for them (`return_attention_scores=True`); ours always keeps them in
-`.attention_weights`, so it is timed against both.
+`.attention_weights`, so it is timed against both. Grouped-query MultiHeadAttention
+(num_kv_heads) against keras.layers.GroupQueryAttention, same weights, both in
+tf.function. Then generation with and without the K/V cache at growing contexts.
 """
 
 import os
+import statistics
+import time
 
 import numpy as np
 
@@ -41,10 +45,84 @@ def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
     return mha
 
 
+GQA_KV_HEADS = 2
+GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
+GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
+
+
+def gqa_weights(params, kv_heads, hidden=common.HIDDEN, heads=common.HEADS):
+    """Grouped-query canonical weights from common.mha_weights: W_k, W_v (and b_k, b_v) keep the
+    columns of their first kv_heads heads, (in, kv_heads * head_size)."""
+    width = kv_heads * (hidden // heads)
+    return {n: p[..., :width] if n[2] in "kv" else p for n, p in params.items()}
+
+
+def native_gqa(params, hidden, heads, kv_heads, sliding_window=None):
+    """keras.layers.GroupQueryAttention holding the canonical weights (its dense maps are the
+    private _query_dense ... _output_dense). Query kernel (in, heads, dh), key and value kernels
+    (in, kv_heads, dh), output kernel (heads, dh, out): the canonical matrices reshaped. It repeats
+    each key/value head for its group (keras.ops.repeat), so query head h uses h // group, as ours."""
+    bias, dh = "b_q" in params, hidden // heads
+    gqa = keras.layers.GroupQueryAttention(dh, heads, kv_heads, use_bias=bias, sliding_window=sliding_window)
+    gqa.build((None, None, params["W_q"].shape[0]), (None, None, params["W_v"].shape[0]),
+              (None, None, params["W_k"].shape[0]))
+    for x, layer in (("q", gqa._query_dense), ("k", gqa._key_dense), ("v", gqa._value_dense)):
+        layer.kernel.assign(params[f"W_{x}"].reshape(layer.kernel.shape))           # (in, heads or kv_heads, dh)
+        if bias:
+            layer.bias.assign(params[f"b_{x}"].reshape(layer.bias.shape))           # (heads or kv_heads, dh)
+    gqa._output_dense.kernel.assign(params["W_o"].reshape(heads, dh, hidden))       # (heads, dh, out)
+    if bias:
+        gqa._output_dense.bias.assign(params["b_o"])
+    return gqa
+
+
 def padding_mask(lens, num_queries, num_keys):
     """(b, q, k), True = may attend: Keras' attention_mask for key-padding lengths."""
     keep = tf.range(num_keys) < lens[:, None]                                  # (b, k)
     return tf.repeat(keep[:, None, :], num_queries, axis=1)
+
+
+def grouped_query(tokens):
+    """Our MultiHeadAttention(num_kv_heads=2) against keras.layers.GroupQueryAttention, key padding."""
+    X, lens = (tf.constant(a) for a in common.inputs(tokens))
+    params = gqa_weights(common.mha_weights(bias=True), GQA_KV_HEADS)
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=GQA_KV_HEADS)
+    d2l.set_params(ours, params)
+    native = native_gqa(params, common.HIDDEN, common.HEADS, GQA_KV_HEADS)
+    run_ours = tf.function(lambda X, lens: ours(X, X, X, lens, training=False))
+    run_native = tf.function(lambda X, lens: native(X, X, X, attention_mask=padding_mask(
+        lens, tf.shape(X)[1], tf.shape(X)[1]), training=False))
+    np.testing.assert_allclose(run_ours(X, lens), run_native(X, lens), atol=1e-4)
+    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs GroupQueryAttention",
+            *common.compare(lambda: run_ours(X, lens), lambda: run_native(X, lens)))
+
+
+def per_token(model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
+    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
+    so the prompt's own pass (the prefill, with the cache) cancels out."""
+    def run(n):
+        start = time.perf_counter()
+        d2l.generate(model, prompt, n, use_cache=use_cache)
+        return time.perf_counter() - start
+
+    run(1)  # traces the model's step once (generate's tf.function has no fixed length)
+    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
+
+
+def generation():
+    """Greedy generation from a small TransformerLM, one sequence, each token one traced call:
+    seconds per new token at each context, with the cache (one position per step, into buffers
+    preallocated for the whole length) and without (all positions again)."""
+    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2)
+    rng = np.random.default_rng(0)
+    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
+          f"batch 1, tf.function, {GEN_STEPS} new tokens per timing")
+    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
+          f"{'uncached tok/s':>15}")
+    for context in GEN_CONTEXTS:
+        prompt = rng.integers(0, GEN_VOCAB, (1, context))
+        cached, uncached = per_token(model, prompt, True), per_token(model, prompt, False)
+        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
 
 
 def main():
@@ -85,8 +163,10 @@ def main():
         np.testing.assert_allclose(run_dot(q, lens), run_ops(q, lens), atol=1e-4)
         rows.append((f"DotProductAttention {tokens} tokens vs keras.ops", *common.compare(
             lambda: run_dot(q, lens), lambda: run_ops(q, lens))))
+        rows.append(grouped_query(tokens))
     common.report(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
                   f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
+    generation()
 
 
 if __name__ == "__main__":

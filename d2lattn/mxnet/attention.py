@@ -24,6 +24,13 @@ def _attend(F, scores, keep, values, rate):
     return F.npx.batch_dot(dropped, values) * live, weights, live            # (b, q, dv)
 
 
+def _repeat_heads(F, X, group):
+    """(b, kv_heads, n, dh) -> (b, kv_heads * group, n, dh), each head `group` times in a row.
+    As np.repeat(X, group, axis=1), which is ten times slower in MXNet 1.9."""
+    X = F.np.expand_dims(X, 2)                                                # (b, kv_heads, 1, n, dh)
+    return F.npx.reshape(F.np.concatenate([X] * group, axis=2), (-2, -5, -2, -2))
+
+
 class _Attention(nn.HybridBlock):
     """The call every attention block shares.
 
@@ -162,7 +169,7 @@ class MultiHeadAttention(_Biased):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
         group = self.num_heads // self.num_kv_heads
         if group > 1:
-            k, v = F.np.repeat(k, group, axis=1), F.np.repeat(v, group, axis=1)  # (b, heads, k, dh): h uses h // group
+            k, v = _repeat_heads(F, k, group), _repeat_heads(F, v, group)   # (b, heads, k, dh): h uses h // group
         out = self.attention(q, k, v, mask=keep, score_bias=score_bias)      # (b, heads, q, dh)
         out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, q, num_hiddens)
         return (self.W_o(out), *self.attention._saved)

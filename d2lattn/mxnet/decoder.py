@@ -128,7 +128,8 @@ class TransformerLM(nn.HybridBlock):
         _checks.tokens(tokens.shape, "tokens")
         _checks.lm_cache(cache, len(self.blocks))
         (b, T), ctx = tokens.shape, tokens.ctx
-        caches = [block.attention.cache_inputs(b, c, ctx) for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
+        caches = [block.attention.cache_inputs(b, c, ctx)
+                  for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
         keep, tables = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)   # shared by every block
         with train_mode(training):
             logits, *rest = super().__call__(tokens, keep, *tables, *(a for c in caches for a in c))

@@ -47,7 +47,7 @@ def tests(session, backend):
 def crosscheck(session):
     """Backend x backend table of the largest differences; fails on missing or stale results."""
     install(session, "numpy")
-    session.run("python", "-m", "tests.crosscheck", *BACKENDS)
+    session.run("python", "-m", "tests.crosscheck", *FRAMEWORKS)
 
 
 def bench(session, backend):

@@ -20,6 +20,7 @@ def write_results(backend_name):
         harness.write_results(backend_name, _collected)
 
 
+@pytest.mark.against_reference
 @pytest.mark.parametrize("mode", harness.MODES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_matches_reference(d2l, case, mode):

@@ -28,8 +28,9 @@ def unscaled(d2l):
 
 
 def mutant(d2l, **overrides):
-    api = types.SimpleNamespace(**{name: getattr(d2l, name) for name in d2l.__all__})
-    vars(api).update(overrides)
+    """The backend's API with some names replaced (a module object, so the harness can cache by it)."""
+    api = types.ModuleType(f"{d2l.__name__}_mutant")
+    vars(api).update({name: getattr(d2l, name) for name in d2l.__all__}, **overrides)
     return api
 
 
@@ -38,16 +39,47 @@ def lengths_ignored(d2l):
     return mutant(d2l, masked_softmax=lambda X, valid_lens=None, *, mask=None: d2l.masked_softmax(X, mask=mask))
 
 
-MUTANTS = {  # name: (make the mutant, the cases it must fail)
-    "unscaled scores": (lambda d2l: mutant(d2l, DotProductAttention=unscaled(d2l)), "dot-"),
-    "valid_lens ignored": (lengths_ignored, "softmax-lens"),
+def stop_gradient(backend_name):
+    """The framework's own stop-gradient (the mutants below are for frameworks with autodiff)."""
+    if backend_name == "jax":
+        import jax
+        return jax.lax.stop_gradient
+    if backend_name == "tensorflow":
+        import tensorflow as tf
+        return tf.stop_gradient
+    return lambda x: x.detach()  # torch and mxnet
+
+
+def gradient_halved(d2l):
+    """LayerNorm whose forward pass is exact but whose gradient is half the true one:
+    stop(y) + (y - stop(y)) / 2 is y, and its derivative is dy / 2. Only the backward can see it."""
+    stop = stop_gradient(d2l.BACKEND)
+
+    class Halved(d2l.LayerNorm):
+        def __call__(self, X, *args, **kwargs):
+            Y = super().__call__(X, *args, **kwargs)
+            return stop(Y) + (Y - stop(Y)) * 0.5
+
+    return mutant(d2l, LayerNorm=Halved)
+
+
+MUTANTS = {  # name: (make the mutant, the cases it must fail, the kinds of result that must show it)
+    "unscaled scores": (lambda d2l: mutant(d2l, DotProductAttention=unscaled(d2l)), "dot-", ("output", "grad")),
+    "valid_lens ignored": (lengths_ignored, "softmax-lens", ("output", "grad")),
+    "LayerNorm gradient halved": (gradient_halved, "layernorm", ("grad",)),
 }
 
 
+@pytest.mark.against_reference
 @pytest.mark.parametrize("name", MUTANTS)
 def test_harness_rejects_mutant(d2l, name):
-    make, prefix = MUTANTS[name]
+    make, prefix, kinds = MUTANTS[name]
     api = make(d2l)
-    for case in [c for c in CASES if c.name.startswith(prefix)]:
-        diffs = harness.differences(harness.run_case(api, case), harness.expected(case.name))
-        assert harness.failures(diffs), f"the harness passed the '{name}' mutant on case {case.name}"
+    cases = [c for c in CASES if c.name.startswith(prefix)]
+    assert cases, f"the '{name}' mutant meets no harness case (prefix {prefix!r}): it would pass vacuously"
+    for case in cases:
+        bad = harness.failures(harness.differences(harness.run_case(api, case), harness.expected(case.name)))
+        assert bad, f"the harness passed the '{name}' mutant on case {case.name}"
+        assert {harness.kind(f) for f in bad} <= set(kinds) | {"weights"}, (
+            f"the '{name}' mutant should show only in {kinds}, but {sorted(bad)} differ")
+        assert {harness.kind(f) for f in bad} & set(kinds), f"'{name}': {sorted(bad)}"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mxnet import npx
 
-from benchmarks.bench_mxnet import native_mha, row_lengths
+from benchmarks.bench_mxnet import gqa_weights, native_mha, row_lengths
 from benchmarks.common import mha_weights
 from d2lattn import mxnet as d2l
 
@@ -179,3 +179,229 @@ def test_stacked_gru_matches_gluon_multilayer_gru(hybridize):
     want_out, (want_last,) = native(X, state)
     np.testing.assert_allclose(out.asnumpy(), want_out.asnumpy(), atol=1e-5)
     np.testing.assert_allclose(last.asnumpy(), want_last.asnumpy(), atol=1e-5)
+
+
+# --- modern attention (issue 13) and the decoder-only model (issue 14) ---------------------
+#
+# MXNet 1.9 has no grouped-query attention, no attention with an additive score bias, no
+# RMSNorm (npx.layer_norm removes the mean) and no rotary encoding, in Gluon or in npx. So
+# these are checked against explicit float64 math, and where MXNet has the pieces against
+# its own composite: npx.softmax(use_length=True) for masks that are prefixes of the keys,
+# the Dense/batch_dot composite of benchmarks.bench_mxnet with key/value heads repeated for
+# grouped-query attention, Gluon's Dense and Swish for SwiGLU.
+
+HYBRIDIZE = pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+
+
+def _softmax64(scores, keep):
+    """Softmax over the kept keys in float64; a row with none kept is zeros."""
+    e = np.where(keep, np.exp(np.where(keep, scores, -np.inf) - np.where(keep, scores, -np.inf).max(
+        -1, keepdims=True, initial=-1e300)), 0.0)
+    return e / np.maximum(e.sum(-1, keepdims=True), 1e-300)
+
+
+def _attention64(q, k, v, keep, bias=0.0):
+    """(weights, output) of softmax(q k^T / sqrt(d) + bias) over the kept keys, float64."""
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]) + bias
+    weights = _softmax64(scores, keep)
+    return weights, weights @ v
+
+
+@pytest.mark.parametrize("offset", [-2, 0, 3])
+def test_causal_mask_with_offset_matches_use_length_softmax(offset):
+    """Query i sees keys 0 .. offset + i: a prefix of the keys, as use_length says it."""
+    X = mx.np.array(np.random.default_rng(6).normal(size=(B, Q, K)).astype(np.float32))
+    rows = np.clip(offset + np.arange(1, Q + 1), 0, K) * np.ones((B, 1), dtype=np.int32)   # (b, q)
+    ours = d2l.masked_softmax(X, mask=d2l.causal_mask(Q, K, offset=offset))
+    np.testing.assert_allclose(ours.asnumpy(), _use_length_softmax(X, rows.astype(np.int32)).asnumpy(), atol=1e-6)
+
+
+@HYBRIDIZE
+@pytest.mark.parametrize("masking", ["padding", "window"])
+def test_score_bias_matches_use_length_softmax_and_float64_math(masking, hybridize):
+    """Output, weights and the bias's gradient; the bias is added to the scaled scores before
+    masking, so a masked key keeps weight 0 (and its bias gradient 0) whatever its bias."""
+    rng = np.random.default_rng(7)
+    q, k, v, bias, proj = (rng.normal(size=s) for s in ((B, Q, 8), (B, K, 8), (B, K, 5), (B, Q, K), (B, Q, 5)))
+    bias[:, :, -1] = 50.0                                             # large, and masked where lengths end early
+    attention = d2l.DotProductAttention()
+    if hybridize:
+        attention.hybridize()
+    if masking == "padding":
+        lens, mask, keep = mx.np.array(LENS), None, np.arange(K) < LENS[:, None, None]
+    else:
+        lens, mask = None, d2l.causal_mask(Q, K, offset=K - Q, window=2)
+        i, j = K - Q + np.arange(Q)[:, None], np.arange(K)                 # query and key positions
+        keep = (j <= i) & (i - j < 2)                                      # itself and the one before
+    b = mx.np.array(bias.astype(np.float32))
+    b.attach_grad()
+    with mx.autograd.record():
+        out = attention(*(mx.np.array(x.astype(np.float32)) for x in (q, k, v)), lens, mask=mask, score_bias=b)
+        objective = (out * mx.np.array(proj.astype(np.float32))).sum()
+    objective.backward()
+    weights, want = _attention64(q, k, v, keep, bias)
+    grad_weights = proj @ np.swapaxes(v, -1, -2)                       # d objective / d weights
+    grad_bias = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdims=True))
+    np.testing.assert_allclose(out.asnumpy(), want, atol=1e-5)
+    np.testing.assert_allclose(attention.attention_weights.asnumpy(), weights, atol=1e-5)
+    np.testing.assert_allclose(b.grad.asnumpy(), grad_bias, atol=1e-5)
+    if masking == "padding":                                           # a prefix: MXNet's own masked softmax too
+        scores = npx.batch_dot(mx.np.array(q.astype(np.float32)), mx.np.array(k.astype(np.float32)),
+                               transpose_b=True) / math.sqrt(8) + mx.np.array(bias.astype(np.float32))
+        rows = np.repeat(LENS[:, None], Q, axis=1).astype(np.int32)
+        np.testing.assert_allclose(attention.attention_weights.asnumpy(),
+                                   _use_length_softmax(scores, rows).asnumpy(), atol=1e-5)
+
+
+def _gqa64(params, q, k, v, keep, heads, kv_heads, bias=0.0):
+    """Grouped-query attention head by head in float64: query head h uses key/value head
+    h // (heads // kv_heads). -> (output (b, q, hidden), weights (b, heads, q, k))."""
+    p = {n: x.astype(np.float64) for n, x in params.items()}
+    dh, group = p["W_q"].shape[1] // heads, heads // kv_heads
+    Q_, K_, V_ = (x @ p[f"W_{n}"] + p.get(f"b_{n}", 0.0) for n, x in (("q", q), ("k", k), ("v", v)))
+    outs, weights = [], []
+    for h in range(heads):
+        g = h // group
+        w, o = _attention64(Q_[..., h * dh:(h + 1) * dh], K_[..., g * dh:(g + 1) * dh], V_[..., g * dh:(g + 1) * dh],
+                            keep, np.broadcast_to(bias, (len(q), heads, q.shape[1], k.shape[1]))[:, h])
+        outs.append(o)
+        weights.append(w)
+    return np.concatenate(outs, -1) @ p["W_o"] + p.get("b_o", 0.0), np.stack(weights, 1)
+
+
+@HYBRIDIZE
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("masking", MASKINGS)
+def test_grouped_query_matches_composite_and_float64_math(masking, kv_heads, hybridize):
+    rng = np.random.default_rng(8)
+    params = gqa_weights(mha_weights(True, rng, H), kv_heads, hidden=H, heads=HEADS)
+    ours = d2l.MultiHeadAttention(H, HEADS, bias=True, num_kv_heads=kv_heads)
+    d2l.set_params(ours, params)
+    native = native_mha(params, hidden=H, heads=HEADS, kv_heads=kv_heads)
+    if hybridize:
+        ours.hybridize()
+        native.hybridize()
+    q, k, v = (rng.normal(size=(B, n, H)).astype(np.float32) for n in (Q, K, K))
+    lens, causal, rows = _masks(masking)
+    out = ours(*(mx.np.array(x) for x in (q, k, v)), lens, mask=causal)
+    want, weights = native(*(mx.np.array(x) for x in (q, k, v)), mx.np.array(np.repeat(rows, HEADS, axis=0)))
+    np.testing.assert_allclose(out.asnumpy(), want.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.attention_weights.asnumpy(), weights.asnumpy().reshape(B, HEADS, Q, K), atol=1e-5)
+    want64, weights64 = _gqa64(params, q, k, v, np.arange(K) < rows[..., None], HEADS, kv_heads)
+    np.testing.assert_allclose(out.asnumpy(), want64, atol=1e-5)
+    np.testing.assert_allclose(ours.attention_weights.asnumpy(), weights64, atol=1e-5)
+
+
+@HYBRIDIZE
+def test_grouped_query_with_alibi_bias_matches_float64_math(hybridize):
+    rng = np.random.default_rng(9)
+    params = gqa_weights(mha_weights(False, rng, H), 2, hidden=H, heads=HEADS)
+    ours = d2l.MultiHeadAttention(H, HEADS, num_kv_heads=2)
+    d2l.set_params(ours, params)
+    if hybridize:
+        ours.hybridize()
+    X = rng.normal(size=(B, K, H)).astype(np.float32)
+    bias = d2l.alibi_bias(HEADS, K)                                    # (heads, k, k)
+    out = ours(mx.np.array(X), mx.np.array(X), mx.np.array(X), mask=d2l.causal_mask(K), score_bias=bias)
+    want, weights = _gqa64(params, X, X, X, np.tril(np.ones((K, K), bool)), HEADS, 2, bias.asnumpy())
+    np.testing.assert_allclose(out.asnumpy(), want, atol=1e-5)
+    np.testing.assert_allclose(ours.attention_weights.asnumpy(), weights, atol=1e-5)
+
+
+@HYBRIDIZE
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_rms_norm_matches_float64_math(eps, hybridize):
+    """At a scale where eps matters (mean square ~ 1e-4), with a random gamma."""
+    rng = np.random.default_rng(10)
+    gamma, X = rng.normal(size=H).astype(np.float32), (rng.normal(size=(B, Q, H)) * 1e-2).astype(np.float32)
+    ours = d2l.RMSNorm(H, eps=eps)
+    d2l.set_params(ours, {"gamma": gamma})
+    if hybridize:
+        ours.hybridize()
+    X64 = X.astype(np.float64)
+    want = X64 / np.sqrt((X64 ** 2).mean(-1, keepdims=True) + eps) * gamma
+    np.testing.assert_allclose(ours(mx.np.array(X)).asnumpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@HYBRIDIZE
+def test_swiglu_matches_gluon_dense_and_swish(hybridize):
+    rng = np.random.default_rng(11)
+    params = {n: rng.normal(size=s).astype(np.float32) for n, s in
+              (("W_gate", (H, 24)), ("W_up", (H, 24)), ("W_down", (24, 5)))}
+    ours = d2l.SwiGLUFFN(H, 24, 5)
+    d2l.set_params(ours, params)
+    dense = {n: mx.gluon.nn.Dense(w.shape[1], use_bias=False, flatten=False, in_units=w.shape[0])
+             for n, w in params.items()}
+    swish = mx.gluon.nn.Swish()                                        # x * sigmoid(beta x), beta = 1: silu
+    for n, layer in dense.items():
+        layer.initialize()
+        layer.weight.set_data(mx.np.array(params[n].T))
+        if hybridize:
+            layer.hybridize()
+    if hybridize:
+        ours.hybridize()
+        swish.hybridize()
+    X = mx.np.array(rng.normal(size=(B, Q, H)).astype(np.float32))
+    want = dense["W_down"](swish(dense["W_gate"](X)) * dense["W_up"](X))
+    np.testing.assert_allclose(ours(X).asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-4)
+
+
+@HYBRIDIZE
+@pytest.mark.parametrize("offset", [0, 5])
+def test_rotary_encoding_matches_float64_rotation_in_both_conventions(offset, hybridize):
+    """Split halves rotate (x[i], x[i + d/2]); interleaved rotate (x[2i], x[2i + 1]): the same
+    rotation on features reordered evens-then-odds (the permutation a converted checkpoint
+    applies to its W_q, W_k columns)."""
+    d, T = 8, 6
+    X = np.random.default_rng(12).normal(size=(B, 2, T, d)).astype(np.float32)
+    halves, interleaved = d2l.RotaryPositionalEncoding(d), d2l.RotaryPositionalEncoding(d, interleaved=True)
+    if hybridize:
+        halves.hybridize()
+        interleaved.hybridize()
+    angles = (offset + np.arange(T))[:, None] * 10000.0 ** (-2 * np.arange(d // 2) / d)    # (T, d/2)
+    a, b = X[..., : d // 2].astype(np.float64), X[..., d // 2:].astype(np.float64)
+    want = np.concatenate([a * np.cos(angles) - b * np.sin(angles), a * np.sin(angles) + b * np.cos(angles)], -1)
+    np.testing.assert_allclose(halves(mx.np.array(X), offset=offset).asnumpy(), want, atol=1e-5)
+    order = np.r_[0:d:2, 1:d:2]                                        # evens, then odds
+    got = interleaved(mx.np.array(X[..., np.argsort(order)]), offset=offset).asnumpy()[..., order]
+    np.testing.assert_allclose(got, halves(mx.np.array(X), offset=offset).asnumpy(), atol=1e-5)
+
+
+@HYBRIDIZE
+def test_causal_self_attention_without_rope_equals_the_causal_composite(hybridize):
+    """With all heads, no window and no rotary encoding, CausalSelfAttention is multi-head
+    attention under a causal mask: the composite with use_length lengths 1, 2, ..., T."""
+    rng = np.random.default_rng(13)
+    params = mha_weights(False, rng, H)
+    ours = d2l.CausalSelfAttention(H, HEADS, rope_base=None)
+    d2l.set_params(ours, params)
+    native = native_mha(params, hidden=H, heads=HEADS)
+    if hybridize:
+        ours.hybridize()
+        native.hybridize()
+    X = mx.np.array(rng.normal(size=(B, K, H)).astype(np.float32))
+    out, (keys, values) = ours(X)
+    want, weights = native(X, X, X, mx.np.array(np.tile(np.arange(1, K + 1, dtype=np.int32), (B * HEADS, 1))))
+    np.testing.assert_allclose(out.asnumpy(), want.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.attention_weights.asnumpy(), weights.asnumpy().reshape(B, HEADS, K, K), atol=1e-5)
+    assert keys.shape == values.shape == (B, HEADS, K, H // HEADS)
+
+
+def test_hybridized_graphs_serve_every_cache_length():
+    """A hybridized block traces its graph on its first call (an empty cache); the same graph
+    then runs every later piece. Pieces of a sequence through the hybridized CausalSelfAttention
+    and TransformerLM give the imperative full pass."""
+    rng = np.random.default_rng(14)
+    attention = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=2, window=3)
+    lm = d2l.TransformerLM(11, H, HEADS, 2, 24, num_kv_heads=1, window=4)
+    X = mx.np.array(rng.normal(size=(B, 6, H)).astype(np.float32))
+    tokens = mx.np.array(rng.integers(0, 11, (B, 6)).astype(np.int32))
+    for block, inputs in ((attention, X), (lm, tokens)):
+        full, _ = block(inputs, training=False)
+        block.hybridize()
+        outs, cache, start = [], None, 0
+        for size in (2, 1, 3):
+            out, cache = block(inputs[:, start:start + size], cache=cache, training=False)
+            outs.append(out.asnumpy())
+            start += size
+        np.testing.assert_allclose(np.concatenate(outs, 1), full.asnumpy(), atol=1e-5)

@@ -16,6 +16,7 @@ from flax import nnx
 from benchmarks.bench_jax import gqa_weights, native_mha, padding_mask
 from benchmarks.common import mha_weights
 from d2lattn import jax as d2l
+from tests import native
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to
@@ -333,3 +334,13 @@ def test_generate_compiles_once_per_shape_not_per_token():
     before = _logits._cache_size()
     np.testing.assert_array_equal(d2l.generate(model, prompt, 12, use_cache=False), cached)
     assert _logits._cache_size() - before <= 1
+
+
+def test_dot_product_matches_float64_math_with_distinct_keys_and_values():
+    q, k, v, lens, causal, keep, want = native.float64_case(dv=8)  # jax.nn wants values as wide as keys
+    attention = d2l.DotProductAttention()
+    attention.eval()
+    np.testing.assert_allclose(np.asarray(attention(*map(jnp.asarray, (q, k, v, lens)), mask=causal)), want, atol=1e-5)
+    theirs = jax.nn.dot_product_attention(*(jnp.asarray(x)[:, :, None] for x in (q, k, v)), mask=keep[:, None])
+    live = keep.any(-1)                                   # jax.nn gives an empty row uniform weights; ours zeros
+    np.testing.assert_allclose(np.asarray(theirs)[:, :, 0][live], want[live], atol=1e-5)

@@ -21,6 +21,7 @@ from mxnet import npx
 from benchmarks.bench_mxnet import gqa_weights, native_mha, row_lengths
 from benchmarks.common import mha_weights
 from d2lattn import mxnet as d2l
+from tests import native
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to
@@ -405,3 +406,13 @@ def test_hybridized_graphs_serve_every_cache_length():
             outs.append(out.asnumpy())
             start += size
         np.testing.assert_allclose(np.concatenate(outs, 1), full.asnumpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_dot_product_matches_float64_math_with_distinct_keys_and_values(hybridize):
+    q, k, v, lens, causal, keep, want = native.float64_case()
+    attention = d2l.DotProductAttention()
+    if hybridize:
+        attention.hybridize()
+    out = attention(*(mx.np.array(x) for x in (q, k, v)), mx.np.array(lens, dtype="int32"), mask=mx.np.array(causal))
+    np.testing.assert_allclose(out.asnumpy(), want, atol=1e-5)

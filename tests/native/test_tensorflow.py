@@ -32,6 +32,7 @@ from benchmarks.bench_tensorflow import gqa_weights, native_gqa, native_mha
 from benchmarks.common import mha_weights
 from d2lattn import numpy as ref
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow
+from tests import native
 from d2lattn.tensorflow import decoder
 
 # isort: split
@@ -453,3 +454,11 @@ def test_keras_loaded_on_another_backend_is_a_clear_error():
     assert run.returncode != 0
     assert "ImportError: the d2lattn backend 'tensorflow' needs Keras on TensorFlow" in run.stderr, run.stderr
     assert "KERAS_BACKEND='jax'" in run.stderr
+
+
+def test_dot_product_matches_float64_math_with_distinct_keys_and_values():
+    q, k, v, lens, causal, keep, want = native.float64_case()
+    np.testing.assert_allclose(d2l.to_numpy(d2l.DotProductAttention()(q, k, v, lens, mask=causal)), want, atol=1e-5)
+    theirs = keras.ops.dot_product_attention(*(x[:, :, None] for x in (q, k, v)), mask=keep[:, None])
+    live = keep.any(-1)                                   # Keras gives an empty row uniform weights; ours zeros
+    np.testing.assert_allclose(np.asarray(theirs)[:, :, 0][live], want[live], atol=1e-5)

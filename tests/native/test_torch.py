@@ -8,11 +8,13 @@ is ours to define (zeros), and the harness checks it against the reference.
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.bench_torch import native_mha
+from benchmarks.bench_torch import gqa_weights, native_gqa, native_mha
 from benchmarks.common import mha_weights
 from d2lattn import torch as d2l
+from tests import native
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 
@@ -25,17 +27,16 @@ def test_multihead_matches_nn_multiheadattention(bias, masking):
     ours = d2l.MultiHeadAttention(H, HEADS, bias=bias).eval()
     d2l.set_params(ours, params)
     native = native_mha(params, hidden=H, heads=HEADS)
-    q = torch.from_numpy(rng.normal(size=(B, Q, H)).astype(np.float32))
-    kv = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    q, k, v = (torch.from_numpy(rng.normal(size=(B, n, H)).astype(np.float32)) for n in (Q, K, K))  # distinct
     if masking == "padding":
         lens = torch.tensor([1, 4, 6])
-        out = ours(q, kv, kv, lens)
-        want, weights = native(q, kv, kv, key_padding_mask=torch.arange(K) >= lens[:, None],
+        out = ours(q, k, v, lens)
+        want, weights = native(q, k, v, key_padding_mask=torch.arange(K) >= lens[:, None],
                                average_attn_weights=False)
     else:
         causal = d2l.causal_mask(Q, K)
-        out = ours(q, kv, kv, mask=causal)
-        want, weights = native(q, kv, kv, attn_mask=~causal, average_attn_weights=False)
+        out = ours(q, k, v, mask=causal)
+        want, weights = native(q, k, v, attn_mask=~causal, average_attn_weights=False)
     np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(ours.attention_weights.detach().numpy(), weights.detach().numpy(), atol=1e-5)
 
@@ -53,10 +54,9 @@ def test_dot_product_weights_match_sdpa(masking):
     if mask is not None:
         keep &= mask
     attention = d2l.DotProductAttention()
-    out = attention(q, k, v, lens, mask=mask)
+    attention(q, k, v, lens, mask=mask)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     np.testing.assert_allclose((attention.attention_weights @ v).numpy(), want.numpy(), atol=1e-5)
-    np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-5)
 
 
 def test_masked_softmax_matches_softmax_on_kept_positions():
@@ -76,3 +76,116 @@ def test_layer_norm_matches_f_layer_norm():
     d2l.set_params(ours, {"gamma": gamma, "beta": beta})
     want = F.layer_norm(X, (H,), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-5)
     np.testing.assert_allclose(ours(X).detach().numpy(), want.numpy(), atol=1e-5)
+
+
+# --- modern attention (issue 13) ------------------------------------------------------
+# Our DotProductAttention computes its output with F.scaled_dot_product_attention itself, so
+# where SDPA would only be compared with itself, the check is explicit float64 math.
+
+
+def _softmax64(scores, keep):
+    """float64 softmax over the kept positions; a row with none kept is zeros."""
+    top = np.where(keep, scores, -np.inf).max(-1, keepdims=True)
+    e = np.where(keep, np.exp(scores - np.where(np.isfinite(top), top, 0)), 0)
+    total = e.sum(-1, keepdims=True)
+    return e / np.where(total > 0, total, 1)
+
+
+def _float64_gqa_weights(params, q, kv, heads, kv_heads, keep, bias=0.0):
+    """(b, heads, q, k) from the canonical weights in float64: query head h reads key head h // group."""
+    W = {n: w.astype(np.float64) for n, w in params.items()}
+    Q = (q.double().numpy() @ W["W_q"]).reshape(len(q), q.shape[1], heads, -1)      # (b, q, heads, dh)
+    Km = (kv.double().numpy() @ W["W_k"]).reshape(len(kv), kv.shape[1], kv_heads, -1)  # (b, k, kv_heads, dh)
+    group = heads // kv_heads
+    scores = np.stack([Q[:, :, h] @ Km[:, :, h // group].transpose(0, 2, 1) for h in range(heads)], 1)
+    return _softmax64(scores / np.sqrt(Q.shape[-1]) + bias, keep)                    # (b, heads, q, k)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_query_attention_matches_sdpa_enable_gqa(kv_heads):
+    rng = np.random.default_rng(4)
+    params = gqa_weights(rng, H, HEADS, kv_heads)
+    ours = d2l.MultiHeadAttention(H, HEADS, num_kv_heads=kv_heads).eval()
+    d2l.set_params(ours, params)
+    q = torch.from_numpy(rng.normal(size=(B, Q, H)).astype(np.float32))
+    kv = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    lens = torch.tensor([1, 4, 6])
+    keep = (torch.arange(K) < lens[:, None])[:, None, None, :]                 # (b, 1, 1, k)
+    want = native_gqa(params, HEADS, kv_heads)(q, kv, kv, attn_mask=keep)
+    np.testing.assert_allclose(ours(q, kv, kv, lens).detach().numpy(), want.numpy(), atol=1e-5)
+    weights = _float64_gqa_weights(params, q, kv, HEADS, kv_heads, keep.numpy())
+    np.testing.assert_allclose(ours.attention_weights.detach().numpy(), weights, atol=1e-6)
+
+
+def test_alibi_score_bias_in_multihead_matches_sdpa_float_mask():
+    """An ALiBi bias (heads, q, k) with a causal mask, through SDPA's float attn_mask (bias, -inf where masked)."""
+    rng = np.random.default_rng(5)
+    params = gqa_weights(rng, H, HEADS, 2)
+    ours = d2l.MultiHeadAttention(H, HEADS, num_kv_heads=2).eval()
+    d2l.set_params(ours, params)
+    x = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    bias, causal = d2l.alibi_bias(HEADS, K), d2l.causal_mask(K)
+    attn_mask = bias.masked_fill(~causal, float("-inf"))                         # (heads, k, k)
+    want = native_gqa(params, HEADS, 2)(x, x, x, attn_mask=attn_mask)
+    np.testing.assert_allclose(ours(x, x, x, mask=causal, score_bias=bias).detach().numpy(), want.numpy(), atol=1e-5)
+    weights = _float64_gqa_weights(params, x, x, HEADS, 2, causal.numpy(), bias.double().numpy())
+    np.testing.assert_allclose(ours.attention_weights.detach().numpy(), weights, atol=1e-6)
+
+
+def test_score_bias_with_masks_matches_float64_softmax():
+    """Bias added before masking: masked positions get weight exactly 0, an empty row zeros,
+    and .attention_weights include the bias."""
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.normal(size=(B, n, 8)) for n in (Q, K, K))
+    bias = rng.normal(size=(B, Q, K)) * 3
+    lens, causal = np.array([0, 4, 6]), d2l.causal_mask(Q, K, offset=1)
+    keep = (np.arange(K) < lens[:, None, None]) & causal.numpy()                  # (b, q, k); batch 0 is empty
+    weights = _softmax64(q @ k.transpose(0, 2, 1) / np.sqrt(8) + bias, keep)
+    attention = d2l.DotProductAttention()
+    out = attention(*(torch.from_numpy(a.astype(np.float32)) for a in (q, k, v)), torch.from_numpy(lens),
+                    mask=causal, score_bias=torch.from_numpy(bias.astype(np.float32)))
+    np.testing.assert_allclose(out.numpy(), weights @ v, atol=1e-5)
+    np.testing.assert_allclose(attention.attention_weights.detach().numpy(), weights, atol=1e-6)
+    assert torch.all(attention.attention_weights[torch.from_numpy(~keep)] == 0) and torch.all(out[0] == 0)
+
+
+@pytest.mark.parametrize("eps, scale", [(1e-6, 1.0), (1e-6, 1e-3), (0.1, 1.0)])
+def test_rms_norm_matches_nn_rmsnorm(eps, scale):
+    """Small inputs (scale 1e-3: mean square ~ 1e-6) make the eps count."""
+    rng = np.random.default_rng(7)
+    X = torch.from_numpy(rng.normal(size=(B, Q, H)).astype(np.float32) * scale)
+    gamma = rng.normal(size=H).astype(np.float32)
+    ours = d2l.RMSNorm(H) if eps == 1e-6 else d2l.RMSNorm(H, eps=eps)               # 1e-6: the default
+    d2l.set_params(ours, {"gamma": gamma})
+    native = nn.RMSNorm(H, eps=eps)
+    with torch.no_grad():
+        native.weight.copy_(torch.from_numpy(gamma))
+    np.testing.assert_allclose(ours(X).detach().numpy(), native(X).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_causal_self_attention_matches_sdpa_is_causal():
+    """Without rotary positions or a window: SDPA(is_causal=True, enable_gqa=True) between the same
+    projections; with a window, explicit float64 weights."""
+    rng = np.random.default_rng(8)
+    params = gqa_weights(rng, H, HEADS, 2)
+    X = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    ours = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=2, rope_base=None).eval()
+    d2l.set_params(ours, params)
+    Y, (keys, values) = ours(X)
+    np.testing.assert_allclose(Y.detach().numpy(), native_gqa(params, HEADS, 2)(X, X, X, attn_mask=torch.ones(
+        K, K, dtype=torch.bool).tril()).numpy(), atol=1e-5)
+    assert keys.shape == values.shape == (B, 2, K, H // HEADS)
+    windowed = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=2, window=2, rope_base=None).eval()
+    d2l.set_params(windowed, params)
+    windowed(X)
+    band = np.tril(np.ones((K, K), bool)) & ~np.tril(np.ones((K, K), bool), -2)   # itself and the one before
+    np.testing.assert_allclose(windowed.attention_weights.detach().numpy(),
+                               _float64_gqa_weights(params, X, X, HEADS, 2, band), atol=1e-6)
+
+
+def test_sdpa_and_ours_match_float64_math_with_distinct_keys_and_values():
+    """Ours is computed by SDPA, so it is not compared with SDPA alone: both with the formula."""
+    q, k, v, lens, causal, keep, want = (torch.from_numpy(x) for x in native.float64_case())
+    out = d2l.DotProductAttention().eval()(q, k, v, lens, mask=causal)
+    np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).numpy(), want.numpy(), atol=1e-5)

@@ -3,8 +3,14 @@
 MultiHeadAttention against flax.nnx.MultiHeadAttention (same weights; eval,
 key-padding lengths, no grad), both called under nnx.jit; and
 DotProductAttention against jax.nn.dot_product_attention on the same per-head
-tensors, both under jax.jit / nnx.jit. Timings wait with block_until_ready.
+tensors, both under jax.jit / nnx.jit. Grouped-query MultiHeadAttention (num_kv_heads)
+against nnx.MultiHeadAttention(num_kv_heads=...), same weights, both under nnx.jit. Then
+generation with and without the K/V cache at growing contexts. Timings wait with
+block_until_ready.
 """
+
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +19,10 @@ from flax import nnx
 
 from benchmarks import common
 from d2lattn import jax as d2l
+
+GQA_KV_HEADS = 2
+GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
+GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
 
 
 def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS, kv_heads=None):
@@ -71,6 +81,49 @@ def run_sdpa(q, lens):
     return jax.nn.dot_product_attention(q, q, q, key_value_seq_lengths=lens).transpose(0, 2, 1, 3)
 
 
+def grouped_query(tokens):
+    """Our MultiHeadAttention(num_kv_heads=2) against nnx.MultiHeadAttention(num_kv_heads=2), key padding."""
+    X, lens = (jnp.asarray(a) for a in common.inputs(tokens))
+    params = gqa_weights(common.mha_weights(bias=True), GQA_KV_HEADS)
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=GQA_KV_HEADS)
+    ours.eval()
+    d2l.set_params(ours, params)
+    native = native_mha(params, kv_heads=GQA_KV_HEADS)
+    np.testing.assert_allclose(run_ours(ours, X, lens), run_native(native, X, lens), atol=1e-4)
+    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs nnx.MultiHeadAttention",
+            *common.compare(lambda: run_ours(ours, X, lens), lambda: run_native(native, X, lens),
+                            sync=jax.block_until_ready))
+
+
+def per_token(model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
+    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
+    so the prompt's own pass (the prefill, with the cache) cancels out. Each length compiles once
+    (generate's buffers have the whole length), before the timings."""
+    def run(n):
+        start = time.perf_counter()
+        d2l.generate(model, prompt, n, use_cache=use_cache)
+        return time.perf_counter() - start
+
+    run(1), run(1 + steps)
+    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
+
+
+def generation():
+    """Greedy generation from a small TransformerLM, one sequence, each token one jitted call:
+    seconds per new token at each context, with the cache (one position per step, into buffers
+    preallocated for the whole length) and without (the whole buffer again)."""
+    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2)
+    rng = np.random.default_rng(0)
+    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
+          f"batch 1, jax.jit, {GEN_STEPS} new tokens per timing")
+    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
+          f"{'uncached tok/s':>15}")
+    for context in GEN_CONTEXTS:
+        prompt = rng.integers(0, GEN_VOCAB, (1, context))
+        cached, uncached = per_token(model, prompt, True), per_token(model, prompt, False)
+        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
+
+
 def main():
     rows = []
     for tokens in common.TOKENS:
@@ -92,8 +145,10 @@ def main():
         np.testing.assert_allclose(run_dot(attention, q, lens), run_sdpa(q, lens), atol=1e-4)
         rows.append((f"DotProductAttention {tokens} tokens vs jax.nn", *common.compare(
             lambda: run_dot(attention, q, lens), lambda: run_sdpa(q, lens), sync=jax.block_until_ready)))
+        rows.append(grouped_query(tokens))
     common.report(f"JAX {jax.__version__}, Flax nnx, {jax.default_backend()} ({jax.device_count()} device), "
                   f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
+    generation()
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ def _block_scores(queries, keys, lens, causal, offset, start, num_keys):
 
 
 def _padded(x, block_size):
-    """x (..., k, f) padded with zeros to a whole number of blocks (the loop slices fixed-size blocks)."""
-    pad = -x.shape[-2] % block_size
+    """x (..., k, f) padded with zeros to a whole number of blocks, at least one (the loop slices
+    fixed-size blocks, and traces its body even when it runs no step)."""
+    pad = max(-x.shape[-2] % block_size, block_size - x.shape[-2])
     return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
 
 
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))  # compiled once per shape, eager calls included
 def _forward(queries, keys, values, lens, causal, offset, block_size):
     """The online softmax over key blocks, in a lax.fori_loop: one block's scores live at a time."""
     num_keys = keys.shape[-2]
@@ -58,9 +60,10 @@ def _forward(queries, keys, values, lens, causal, offset, block_size):
         rescale = jnp.exp(top - shift)                                         # (..., q, 1), old terms
         return new_top, total * rescale + p.sum(-1, keepdims=True), acc * rescale + p @ v
 
-    init = (jnp.full(queries.shape[:-1] + (1,), -jnp.inf, queries.dtype),     # (..., q, 1) running max
-            jnp.zeros(queries.shape[:-1] + (1,), queries.dtype),              # (..., q, 1) running sum
-            jnp.zeros(queries.shape[:-1] + values.shape[-1:], queries.dtype))  # (..., q, dv) running output
+    rows = queries.shape[:-1]  # made *_like the queries, so under shard_map they vary over its axes like them
+    init = (jnp.full_like(queries, -jnp.inf, shape=(*rows, 1)),                # (..., q, 1) running max
+            jnp.zeros_like(queries, shape=(*rows, 1)),                         # (..., q, 1) running sum
+            jnp.zeros_like(queries, shape=(*rows, values.shape[-1])))          # (..., q, dv) running output
     top, total, acc = lax.fori_loop(0, keys.shape[-2] // block_size, step, init)
     out = acc / jnp.where(total > 0, total, 1.0)                               # (..., q, dv), empty row: 0
     lse = jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)[..., 0]  # (..., q)
@@ -78,9 +81,12 @@ def _blockwise_fwd(queries, keys, values, lens, causal, offset, block_size):
 
 
 def _blockwise_bwd(causal, offset, block_size, saved, grads):
+    return (*_backward(*saved, *grads, causal, offset, block_size), None)
+
+
+@functools.partial(jax.jit, static_argnums=(8, 9, 10))
+def _backward(queries, keys, values, lens, out, lse, d_out, d_lse, causal, offset, block_size):
     """FlashAttention-2's backward: each block's probabilities are recomputed as exp(scores - lse)."""
-    queries, keys, values, lens, out, lse = saved
-    d_out, d_lse = grads
     num_keys, scale = keys.shape[-2], 1 / math.sqrt(queries.shape[-1])
     keys, values = _padded(keys, block_size), _padded(values, block_size)
     # d scores = p * (d p - D) + p * d lse, with D = rowsum(d out * out)
@@ -102,7 +108,7 @@ def _blockwise_bwd(causal, offset, block_size, saved, grads):
 
     d_queries, d_keys, d_values = lax.fori_loop(
         0, keys.shape[-2] // block_size, step, (jnp.zeros_like(queries), jnp.zeros_like(keys), jnp.zeros_like(values)))
-    return d_queries, d_keys[..., :num_keys, :], d_values[..., :num_keys, :], None
+    return d_queries, d_keys[..., :num_keys, :], d_values[..., :num_keys, :]
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

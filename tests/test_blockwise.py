@@ -1,0 +1,153 @@
+"""Blockwise (online-softmax) attention is dense attention computed a block of keys at a time.
+
+Every backend: blockwise_attention equals DotProductAttention, forward and gradients (eager and
+compiled), for random block sizes; random shard splits of the keys, each attended to separately
+and combined with merge_attention, equal the whole (property tests). The NumPy reference is held
+to the dense formula written out below.
+"""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.test_properties import PROFILE
+
+
+def dense(queries, keys, values, valid_lens=None, causal=False, offset=0):
+    """softmax(Q K^T / sqrt(d)) V over the kept keys, and each row's log-sum-exp, in float64."""
+    scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(queries.shape[-1])  # (..., q, k)
+    keep = np.ones(scores.shape, dtype=bool)
+    if valid_lens is not None:
+        lens = np.asarray(valid_lens)  # (b,) or (b, q): index the first axis (and the queries)
+        lens = lens.reshape(lens.shape[:1] + (1,) * (scores.ndim - lens.ndim - 1) + lens.shape[1:] + (1,))
+        keep &= np.arange(scores.shape[-1]) < lens
+    if causal:
+        keep &= np.arange(scores.shape[-1]) <= offset + np.arange(scores.shape[-2])[:, None]
+    top = np.where(keep, scores, -np.inf).max(-1, keepdims=True)                # (..., q, 1)
+    weights = np.where(keep, np.exp(scores - np.where(np.isfinite(top), top, 0)), 0)  # (..., q, k)
+    total = weights.sum(-1, keepdims=True)                                      # (..., q, 1)
+    out = weights / np.where(total > 0, total, 1) @ values                       # (..., q, dv)
+    with np.errstate(divide="ignore"):
+        lse = np.log(np.where(keep, np.exp(scores), 0).sum(-1))                  # (..., q), -inf when empty
+    return out, lse
+
+
+def causal_keep(q, k, offset):
+    """causal_mask(q, k, offset=offset) as a NumPy array: key j is kept for query i iff j <= offset + i."""
+    return np.arange(k) <= offset + np.arange(q)[:, None]
+
+
+def draw_call(rng, heads=False):
+    """Random inputs, lengths ((b,), (b, q) or None, 0 and beyond the keys included), causal, offset."""
+    b, q, k, d, dv = rng.integers(1, 3), rng.integers(1, 6), rng.integers(1, 10), rng.integers(1, 5), rng.integers(1, 4)
+    lead = (b, rng.integers(1, 3)) if heads else (b,)
+    inputs = [rng.normal(size=(*lead, q, d)), rng.normal(size=(*lead, k, d)), rng.normal(size=(*lead, k, dv))]
+    lens = [None, rng.integers(0, k + 2, size=b), rng.integers(0, k + 2, size=(b, q))][rng.integers(3)]
+    causal = bool(rng.integers(2))
+    offset = int(rng.integers(-q, k + 1)) if causal else 0
+    return inputs, None if lens is None else lens.astype(np.int32), causal, offset
+
+
+def test_reference_is_the_dense_formula(d2l, backend_name):
+    if backend_name != "numpy":
+        pytest.skip("the frameworks are held to the reference by the harness, and to DotProductAttention below")
+    rng = np.random.default_rng(0)
+    for n in range(60):
+        inputs, lens, causal, offset = draw_call(rng, heads=n % 2 == 1)
+        out, lse = d2l.blockwise_attention(*inputs, lens, causal=causal, offset=offset,
+                                           block_size=int(rng.integers(1, 12)), return_lse=True)
+        want_out, want_lse = dense(*inputs, lens, causal, offset)
+        np.testing.assert_allclose(out, want_out, atol=1e-12)
+        np.testing.assert_array_equal(np.isinf(lse), np.isinf(want_lse))
+        np.testing.assert_allclose(lse[np.isfinite(lse)], want_lse[np.isfinite(want_lse)], atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("seed", range(6))
+def test_equals_dot_product_attention(d2l, seed, compiled):
+    """Forward and gradients of a random projection, against the backend's own dense attention."""
+    if compiled and getattr(d2l.blockwise_attention, "imperative_only", None):
+        pytest.skip(d2l.blockwise_attention.imperative_only)
+    rng = np.random.default_rng(seed)
+    inputs, lens, causal, offset = draw_call(rng, heads=seed % 2 == 1)
+    q, k = inputs[0].shape[-2], inputs[1].shape[-2]
+    block_size = int(rng.integers(1, k + 3))
+    projection = rng.normal(size=inputs[0].shape[:-1] + inputs[2].shape[-1:])
+    blockwise = functools.partial(d2l.blockwise_attention, causal=causal, offset=offset, block_size=block_size)
+    got, got_grads, _ = d2l.value_and_grads(blockwise, inputs, projection, compiled=compiled, valid_lens=lens)
+    mask = causal_keep(q, k, offset) if causal else None
+    want, want_grads, _ = d2l.value_and_grads(d2l.DotProductAttention(), inputs, projection, compiled=compiled,
+                                              valid_lens=lens, mask=mask, training=False)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def test_lse_gradient_and_empty_rows(d2l):
+    """The log-sum-exp is differentiable too (d lse / d scores = the weights); a row with nothing to
+    attend to is zeros with lse = -inf, and its gradients are zero, never NaN."""
+    rng = np.random.default_rng(7)
+    inputs = [rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 6, 3)), rng.normal(size=(2, 6, 2))]
+    lens = np.array([0, 5], dtype=np.int32)            # sequence 0: nothing; sequence 1, query 0: nothing (offset -1)
+    projections = [rng.normal(size=(2, 4, 2)), rng.normal(size=(2, 4))]
+    blockwise = functools.partial(d2l.blockwise_attention, causal=True, offset=-1, block_size=4, return_lse=True)
+    (out, lse), grads, _ = d2l.value_and_grads(blockwise, inputs, projections, valid_lens=lens)
+    want_out, want_lse = dense(*inputs, lens, True, -1)
+    np.testing.assert_allclose(out, want_out, atol=1e-5)
+    assert np.isneginf(lse[0]).all() and np.isneginf(lse[1, 0]) and np.isfinite(lse[1, 1:]).all()
+    np.testing.assert_allclose(lse[1, 1:], want_lse[1, 1:], atol=1e-5)
+    assert not out[0].any() and all(np.isfinite(g).all() for g in grads)
+    assert not grads[0][0].any() and not grads[1][0].any() and not grads[2][0].any()
+    # d/d inputs of sum(lse * p) by central differences of the dense formula, on the live rows
+    live = np.isfinite(want_lse)
+    objective = lambda *xs: np.sum(np.where(live, dense(*xs, lens, True, -1)[1], 0) * projections[1]) + np.sum(  # noqa: E731
+        dense(*xs, lens, True, -1)[0] * projections[0])
+    for x, g in zip(inputs, grads):
+        numeric = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            saved = x[i]
+            x[i] = saved + 1e-6
+            up = objective(*inputs)
+            x[i] = saved - 1e-6
+            down = objective(*inputs)
+            x[i], numeric[i] = saved, (up - down) / 2e-6
+        np.testing.assert_allclose(g, numeric, atol=1e-4)
+
+
+@st.composite
+def sharded_calls(draw):
+    """A random call, a random block size and random cut points that split the keys into shards."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    inputs, lens, causal, offset = draw_call(rng, heads=draw(st.booleans()))
+    k = inputs[1].shape[-2]
+    cuts = sorted(draw(st.lists(st.integers(0, k), max_size=3)))
+    return inputs, lens, causal, offset, draw(st.integers(1, k + 2)), [0, *cuts, k]
+
+
+@PROFILE
+@given(call=sharded_calls())
+def test_shards_merged_equal_the_whole(d2l, call):
+    """Attention over every shard of the keys (an empty shard included), merged, is attention over all:
+    a shard starting at key s sees lengths shortened by s and the causal offset lowered by s."""
+    inputs, lens, causal, offset, block_size, bounds = call
+    queries, keys, values = (d2l.tensor(x) for x in inputs)
+    parts = []
+    for start, stop in zip(bounds, bounds[1:]):
+        shard_lens = None if lens is None else d2l.tensor(np.maximum(lens - start, 0).astype(np.int32))
+        parts.append(d2l.blockwise_attention(queries, keys[..., start:stop, :], values[..., start:stop, :], shard_lens,
+                                             causal=causal, offset=offset - start, block_size=block_size,
+                                             return_lse=True))
+    out, lse = d2l.merge_attention([o for o, _ in parts], [s for _, s in parts])
+    whole = d2l.blockwise_attention(queries, keys, values, None if lens is None else d2l.tensor(lens), causal=causal,
+                                    offset=offset, block_size=block_size, return_lse=True)
+    want_out, want_lse = dense(*inputs, lens, causal, offset)
+    for got_out, got_lse in ((out, lse), whole):
+        got_out, got_lse = d2l.to_numpy(got_out), d2l.to_numpy(got_lse)
+        np.testing.assert_allclose(got_out, want_out, atol=1e-5)
+        np.testing.assert_array_equal(np.isneginf(got_lse), np.isneginf(want_lse))
+        np.testing.assert_allclose(got_lse[np.isfinite(got_lse)], want_lse[np.isfinite(want_lse)], atol=1e-5)

@@ -2,8 +2,14 @@
 
 MultiHeadAttention against nn.MultiheadAttention (same weights; eval, no grad,
 key-padding lengths), and DotProductAttention against
-F.scaled_dot_product_attention on the same per-head tensors.
+F.scaled_dot_product_attention on the same per-head tensors. Grouped-query
+MultiHeadAttention (num_kv_heads) against F.scaled_dot_product_attention(enable_gqa=True)
+between the same projections. Then generation with and without the K/V cache at
+growing contexts.
 """
+
+import statistics
+import time
 
 import numpy as np
 import torch
@@ -12,6 +18,10 @@ from torch.nn import functional as F
 
 from benchmarks import common
 from d2lattn import torch as d2l
+
+GQA_KV_HEADS = 2
+GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
+GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
 
 
 def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
@@ -25,6 +35,69 @@ def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
             mha.in_proj_bias.copy_(torch.cat([t["b_q"], t["b_k"], t["b_v"]]))
             mha.out_proj.bias.copy_(t["b_o"])
     return mha.eval()
+
+
+def gqa_weights(rng, hidden, heads, kv_heads):
+    """Canonical grouped-query weights drawn by NumPy: W_k, W_v (hidden, kv_heads * head_size)."""
+    kv_hidden = hidden // heads * kv_heads
+    shapes = {"W_q": (hidden, hidden), "W_k": (hidden, kv_hidden), "W_v": (hidden, kv_hidden), "W_o": (hidden, hidden)}
+    return {n: (rng.uniform(-1, 1, s) / np.sqrt(hidden)).astype(np.float32) for n, s in shapes.items()}
+
+
+def native_gqa(params, heads, kv_heads):
+    """PyTorch's own grouped-query path between the canonical projections:
+    F.scaled_dot_product_attention(..., enable_gqa=True) on (b, kv_heads, k, dh) keys and values."""
+    t = {name: torch.from_numpy(value) for name, value in params.items()}
+
+    def attend(queries, keys, values, attn_mask=None):
+        b, n, m = queries.shape[0], queries.shape[1], keys.shape[1]
+        q = (queries @ t["W_q"]).reshape(b, n, heads, -1).transpose(1, 2)      # (b, heads, q, dh)
+        k = (keys @ t["W_k"]).reshape(b, m, kv_heads, -1).transpose(1, 2)      # (b, kv_heads, k, dh)
+        v = (values @ t["W_v"]).reshape(b, m, kv_heads, -1).transpose(1, 2)    # (b, kv_heads, k, dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)  # (b, heads, q, dh)
+        return out.transpose(1, 2).reshape(b, n, -1) @ t["W_o"]                  # (b, q, hidden)
+    return attend
+
+
+def grouped_query(tokens):
+    """Our GQA MultiHeadAttention against SDPA's enable_gqa between the same projections."""
+    X, lens = common.inputs(tokens)
+    X, lens = torch.from_numpy(X), torch.from_numpy(lens)
+    params = gqa_weights(np.random.default_rng(3), common.HIDDEN, common.HEADS, GQA_KV_HEADS)
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, num_kv_heads=GQA_KV_HEADS).eval()
+    d2l.set_params(ours, params)
+    native = native_gqa(params, common.HEADS, GQA_KV_HEADS)
+    keep = (torch.arange(tokens) < lens[:, None])[:, None, None, :]         # (b, 1, 1, k), True = attend
+    np.testing.assert_allclose(ours(X, X, X, lens).numpy(), native(X, X, X, attn_mask=keep).numpy(), atol=1e-4)
+    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs SDPA enable_gqa",
+            *common.compare(lambda: ours(X, X, X, lens), lambda: native(X, X, X, attn_mask=keep)))
+
+
+def per_token(model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
+    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
+    so the prompt's own pass (the prefill, with the cache) cancels out."""
+    def run(n):
+        start = time.perf_counter()
+        d2l.generate(model, prompt, n, use_cache=use_cache)
+        return time.perf_counter() - start
+
+    run(1)  # warm-up
+    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
+
+
+def generation():
+    """Greedy generation from a small TransformerLM, one sequence, eager: seconds per new token
+    at each context, with the cache (one position per step) and without (all positions again)."""
+    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2).eval()
+    rng = np.random.default_rng(0)
+    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
+          f"batch 1, eager, {GEN_STEPS} new tokens per timing")
+    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
+          f"{'uncached tok/s':>15}")
+    for context in GEN_CONTEXTS:
+        prompt = rng.integers(0, GEN_VOCAB, (1, context))
+        cached, uncached = per_token(model, prompt, True), per_token(model, prompt, False)
+        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
 
 
 def main():
@@ -54,8 +127,10 @@ def main():
         attention = d2l.DotProductAttention().eval()
         rows.append((f"DotProductAttention {tokens} tokens vs SDPA", *common.compare(
             lambda: attention(q, q, q, lens), lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=keep))))
+        rows.append(grouped_query(tokens))
     common.report(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, "
                   f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
+    generation()
 
 
 if __name__ == "__main__":

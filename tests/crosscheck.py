@@ -5,7 +5,9 @@ case, the largest difference between each pair of backends (forward: outputs and
 attention weights; backward: gradients), then a backend x backend summary in
 units of the tolerance, and fails on any pair above tolerance or on an expected
 backend whose results are missing, incomplete or stale (written by other code or
-other cases than are here now).
+other cases than are here now). It also loads the TransformerLM weights each backend
+saved (build/results/<backend>.lm.safetensors) into the reference, which must give the
+logits that backend gave: a file written by one framework loads into another.
 
 Tolerance between two float32 backends is twice the one against the float64
 reference: each is within it of the reference, so they are within twice it of
@@ -16,6 +18,9 @@ import itertools
 import math
 import sys
 
+import numpy as np
+
+from d2lattn import numpy as reference
 from tests import harness
 from tests.cases import CASES
 
@@ -53,8 +58,32 @@ def pair_errors(a, b, scale):
     return errors
 
 
+def lm_files(backends):
+    """Problems with the TransformerLM weights each backend wrote (tests/test_decoder.py): every
+    backend's .safetensors file must load into the NumPy reference and give the logits it gave there."""
+    problems, tokens = [], np.array(harness.LM_FILE["tokens"])
+    print("\nTransformerLM weights written by each backend, loaded into the reference: largest |logit difference|")
+    for name in backends:
+        path = harness.RESULTS / f"{name}.lm.safetensors"
+        if not path.exists():
+            problems.append(f"{name}: no {path}; run `nox -s tests-{name}`")
+            continue
+        model = reference.TransformerLM(**harness.LM_FILE["args"])
+        try:
+            reference.load_params(model, path)
+        except ValueError as error:
+            problems.append(f"{name}: {path.name} does not load into the reference: {error}")
+            continue
+        gap = float(np.abs(model(tokens, training=False)[0] - np.load(harness.RESULTS / f"{name}.lm-logits.npy")).max())
+        print(f"  {name:<12}{gap:.1e}")
+        if not gap <= harness.LM_FILE["tolerance"]:
+            problems.append(f"{name}: its weights give the reference logits {gap:.2e} away from its own")
+    return problems
+
+
 def main(backends):
     results, problems = load(backends)
+    problems += lm_files(backends)
     names = list(results)
     pairs = {(a, b): pair_errors(results[a], results[b], 1 if "numpy" in (a, b) else 2)
              for a, b in itertools.combinations(names, 2)}

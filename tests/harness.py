@@ -165,6 +165,13 @@ def failures(diffs, scale=1.0):
 # --- results files for crosscheck ---------------------------------------------------
 
 
+# A TransformerLM each backend's tests/test_decoder.py saves to build/results/<backend>.lm.safetensors,
+# with its logits on these tokens in <backend>.lm-logits.npy; crosscheck loads every file into the reference.
+LM_FILE = {"args": {"vocab_size": 11, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 12,
+                    "num_kv_heads": 2, "window": 3},
+           "tokens": [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]], "tolerance": 1e-4}
+
+
 def cases_digest():
     return hashlib.sha256(repr(CASES).encode()).hexdigest()[:16]
 

@@ -8,6 +8,11 @@ from d2lattn import numpy as reference
 MODULES = {
     "AdditiveAttention": {"query_size": 3, "key_size": 4, "num_hiddens": 5},
     "MultiHeadAttention": {"num_hiddens": 8, "num_heads": 2, "bias": True, "query_size": 3},
+    "RMSNorm": {"normalized_size": 6},
+    "SwiGLUFFN": {"num_inputs": 4, "ffn_num_hiddens": 6, "ffn_num_outputs": 5},
+    "CausalSelfAttention": {"num_hiddens": 12, "num_heads": 6, "num_kv_heads": 2, "bias": True},
+    "TransformerLM": {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6,
+                      "num_kv_heads": 1},
 }
 
 
@@ -52,6 +57,21 @@ def test_set_params_is_strict(d2l, problem, message):
         d2l.set_params(module, params)
 
 
+def test_grouped_query_shapes(d2l):
+    """Key and value maps have num_kv_heads * head_size columns; a CausalSelfAttention has the same parameters."""
+    want = {"W_q": (12, 12), "W_k": (5, 4), "W_v": (12, 4), "W_o": (12, 12), "b_q": (12,), "b_k": (4,), "b_v": (4,),
+            "b_o": (12,)}
+    mha = d2l.MultiHeadAttention(12, 6, bias=True, num_kv_heads=2, key_size=5)
+    assert {n: p.shape for n, p in d2l.get_params(mha).items()} == want
+    csa = d2l.CausalSelfAttention(12, 6, num_kv_heads=2, bias=True)
+    assert {n: p.shape for n, p in d2l.get_params(csa).items()} == {**want, "W_k": (12, 4)}
+    assert {n: p.shape for n, p in d2l.get_params(d2l.SwiGLUFFN(4, 6)).items()} == {
+        "W_gate": (4, 6), "W_up": (4, 6), "W_down": (6, 4)}
+    assert {n: p.shape for n, p in d2l.get_params(d2l.RMSNorm(5)).items()} == {"gamma": (5,)}
+    np.testing.assert_array_equal(d2l.get_params(d2l.RMSNorm(5))["gamma"], np.ones(5))
+    assert d2l.get_params(d2l.RotaryPositionalEncoding(4)) == {}
+
+
 def test_heads_must_divide_hiddens(d2l):
     with pytest.raises(ValueError, match=r"num_hiddens \(10\) must be divisible by num_heads \(3\)"):
         d2l.MultiHeadAttention(10, 3)
@@ -62,6 +82,12 @@ def test_heads_must_divide_hiddens(d2l):
     (lambda d2l: d2l.AdditiveAttention(3, 4.5, 5), "key_size must be a positive integer, got 4.5"),
     (lambda d2l: d2l.DotProductAttention(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
     (lambda d2l: d2l.PositionalEncoding(8, max_len=-1), "max_len must be a positive integer, got -1"),
+    (lambda d2l: d2l.RMSNorm(4, eps=0), "eps must be a positive number, got 0"),
+    (lambda d2l: d2l.SwiGLUFFN(4, 0), "ffn_num_hiddens must be a positive integer, got 0"),
+    (lambda d2l: d2l.RotaryPositionalEncoding(4, base=-1.0), "base must be a positive number, got -1.0"),
+    (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_base=0.0), "rope_base must be a positive number, got 0.0"),
+    (lambda d2l: d2l.TransformerLM(0, 8, 2, 1, 8), "vocab_size must be a positive integer, got 0"),
+    (lambda d2l: d2l.TransformerLM(5, 8, 2, 0, 8), "num_layers must be a positive integer, got 0"),
 ])
 def test_constructor_arguments_are_checked(d2l, build, message):
     with pytest.raises(ValueError, match=message):

@@ -102,7 +102,7 @@ def test_rotated_scores_depend_only_on_the_distance(d2l, data):
     """q . k after RoPE depends on the positions only through their difference: shifting queries and
     keys by the same amount (through `offset`) leaves every score as it was; the reference fixes the
     scores themselves (an offset that is ignored would pass the first check, not the second)."""
-    head_size, t = 2 * data.draw(st.integers(1, 4), label="pairs"), data.draw(st.integers(1, 5), label="t")
+    head_size, t = 2 * data.draw(st.integers(1, 4), label="pairs"), data.draw(st.integers(1, 4), label="t")
     args = {"head_size": head_size, "base": data.draw(st.sampled_from([10000.0, 100.0, 10.0]), label="base"),
             "interleaved": data.draw(st.booleans(), label="interleaved")}
     at_q, at_k, shift = (data.draw(st.integers(-20, 60), label=n) for n in ("query offset", "key offset", "shift"))
@@ -125,11 +125,12 @@ def test_rotated_scores_depend_only_on_the_distance(d2l, data):
 def test_grouped_query_heads_are_repeated_key_value_heads(d2l, data):
     """num_kv_heads=kv equals full multi-head attention whose W_k, W_v (and b_k, b_v) repeat each key/value
     head's columns for the num_heads // kv query heads of its group (head h uses h // group)."""
-    kv, group, dh = (data.draw(st.integers(1, 3), label=n) for n in ("num_kv_heads", "group", "head_size"))
+    kv, group = (data.draw(st.integers(1, 3), label=n) for n in ("num_kv_heads", "group"))
+    dh = data.draw(st.integers(1, 2), label="head_size")  # few distinct shapes: JAX compiles each op per shape
     heads, b = kv * group, data.draw(st.integers(1, 3), label="b")
-    q, k = data.draw(st.integers(1, 5), label="q"), data.draw(st.integers(1, 6), label="k")
+    q, k = data.draw(st.integers(1, 4), label="q"), data.draw(st.integers(1, 5), label="k")
     args = {"num_hiddens": heads * dh, "num_heads": heads, "bias": data.draw(st.booleans(), label="bias"),
-            **{n: data.draw(st.integers(1, 6), label=n) for n in ("query_size", "key_size", "value_size")}}
+            **{n: data.draw(st.sampled_from([2, 5]), label=n) for n in ("query_size", "key_size", "value_size")}}
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     lens, mask = data.draw(restriction(b, q, k, rng), label="restriction")
     bias = data.draw(st.sampled_from([None, (heads, q, k), (b, 1, q, k), (q, 1)]), label="score_bias shape")

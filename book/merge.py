@@ -6,7 +6,8 @@ build/book/, the Sphinx source that book/conf.py builds into build/html/:
 - NN_name.md: the chapter's markdown once; each code cell's code, then a tab-set with one tab
   per framework (d2l's order) holding that run's outputs, every tab-set of the site in one
   sphinx-design sync group, so choosing a framework anywhere switches them all (and
-  `?backend=jax` preselects one). Cells whose outputs are the same on all four show them once.
+  `?backend=jax` preselects one). Cells whose outputs are the same on all four show them once,
+  cells with no output on any run show none.
 - index.md: the chapter list, which framework ran which chapter, how to choose a framework.
 - _extra/: figures as PNG files, each run's notebook and each chapter's MyST source, copied
   as they are into the site.
@@ -127,10 +128,11 @@ def chapter(stem):
         blocks.append(fenced(text, "python"))
         outputs = {b: runs[b][i].get("outputs", []) for b in runs}
         seen = {json.dumps(comparable(o), sort_keys=True) for o in outputs.values()}
+        if not any(outputs.values()):
+            continue
         if len(runs) == len(FRAMEWORKS) and len(seen) == 1:
-            if outputs["torch"]:
-                blocks.append(render(outputs["torch"], lambda k, i=i: f"figures/{stem}/all-{i}-{k}.png",
-                                     "figure, the same on every framework"))
+            blocks.append(render(outputs["torch"], lambda k, i=i: f"figures/{stem}/all-{i}-{k}.png",
+                                 "figure, the same on every framework"))
             continue
         tabs = {b: render(outputs[b], lambda k, b=b, i=i: f"figures/{stem}/{b}-{i}-{k}.png",
                           f"figure from the {FRAMEWORKS[b]} run") or "*(no output)*"

@@ -84,15 +84,14 @@ class Visit:
             route.abort()
 
     def goto(self, path):
-        self.page.goto(self.server + path, wait_until="load")
-        self.page.wait_for_function("() => !window.MathJax || window.MathJax.startup?.promise")
-        self.page.evaluate("() => window.MathJax?.startup?.promise")
+        self.page.goto(self.server + path, wait_until="load")  # scripts have run, or failed, by then
+        self.page.evaluate("() => window.MathJax?.startup?.promise")  # typesetting done, where MathJax is
         return self.page
 
     def assert_clean(self):
-        assert not self.errors, f"console errors: {self.errors}"
-        assert not self.failed, f"failed requests: {self.failed}"
         assert not self.foreign, f"requests to other hosts: {self.foreign}"
+        assert not self.failed, f"failed requests: {self.failed}"
+        assert not self.errors, f"console errors: {self.errors}"
 
 
 @pytest.fixture

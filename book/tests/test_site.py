@@ -47,6 +47,7 @@ def test_chapter_page(visit, chapter):
     """Loads cleanly; all math typeset; every framework's figures load; progress bars show their end."""
     v = visit()
     page = v.goto(chapter)
+    v.assert_clean()
     math = page.evaluate(MATH)
     assert not math["untypeset"] and not math["errors"], math
     for backend in FRAMEWORKS:
@@ -74,6 +75,8 @@ def test_choosing_jax_in_one_cell_switches_the_page_and_persists(visit):
     if ran.count():  # JAX ran this chapter: its own notebook, and its own figures wherever PyTorch has its own
         assert ran.get_attribute("href") == f"notebooks/jax/{first.removesuffix('.html')}.ipynb"
         assert any("/jax-" in src for src in figures) == any("/torch-" in src for src in torch_figures)
+    if figures:
+        page.locator("img.cell-figure:visible").first.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "chapter-jax.png")
     page.click("a.next-page")
     page.wait_for_url(f"**/{second}")
@@ -123,6 +126,7 @@ def test_figures_keep_their_shape_and_fit_a_narrow_screen(visit):
         assert b["lazy"] == "lazy" and b["w"] > 0 and b["h"] > 0
         assert 0 < b["box"]["width"] <= b["room"]
         assert abs(b["box"]["height"] - b["box"]["width"] * b["h"] / b["w"]) < 1.5, b
+    page.locator("img.cell-figure:visible").first.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "narrow.png")
     v.assert_clean()
 

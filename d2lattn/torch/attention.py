@@ -101,7 +101,7 @@ class MultiHeadAttention(nn.Module):
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
         group = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (b, heads, k, dh): h uses h // group
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (b, heads, k, dh): h uses h // group
         out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
         b, _, n, _ = out.shape                                       # (b, heads, q, dh)
         return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)

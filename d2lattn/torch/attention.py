@@ -74,8 +74,8 @@ class AdditiveAttention(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     """Grouped-query heads: W_k and W_v map to num_kv_heads heads, and each is
-    repeated (repeat_interleave) for the num_heads // num_kv_heads query heads of its
-    group, so DotProductAttention sees one key head per query head."""
+    repeated for the num_heads // num_kv_heads query heads of its group, so
+    DotProductAttention sees one key head per query head."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
@@ -101,7 +101,8 @@ class MultiHeadAttention(nn.Module):
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
         group = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (b, heads, k, dh): h uses h // group
+        # (b, kv_heads, group, k, dh) -> (b, heads, k, dh): head h reads kv head h // group (a view when group is 1)
+        k, v = (x.unsqueeze(2).expand(-1, -1, group, -1, -1).flatten(1, 2) for x in (k, v))
         out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
         b, _, n, _ = out.shape                                       # (b, heads, q, dh)
         return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)

@@ -85,7 +85,7 @@ def book(session):
     session.install("-c", "constraints/book.txt", *BOOK)
     session.run("python", "book/merge.py")
     shutil.rmtree("build/html", ignore_errors=True)
-    session.run("sphinx-build", "-q", "-c", "book", "build/book", "build/html")
+    session.run("sphinx-build", "-q", "-W", "--keep-going", "-c", "book", "build/book", "build/html")  # a warning fails it
     session.log("open build/html/index.html")
 
 

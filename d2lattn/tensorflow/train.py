@@ -13,15 +13,21 @@ def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
     """Adam with global-norm clipping on `loss(*batch)` for every NumPy batch, one tf.function per
     batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss."""
     epochs = _checks.positive_int("epochs", epochs)
-    # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_; eps as in PyTorch and optax
-    optimizer = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8, global_clipnorm=clip)
+    # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_. Keras adds epsilon to
+    # sqrt(v) before the bias correction, PyTorch and optax after it: Keras' eps is theirs (1e-8) times
+    # sqrt(1 - beta_2 ** t), 0.03 at the first step and 0.3 after a hundred, so 1e-10 keeps it below
+    # theirs through a short run, where 1e-8 would damp the early steps of small gradients.
+    optimizer = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-10, global_clipnorm=clip)
     params = model.trainable_variables
     optimizer.build(params)  # the optimizer's slots exist before the step is traced
 
     def step(*batch):
         with tf.GradientTape() as tape:
             value = loss(*batch)
-        optimizer.apply_gradients(zip(tape.gradient(value, params), params))
+        # An embedding's gradient is IndexedSlices, one slice per occurrence of a token; Keras' global
+        # norm squares them one by one (a sum of squares, not the square of the sum): made dense first.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(value, params)]
+        optimizer.apply_gradients(zip(grads, params))
         return value
 
     traced = {}

@@ -418,6 +418,30 @@ def test_generate_traces_once_and_matches_the_eager_cache_and_the_reference():
     assert (step.experimental_get_tracing_count(), full.experimental_get_tracing_count()) == (1, 1)
 
 
+def test_train_lm_step_is_adam_clipped_by_the_dense_global_norm():
+    """One train_lm step, by the formula: g' = g * clip / max(|g|, clip) with |g| the global norm of the
+    dense gradients, then Keras' Adam w - lr sqrt(1 - b2) / (1 - b1) m / (sqrt(v) + eps), m = (1 - b1) g',
+    v = (1 - b2) g'^2, eps = 1e-10. The embedding's gradient comes as IndexedSlices, one slice per
+    occurrence of a token, and Keras' global_clipnorm squares slices one by one (a repeated token's
+    sum of squares, not the square of its sum). A clip of 1e-7 leaves gradients ~1e-8, where both the
+    norm and eps show in the step."""
+    lr, clip, eps = 0.01, 1e-7, 1e-10
+    model = d2l.TransformerLM(7, 8, 2, 1, 12)
+    tokens = np.array([[1, 1, 1, 2, 3, 1], [4, 1, 5, 1, 1, 6]], dtype=np.int32)   # token 1 many times
+    batch = (tokens[:, :-1], tokens[:, 1:], np.array([5, 5], np.int32))
+    params = model.trainable_variables
+    before = [v.numpy().astype(np.float64) for v in params]
+    with tf.GradientTape() as tape:
+        loss = d2l.sequence_loss(model(batch[0], training=True)[0], batch[1], batch[2])
+    grads = [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in tape.gradient(loss, params)]
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+    d2l.train_lm(model, [batch], epochs=1, lr=lr, clip=clip, progress=False)
+    for v, w, g in zip(params, before, grads):
+        g = g * clip / max(norm, clip)
+        step = lr * np.sqrt(1 - 0.999) / (1 - 0.9) * (0.1 * g) / (np.sqrt(0.001 * g ** 2) + eps)
+        np.testing.assert_allclose(v.numpy(), w - step, atol=lr * 1e-3, err_msg=v.path)
+
+
 # --- Keras on TensorFlow whatever $KERAS_BACKEND says --------------------------------
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import common
+from benchmarks import common, memory
 from d2lattn import jax as d2l
 
 GQA_KV_HEADS = 2
@@ -151,5 +151,13 @@ def main():
     generation()
 
 
+def blockwise_memory():
+    """Blockwise against dense attention: peak memory (fresh processes) and time, vs jax.nn too."""
+    fused = jax.jit(lambda q, k, v: jnp.swapaxes(jax.nn.dot_product_attention(      # (b, T, heads, d) layout
+        jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), is_causal=True), 1, 2))
+    memory.main(d2l, fused=fused, sync=jax.block_until_ready)
+
+
 if __name__ == "__main__":
     main()
+    blockwise_memory()

@@ -19,7 +19,7 @@ import numpy as np
 from mxnet import npx
 from mxnet.gluon import nn
 
-from benchmarks import common
+from benchmarks import common, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 
@@ -168,5 +168,11 @@ def generation():
         print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
 
 
+def blockwise_memory():
+    """Blockwise against dense attention: peak memory (fresh processes) and time; MXNet has no fused attention."""
+    memory.main(d2l, sync=lambda out: out.wait_to_read())
+
+
 if __name__ == "__main__":
     main()
+    blockwise_memory()

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -169,5 +169,15 @@ def main():
     generation()
 
 
+def blockwise_memory():
+    """Blockwise against dense attention: peak memory (fresh processes) and time, vs Keras' fused op too."""
+    def fused(q, k, v):  # keras.ops takes (b, T, heads, d)
+        swap = lambda x: tf.transpose(x, [0, 2, 1, 3])  # noqa: E731
+        return swap(keras.ops.dot_product_attention(swap(q), swap(k), swap(v), is_causal=True))
+
+    memory.main(d2l, fused=fused)
+
+
 if __name__ == "__main__":
     main()
+    blockwise_memory()

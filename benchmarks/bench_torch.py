@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks import common
+from benchmarks import common, memory
 from d2lattn import torch as d2l
 
 GQA_KV_HEADS = 2
@@ -133,5 +133,13 @@ def main():
     generation()
 
 
+def blockwise_memory():
+    """Blockwise against dense attention: peak memory (fresh processes) and time, one thread each (a Python
+    loop of small kernels suffers most from threads that wait on a busy machine), vs SDPA too."""
+    torch.set_num_threads(1)
+    memory.main(d2l, fused=lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
 if __name__ == "__main__":
     main()
+    blockwise_memory()

@@ -15,7 +15,9 @@ def _spec(x, batched):
 def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     """`compiled=True` runs forward and backward in one tf.function whose signature leaves
     the batch size unknown: of the inputs, of integer arguments (lengths, tokens), and of a
-    mask with a batch axis. A tuple output takes one projection per element.
+    mask with a batch axis. Keyword arrays are not differentiated: pass what needs a gradient
+    (a score_bias) as an input. A tuple output takes one projection per element; one that nests
+    a cache, (Y, (keys, values)), counts as the flat tuple of its arrays.
 
     A traced call leaves graph tensors in `.attention_weights`: the traced function
     returns them, and they are set on their layers again, as values, after it ran.
@@ -32,7 +34,8 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
         with tf.GradientTape() as tape:
             tape.watch(xs)
             out = fn(*xs, **arrays, **flags)
-            outs, projections = (out, projection) if isinstance(out, tuple) else ((out,), (projection,))
+            several = isinstance(out, (tuple, list))
+            outs, projections = (tf.nest.flatten(out), projection) if several else ((out,), (projection,))
             objective = tf.add_n([tf.reduce_sum(o * tensor(p)) for o, p in zip(outs, projections)])
         grads = tape.gradient(objective, xs + params)
         grads = [tf.zeros_like(t) if g is None else tf.convert_to_tensor(g)  # an embedding's are IndexedSlices
@@ -48,5 +51,5 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     for sub, w in zip(recorders, weights):
         sub.attention_weights = w
     param_grads = {name: to_numpy(layout(g)) for (name, (_, layout)), g in zip(named.items(), grads[len(xs):])}
-    output = tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
+    output = tuple(to_numpy(o) for o in tf.nest.flatten(out)) if isinstance(out, (tuple, list)) else to_numpy(out)
     return output, [to_numpy(g) for g in grads[: len(xs)]], param_grads

@@ -21,7 +21,8 @@ class CausalSelfAttention(MultiHeadAttention):
     `position` (this backend's keyword, for `generate` under tf.function): a scalar int tensor
     where X starts; `cache` is then a pair of buffers preallocated at a fixed length, X's keys and
     values are written into them at `position`, and the causal mask keeps the slots not yet
-    written out of sight, so every step has the same shapes and one trace serves them all.
+    written out of sight, so every step has the same shapes and one trace serves them all
+    (`.attention_weights` then spans every slot, (b, num_heads, T, max_len)).
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,

@@ -1,7 +1,5 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
 
-import weakref
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -97,13 +95,10 @@ class TransformerLM(keras.layers.Layer):
         return self.W_out(self.norm(X)), caches                            # (b, T, vocab), one cache per block
 
 
-_traced = weakref.WeakKeyDictionary()  # model -> its two traced calls for generate
-
-
 def _calls(model):
-    """One tf.function per model and mode, whose signature leaves batch, steps and buffer length
-    unknown: traced once, whatever the prompt, the number of tokens or the position."""
-    if model not in _traced:
+    """One tf.function per model and mode, kept on the model, whose signature leaves batch, steps
+    and buffer length unknown: traced once, whatever the prompt, the number of tokens or the position."""
+    if not hasattr(model, "_generate_calls"):
         attention = model.blocks[0].attention
         buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
         tokens = tf.TensorSpec((None, None), tf.int32)
@@ -117,8 +112,8 @@ def _calls(model):
         def full(tokens):
             return model(tokens, training=False)[0][:, -1]                  # (b, vocab)
 
-        _traced[model] = step, full
-    return _traced[model]
+        model._generate_calls = step, full
+    return model._generate_calls
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):

@@ -23,7 +23,6 @@ from benchmarks import common, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 
-
 GQA_KV_HEADS = 2
 GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
 GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 16

@@ -6,8 +6,9 @@ per-epoch losses and final parameters, and `nox -s crosscheck` compares every pa
 (the reference does not train, so no single-backend test can). Adam is configured alike
 ((0.9, 0.999), global-norm clipping at 1) but for one thing no framework lets us set: Keras and
 Gluon add epsilon to sqrt(v) before the bias correction, PyTorch and optax after it (so Keras and
-Gluon take epsilon 1e-10, the others 1e-8). Where a gradient is near epsilon that changes a step, so crosscheck holds frameworks that
-place it alike to a tight tolerance and the two groups to a looser one (TRAINING_TOLERANCE).
+Gluon take epsilon 1e-10, the others 1e-8). Where a gradient is near epsilon that changes a step,
+so crosscheck holds frameworks that place it alike to a tight tolerance and the two groups to a
+looser one (TRAINING_TOLERANCE).
 
 Bahdanau's model is not compared this way: JAX's GRU holds one bias per gate where PyTorch,
 Keras and Gluon hold two that are summed, so Adam moves the canonical r and z biases twice as

@@ -11,7 +11,9 @@ import pytest
 from d2lattn import numpy as reference
 from d2lattn.data import DateLMData, date_pairs
 
-# The quality bar's model and data (see test_lm_learns_dates for the measured numbers).
+# The quality bar's model and data. Measured on torch (CPU, one thread): held-out exact match 0.956 after
+# 12 epochs from seed 0 (0.952 after 10; another draw of the start, 0.99 after 12), about 14 s of CPU
+# for the training; the bar leaves room for other frameworks' numerics.
 NUM_TRAIN, NUM_VAL, BATCH, EPOCHS, LR = 2000, 500, 64, 12, 0.005
 CONFIG = {"num_hiddens": 64, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 128, "num_kv_heads": 2}
 MIN_ACCURACY = 0.9

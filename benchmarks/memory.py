@@ -1,7 +1,7 @@
 """Peak memory and time of blockwise attention against dense attention, on any backend.
 
 Memory: each measurement runs in a fresh Python process (the backend imported, the inputs made,
-a small warm-up call run), which reports the growth of its peak resident set size
+a small warm-up call run, glibc's mmap threshold fixed so freed blocks leave the RSS), which reports the growth of its peak resident set size
 (resource.getrusage ru_maxrss) over that baseline during one forward pass, or one forward and
 backward pass (d2l.value_and_grads), of causal attention at T tokens (batch 1, one head, d = 64):
 `blockwise_attention` against `DotProductAttention` with a causal mask. Time: in this process,
@@ -12,6 +12,7 @@ interleaved, blockwise against dense and against the framework's fused attention
 Writes build/bench/memory_<backend>.md (the tables) and memory_<backend>.png (the plot).
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -36,11 +37,11 @@ def causal_inputs(tokens, seed=0):
 
 
 def attention(d2l, kind, tokens):
-    """The call measured: blockwise (its own causal flag) or dense (DotProductAttention, a causal mask)."""
+    """(function, keyword arguments) measured: blockwise (its own causal flag) or dense
+    (DotProductAttention, a module as value_and_grads takes it, with a causal mask)."""
     if kind == "blockwise":
-        return lambda q, k, v: d2l.blockwise_attention(q, k, v, causal=True, block_size=BLOCK)
-    mask, dense = d2l.causal_mask(tokens, tokens), d2l.DotProductAttention()
-    return lambda q, k, v: dense(q, k, v, mask=mask, training=False)
+        return functools.partial(d2l.blockwise_attention, causal=True, block_size=BLOCK), {}
+    return d2l.DotProductAttention(), {"mask": d2l.causal_mask(tokens, tokens), "training": False}
 
 
 def peak_rss_mb():
@@ -54,25 +55,31 @@ def measure(kind, passes, tokens):
 
     q, k, v, projection = causal_inputs(tokens)
     warm = causal_inputs(64)
-    d2l.value_and_grads(attention(d2l, kind, 64), warm[:3], warm[3])  # loads kernels, allocators, tracers
-    d2l.to_numpy(attention(d2l, kind, 64)(*(d2l.tensor(x) for x in warm[:3])))
-    call = attention(d2l, kind, tokens)
+    fn, kwargs = attention(d2l, kind, 64)
+    d2l.value_and_grads(fn, warm[:3], warm[3], **kwargs)  # loads kernels, allocators, tracers
+    d2l.to_numpy(fn(*(d2l.tensor(x) for x in warm[:3]), **kwargs))
+    fn, kwargs = attention(d2l, kind, tokens)
     tensors = [d2l.tensor(x) for x in (q, k, v)]
     base = peak_rss_mb()
     if passes == "forward":
-        d2l.to_numpy(call(*tensors))
+        d2l.to_numpy(fn(*tensors, **kwargs))
     else:
-        d2l.value_and_grads(call, [q, k, v], projection)
+        d2l.value_and_grads(fn, [q, k, v], projection, **kwargs)
     return peak_rss_mb() - base
 
 
 def child(backend, kind, passes, tokens):
     """`measure` in a new interpreter; None where it failed (out of memory, say)."""
-    env = {**os.environ, "D2LATTN_BACKEND": backend}
+    # glibc's dynamic mmap threshold would keep the loop's freed temporaries in the heap, and the peak
+    # RSS would count that fragmentation; a fixed threshold returns every large block when it is freed
+    env = {**os.environ, "D2LATTN_BACKEND": backend, "MALLOC_MMAP_THRESHOLD_": "131072"}
     done = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", kind, passes, str(tokens)],
                           env=env, capture_output=True, text=True, timeout=600)
     lines = done.stdout.strip().splitlines()
-    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    if done.returncode or not lines:
+        print(f"{kind} {passes} T={tokens} failed:", done.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
 
 
 def memory_table(backend, sizes):
@@ -86,7 +93,8 @@ def timings(d2l, fused, sync, sizes):
     rows = []
     for tokens in sizes:
         q, k, v = (d2l.tensor(x) for x in causal_inputs(tokens)[:3])
-        blockwise, dense = attention(d2l, "blockwise", tokens), attention(d2l, "dense", tokens)
+        (blockwise, _), (module, kwargs) = attention(d2l, "blockwise", tokens), attention(d2l, "dense", tokens)
+        dense = functools.partial(module, **kwargs)
         rows.append((f"causal T={tokens}, blockwise vs DotProductAttention",
                      *common.compare(lambda: blockwise(q, k, v), lambda: dense(q, k, v), sync=sync, repeats=3,
                                      warmup=1)))

@@ -36,7 +36,7 @@ def param_shapes(expected, given):
         raise ValueError(f"set_params: missing parameter(s) {missing}; expected {sorted(expected)}")
     if extra:
         raise ValueError(f"set_params: unexpected parameter(s) {extra}; expected {sorted(expected)}")
-    for name, shape in expected.items():
+    for name, shape in sorted(expected.items()):  # the same first mismatch on every backend
         got = tuple(getattr(given[name], "shape", ()))
         if got != tuple(shape):
             raise ValueError(f"set_params: parameter {name!r} has shape {got}, expected {tuple(shape)}")

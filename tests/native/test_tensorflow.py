@@ -267,7 +267,8 @@ def _gqa64(params, queries, keys, values, heads, kv_heads, keep, score_bias=0.0)
         return Y.reshape(*Y.shape[:2], n, -1).transpose(0, 2, 1, 3)              # (b, n, t, dh)
 
     kv = np.arange(heads) // (heads // kv_heads)                                  # (heads,): its kv head
-    q, k, v = heads_of(queries, "q", heads), heads_of(keys, "k", kv_heads)[:, kv], heads_of(values, "v", kv_heads)[:, kv]
+    q = heads_of(queries, "q", heads)                                             # (b, heads, q, dh)
+    k, v = heads_of(keys, "k", kv_heads)[:, kv], heads_of(values, "v", kv_heads)[:, kv]  # (b, heads, k, dh)
     weights = _softmax64(q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1]) + score_bias, keep[:, None])
     out = (weights @ v).transpose(0, 2, 1, 3).reshape(len(queries), queries.shape[1], -1)
     return out @ p["W_o"] + p.get("b_o", 0.0), weights

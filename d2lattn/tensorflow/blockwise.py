@@ -88,7 +88,9 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
     @tf.custom_gradient
     def attend(queries, keys, values):
-        out, lse = _forward(queries, keys, values, *settings)                 # (..., q, dv), (..., q)
+        # stop_gradient: an eager tape would otherwise record every block's ops and keep them all (O(q k))
+        inputs = [tf.stop_gradient(x) for x in (queries, keys, values)]
+        out, lse = _forward(*inputs, *settings)                               # (..., q, dv), (..., q)
 
         def grad(d_out, d_lse):
             d_lse = tf.zeros_like(lse) if d_lse is None else d_lse

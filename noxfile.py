@@ -85,7 +85,8 @@ def book(session):
     session.install("-c", "constraints/book.txt", *BOOK)
     session.run("python", "book/merge.py")
     shutil.rmtree("build/html", ignore_errors=True)
-    session.run("sphinx-build", "-q", "-W", "--keep-going", "-c", "book", "build/book", "build/html")  # a warning fails it
+    # -W: a warning (a new chapter's MyST problem, say) fails the build instead of being published
+    session.run("sphinx-build", "-q", "-W", "--keep-going", "-c", "book", "build/book", "build/html")
     session.log("open build/html/index.html")
 
 

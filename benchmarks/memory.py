@@ -1,9 +1,10 @@
 """Peak memory and time of blockwise attention against dense attention, on any backend.
 
 Memory: each measurement runs in a fresh Python process (the backend imported, the inputs made,
-a small warm-up call run, glibc's mmap threshold fixed so freed blocks leave the RSS), which reports the growth of its peak resident set size
-(resource.getrusage ru_maxrss) over that baseline during one forward pass, or one forward and
-backward pass (d2l.value_and_grads), of causal attention at T tokens (batch 1, one head, d = 64):
+a small warm-up call run, glibc's mmap threshold fixed so freed blocks leave the RSS), which
+reports the growth of its peak resident set size (resource.getrusage ru_maxrss) over that
+baseline during one forward pass, or one forward and backward pass (d2l.value_and_grads), of
+causal attention at T tokens (batch 1, one head, d = 64):
 `blockwise_attention` against `DotProductAttention` with a causal mask. Time: in this process,
 interleaved, blockwise against dense and against the framework's fused attention where it runs.
 

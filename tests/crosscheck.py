@@ -139,7 +139,8 @@ def main(backends):
     pairs = {(a, b): pair_errors(results[a], results[b], 1 if "numpy" in (a, b) else 2)
              for a, b in itertools.combinations(names, 2)}
     for part in ("forward", "backward"):
-        print(f"\nlargest |difference| per case run, {part} ({'outputs, weights' if part == 'forward' else 'gradients'})")
+        what = "outputs, weights" if part == "forward" else "gradients"
+        print(f"\nlargest |difference| per case run, {part} ({what})")
         print(f"{'case@mode':<34}" + "".join(f"{a[:5] + '~' + b[:5]:<12}" for a, b in pairs))
         for key in KEYS:
             cells = [errors.get((key, part)) for errors in pairs.values()]

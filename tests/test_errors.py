@@ -138,7 +138,8 @@ BAD_INPUT = {
         ints(d2l, [1, 2]), cache=d2l.TransformerLM(5, 8, 2, 1, 8)(ints(d2l, [1, 2]))[1]), ValueError,
         r"cache must be None or a list with one \(keys, values\) per block \(2, num_layers\), got 1 entries"),
     # blockwise attention and the merge of partial results
-    "block size zero": (lambda d2l: block(d2l, block_size=0), ValueError, r"block_size must be a positive integer, got 0"),
+    "block size zero": (lambda d2l: block(d2l, block_size=0), ValueError,
+                        r"block_size must be a positive integer, got 0"),
     "block size float": (lambda d2l: block(d2l, block_size=2.0), ValueError,
                          r"block_size must be a positive integer, got 2.0"),
     "block offset float": (lambda d2l: block(d2l, causal=True, offset=1.5), ValueError,

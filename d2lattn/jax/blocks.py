@@ -57,7 +57,8 @@ class RMSNorm(nnx.Module):
 class SwiGLUFFN(nnx.Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        n_in, n_h = _checks.positive_int("num_inputs", num_inputs), _checks.positive_int("ffn_num_hiddens", ffn_num_hiddens)
+        n_in = _checks.positive_int("num_inputs", num_inputs)
+        n_h = _checks.positive_int("ffn_num_hiddens", ffn_num_hiddens)
         n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
         self.W_gate = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)
         self.W_up = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)

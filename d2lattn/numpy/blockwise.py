@@ -14,9 +14,10 @@ from d2lattn.numpy.ops import lengths
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
     """One block of keys at a time, each query keeps a running max m of its kept scores, a running
-    sum l of exp(score - m) and a running output o (the sum of exp(score - m) v); when the max
-    grows, the old l and o are rescaled by exp(m_old - m_new). At the end, output o / l and
-    log-sum-exp m + log l (-inf for a row with nothing kept, whose output stays 0)."""
+    sum (`total`, FlashAttention's l) of exp(score - m) and a running output o (the sum of
+    exp(score - m) v); when the max grows, the old sum and o are rescaled by exp(m_old - m_new).
+    At the end, output o / total and log-sum-exp m + log total (-inf for a row with nothing
+    kept, whose output stays 0)."""
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
@@ -25,7 +26,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     lens = None if valid_lens is None else lengths(valid_lens, (*lead, num_queries, num_keys))
     i = offset + np.arange(num_queries)[:, None]                       # (q, 1): the queries' positions
     m = np.full((*lead, num_queries, 1), -np.inf)                      # (..., q, 1): running max
-    l = np.zeros((*lead, num_queries, 1))                              # (..., q, 1): running sum
+    total = np.zeros((*lead, num_queries, 1))                          # (..., q, 1): running sum
     o = np.zeros((*lead, num_queries, values.shape[-1]))               # (..., q, dv): running output
     for start in range(0, num_keys, block_size):
         stop = min(start + block_size, num_keys)
@@ -41,12 +42,12 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
         shift = np.where(np.isfinite(m_new), m_new, 0.0)               # nothing kept so far: no shift
         p = np.exp(scores - shift)                                     # (..., q, block): 0 where not kept
         rescale = np.exp(m - shift)                                    # (..., q, 1): 0 while m = -inf
-        l = l * rescale + p.sum(axis=-1, keepdims=True)
+        total = total * rescale + p.sum(axis=-1, keepdims=True)
         o = o * rescale + p @ values[..., start:stop, :]               # (..., q, dv)
         m = m_new
-    empty = l == 0                                                     # (..., q, 1): nothing kept, m = -inf
-    out = o / np.where(empty, 1.0, l)                                  # (..., q, dv): empty rows stay 0
-    lse = (m + np.log(np.where(empty, 1.0, l)))[..., 0]                # (..., q): -inf where empty
+    empty = total == 0                                                 # (..., q, 1): nothing kept, m = -inf
+    out = o / np.where(empty, 1.0, total)                              # (..., q, dv): empty rows stay 0
+    lse = (m + np.log(np.where(empty, 1.0, total)))[..., 0]            # (..., q): -inf where empty
     return (out, lse) if return_lse else out
 
 

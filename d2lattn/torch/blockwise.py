@@ -1,4 +1,5 @@
-"""Attention that fits in memory: blockwise (online-softmax) attention with a recomputing backward, and the merge of partial results."""
+"""Attention that fits in memory: blockwise (online-softmax) attention with a recomputing
+backward, and the merge of partial results."""
 
 import math
 

@@ -23,7 +23,7 @@ def test_ring_attention_simulated_over_four_contexts():
                              for x in inputs)                              # per device: (b, heads, SHARD, d)
     sources = list(range(WORLD))                                           # whose keys each device holds now
     parts = [[] for _ in devices]
-    for step in range(WORLD):
+    for _ in range(WORLD):
         for rank in range(WORLD):
             parts[rank].append(d2l.blockwise_attention(queries[rank], keys[rank], values[rank], causal=True,
                                                        offset=(rank - sources[rank]) * SHARD, block_size=4,

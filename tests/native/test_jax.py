@@ -257,7 +257,8 @@ def test_score_bias_matches_jax_dot_product_attention(bias_kind):
                                            is_causal=True, key_value_seq_lengths=lens)
         return jnp.sum(out.transpose(0, 2, 1, 3) * P)
 
-    (got, d_got), (want, d_want) = nnx.value_and_grad(ours, argnums=1)(attention, bias), jax.value_and_grad(native)(bias)
+    (got, d_got) = nnx.value_and_grad(ours, argnums=1)(attention, bias)
+    (want, d_want) = jax.value_and_grad(native)(bias)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(d_got, d_want, atol=1e-5)
     assert np.abs(np.asarray(d_got)).max() > 0
@@ -313,7 +314,9 @@ def test_causal_self_attention_matches_jax_gqa_with_window():
     def heads(Y, n):
         return Y.reshape(B, T, n, -1)                                            # (B, T, N, dh)
 
-    rotate = lambda Y: _rotate64(Y.transpose(0, 2, 1, 3), np.arange(T)).transpose(0, 2, 1, 3).astype(np.float32)
+    def rotate(Y):
+        return _rotate64(Y.transpose(0, 2, 1, 3), np.arange(T)).transpose(0, 2, 1, 3).astype(np.float32)
+
     q, k = rotate(heads(X @ params["W_q"], HEADS)), rotate(heads(X @ params["W_k"], kv_heads))
     core = jax.nn.dot_product_attention(q, k, heads(X @ params["W_v"], kv_heads), is_causal=True,
                                         local_window_size=(window - 1, 0))

@@ -32,8 +32,8 @@ from benchmarks.bench_tensorflow import gqa_weights, native_gqa, native_mha
 from benchmarks.common import mha_weights
 from d2lattn import numpy as ref
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow
-from tests import native
 from d2lattn.tensorflow import decoder
+from tests import native
 
 # isort: split
 import keras

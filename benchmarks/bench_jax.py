@@ -9,8 +9,6 @@ generation with and without the K/V cache at growing contexts. Timings wait with
 block_until_ready.
 """
 
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +19,6 @@ from benchmarks import common, memory
 from d2lattn import jax as d2l
 
 GQA_KV_HEADS = 2
-GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
-GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
 
 
 def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS, kv_heads=None):
@@ -95,35 +91,6 @@ def grouped_query(tokens):
                             sync=jax.block_until_ready))
 
 
-def per_token(model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
-    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
-    so the prompt's own pass (the prefill, with the cache) cancels out. Each length compiles once
-    (generate's buffers have the whole length), before the timings."""
-    def run(n):
-        start = time.perf_counter()
-        d2l.generate(model, prompt, n, use_cache=use_cache)
-        return time.perf_counter() - start
-
-    run(1), run(1 + steps)
-    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
-
-
-def generation():
-    """Greedy generation from a small TransformerLM, one sequence, each token one jitted call:
-    seconds per new token at each context, with the cache (one position per step, into buffers
-    preallocated for the whole length) and without (the whole buffer again)."""
-    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2)
-    rng = np.random.default_rng(0)
-    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
-          f"batch 1, jax.jit, {GEN_STEPS} new tokens per timing")
-    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
-          f"{'uncached tok/s':>15}")
-    for context in GEN_CONTEXTS:
-        prompt = rng.integers(0, GEN_VOCAB, (1, context))
-        cached, uncached = per_token(model, prompt, True), per_token(model, prompt, False)
-        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
-
-
 def main():
     rows = []
     for tokens in common.TOKENS:
@@ -148,7 +115,7 @@ def main():
         rows.append(grouped_query(tokens))
     common.report(f"JAX {jax.__version__}, Flax nnx, {jax.default_backend()} ({jax.device_count()} device), "
                   f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
-    generation()
+    common.generation(d2l, "jax.jit")
 
 
 def blockwise_memory():

@@ -8,8 +8,6 @@ between the same projections. Then generation with and without the K/V cache at
 growing contexts.
 """
 
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -20,8 +18,6 @@ from benchmarks import common, memory
 from d2lattn import torch as d2l
 
 GQA_KV_HEADS = 2
-GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
-GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
 
 
 def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
@@ -73,33 +69,6 @@ def grouped_query(tokens):
             *common.compare(lambda: ours(X, X, X, lens), lambda: native(X, X, X, attn_mask=keep)))
 
 
-def per_token(model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
-    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
-    so the prompt's own pass (the prefill, with the cache) cancels out."""
-    def run(n):
-        start = time.perf_counter()
-        d2l.generate(model, prompt, n, use_cache=use_cache)
-        return time.perf_counter() - start
-
-    run(1)  # warm-up
-    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
-
-
-def generation():
-    """Greedy generation from a small TransformerLM, one sequence, eager: seconds per new token
-    at each context, with the cache (one position per step) and without (all positions again)."""
-    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2).eval()
-    rng = np.random.default_rng(0)
-    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
-          f"batch 1, eager, {GEN_STEPS} new tokens per timing")
-    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
-          f"{'uncached tok/s':>15}")
-    for context in GEN_CONTEXTS:
-        prompt = rng.integers(0, GEN_VOCAB, (1, context))
-        cached, uncached = per_token(model, prompt, True), per_token(model, prompt, False)
-        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")
-
-
 def main():
     torch.set_grad_enabled(False)
     rows = []
@@ -130,7 +99,7 @@ def main():
         rows.append(grouped_query(tokens))
     common.report(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, "
                   f"batch {common.BATCH}, hidden {common.HIDDEN}, {common.HEADS} heads", rows)
-    generation()
+    common.generation(d2l, "eager")
 
 
 def blockwise_memory():

@@ -54,3 +54,37 @@ def report(title, rows):
     print(f"{'case':<56} {'ours ms':>9} {'native ms':>10} {'ours/native':>12}")
     for label, ours, native in rows:
         print(f"{label:<56} {ours * 1e3:>9.2f} {native * 1e3:>10.2f} {ours / native:>12.2f}")
+
+
+# --- generation with and without the K/V cache ------------------------------------
+
+GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS = 64, 128, 4, 2
+GEN_CONTEXTS, GEN_STEPS = (64, 256, 1024), 8
+
+
+def per_token(d2l, model, prompt, use_cache, steps=GEN_STEPS, repeats=3):
+    """Median seconds per generated token after `prompt`: generate(1 + steps) minus generate(1),
+    so the prompt's own pass (the prefill, with the cache) cancels out. Both lengths run once
+    first, so compiling (jax.jit, tf.function) is not timed."""
+    def run(n):
+        start = time.perf_counter()
+        d2l.generate(model, prompt, n, use_cache=use_cache)
+        return time.perf_counter() - start
+
+    run(1), run(1 + steps)
+    return statistics.median((run(1 + steps) - run(1)) / steps for _ in range(repeats))
+
+
+def generation(d2l, how):
+    """Greedy generation from a small TransformerLM, one sequence: seconds per new token at each
+    context, with the cache (one position per step) and without (all positions again)."""
+    model = d2l.TransformerLM(GEN_VOCAB, GEN_HIDDEN, GEN_HEADS, GEN_LAYERS, 2 * GEN_HIDDEN, num_kv_heads=2)
+    rng = np.random.default_rng(0)
+    print(f"\nGeneration: TransformerLM({GEN_LAYERS} layers, hidden {GEN_HIDDEN}, {GEN_HEADS} heads, 2 kv heads), "
+          f"batch 1, {how}, {GEN_STEPS} new tokens per timing")
+    print(f"{'context':>8} {'cached ms/token':>16} {'uncached ms/token':>18} {'cached tok/s':>13} "
+          f"{'uncached tok/s':>15}")
+    for context in GEN_CONTEXTS:
+        prompt = rng.integers(0, GEN_VOCAB, (1, context)).astype(np.int32)
+        cached, uncached = per_token(d2l, model, prompt, True), per_token(d2l, model, prompt, False)
+        print(f"{context:>8} {cached * 1e3:>16.2f} {uncached * 1e3:>18.2f} {1 / cached:>13.0f} {1 / uncached:>15.0f}")

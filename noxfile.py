@@ -68,6 +68,8 @@ def chapters(session, backend):
     """Execute every chapter notebook; the executed notebooks go to build/<backend>/."""
     install(session, backend, "notebooks")
     log = session.run("python", "-m", "chapters.run", backend, *session.posargs, silent=True)
+    if log is None:  # nox --install-only runs nothing
+        return
     print(log, end="")
     noise = [line for line in log.splitlines() if line.strip() and not CHAPTER_LOG.match(line)]
     if noise:  # a learner's run shows one line per chapter; a new warning is worth a look, so it fails here

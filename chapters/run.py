@@ -28,9 +28,13 @@ CELL_TIMEOUT = 600
 TEXT_BARS = "--IPKernelApp.exec_lines=import tqdm.auto, tqdm.std; tqdm.auto.tqdm = tqdm.std.tqdm"
 # What kernels write to the terminal that tells a learner nothing: TensorFlow 2.21 prints its oneDNN
 # notice (and absl's preamble) before its log level is read, so TF_CPP_MIN_LOG_LEVEL cannot hide it,
-# and turning oneDNN off would change the kernels' numerics. Anything else passes through.
+# and turning oneDNN off would change the kernels' numerics; and, logged as an error, that its
+# int32 kernels fall back to Eigen on a CPU without AVX-512 (a speed note, raised by integer ops
+# such as generate's token handling). Anything else passes through.
 NOISE = re.compile(r"port\.cc:\d+\] oneDNN custom operations are on|^WARNING: All log messages before "
-                   r"absl::InitializeLog\(\) is called are written to STDERR")
+                   r"absl::InitializeLog\(\) is called are written to STDERR|"
+                   r"\] oneDNN supports DT_INT32 only on platforms with AVX-512\. Falling back to the default "
+                   r"Eigen-based implementation")
 REDRAWN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line's earlier states, each ended by a carriage return
 
 

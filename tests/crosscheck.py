@@ -45,12 +45,17 @@ def pinned(backend):
     return next((pins[d] for d in _backend.DISTRIBUTIONS[backend] if d in pins), None)
 
 
+def release(version):
+    """A version without its local label: PyTorch's CPU wheel says 2.13.0+cpu for release 2.13.0."""
+    return None if version is None else version.split("+")[0]
+
+
 def fresh(name, meta, kind):
     """Why results written by `name` cannot be compared, or None."""
     if meta["cases"] != harness.cases_digest() or meta["source"] != harness.source_digest(name):
         return (f"{name}: stale {kind} results from {meta['written']} (the code or the cases changed since); "
                 f"run `nox -s tests-{name}` again")
-    if meta["versions"].get(name) != pinned(name):
+    if release(meta["versions"].get(name)) != release(pinned(name)):
         return (f"{name}: {kind} results written under {name} {meta['versions'].get(name)}, not the tested "
                 f"{pinned(name)} (constraints/{name}.txt); run `nox -s tests-{name}`")
     return None

@@ -25,6 +25,12 @@ def test_results_from_another_framework_version_are_refused(results):
     assert problems and "not the tested" in problems[0] and crosscheck.pinned("torch") in problems[0]
 
 
+def test_a_local_version_label_is_the_same_release(results):
+    results("torch", version=crosscheck.pinned("torch") + "+cpu")  # what PyTorch's CPU wheel reports
+    loaded, problems = crosscheck.load(["torch"], "training-lm")
+    assert problems == [] and "torch" in loaded
+
+
 @pytest.mark.parametrize(("pair", "shift", "fails"), [
     (("torch", "jax"), 1e-6, False), (("torch", "jax"), 1e-3, True),          # epsilon placed alike: 1e-4
     (("torch", "mxnet"), 1e-3, False), (("torch", "mxnet"), 2e-2, True),      # placed unlike: 1e-2

@@ -35,7 +35,7 @@ KEYS = [f"{case.name}@{mode}" for case in CASES for mode in harness.MODES]
 # after it; no framework lets us choose. Where a gradient is near epsilon (an attention's W_q at
 # the start) a step then differs, so frameworks that place it alike are held to the tight bound.
 EPSILON_AFTER_CORRECTION = {"torch": True, "jax": True, "tensorflow": False, "mxnet": False}
-TRAINING_TOLERANCE = {"alike": {"loss": 1e-4, "param": 1e-4}, "unlike": {"loss": 1e-4, "param": 1e-2}}
+TRAINING_TOLERANCE = {"alike": {"loss": 1e-4, "param": 1e-4}, "unlike": {"loss": 1e-4, "param": 1e-3}}
 
 
 def pinned(backend):

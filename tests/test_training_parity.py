@@ -11,8 +11,8 @@ so crosscheck holds frameworks that place it alike to a tight tolerance and the 
 looser one (TRAINING_TOLERANCE).
 
 Bahdanau's model is not compared this way: JAX's GRU holds one bias per gate where PyTorch,
-Keras and Gluon hold two that are summed, so Adam moves the canonical r and z biases twice as
-fast there; that is a real difference of parameterization, stated in README.
+Keras and Gluon hold two that are summed, so in those three Adam moves the canonical r and z
+biases about twice as fast as in JAX; a real difference of parameterization, stated in README.
 """
 
 import numpy as np

@@ -26,15 +26,14 @@ from nbclient import NotebookClient
 HERE = pathlib.Path(__file__).resolve().parent
 CELL_TIMEOUT = 600
 TEXT_BARS = "--IPKernelApp.exec_lines=import tqdm.auto, tqdm.std; tqdm.auto.tqdm = tqdm.std.tqdm"
-# What kernels write to the terminal that tells a learner nothing: TensorFlow 2.21 prints its oneDNN
-# notice (and absl's preamble) before its log level is read, so TF_CPP_MIN_LOG_LEVEL cannot hide it,
-# and turning oneDNN off would change the kernels' numerics; and, logged as an error, that its
-# int32 kernels fall back to Eigen on a CPU without AVX-512 (a speed note, raised by integer ops
-# such as generate's token handling). Anything else passes through.
-NOISE = re.compile(r"port\.cc:\d+\] oneDNN custom operations are on|^WARNING: All log messages before "
-                   r"absl::InitializeLog\(\) is called are written to STDERR|"
-                   r"\] oneDNN supports DT_INT32 only on platforms with AVX-512\. Falling back to the default "
-                   r"Eigen-based implementation")
+# What kernels write to the terminal, or into a notebook's stderr, that tells a learner nothing:
+# TensorFlow 2.21 prints its oneDNN notice (and absl's preamble) before its log level is read, so
+# TF_CPP_MIN_LOG_LEVEL cannot hide it, and turning oneDNN off would change the kernels' numerics;
+# and, logged as an error, that its int32 kernels fall back to Eigen on a CPU without AVX-512 (a
+# speed note, raised by integer ops such as generate's token handling). Anything else passes through.
+NOISE = re.compile(r"(?:[IWE]\d{4} [^\]\n]*\] (?:oneDNN custom operations are on|oneDNN supports DT_INT32 only "
+                   r"on platforms with AVX-512)|WARNING: All log messages before absl::InitializeLog\(\) is called "
+                   r"are written to STDERR)[^\n]*\n?")
 REDRAWN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line's earlier states, each ended by a carriage return
 
 
@@ -80,7 +79,8 @@ def quiet_stderr(noise=NOISE):
 
 
 def final_states(cell):
-    """Join adjacent outputs of one stream, keep the last state of each redrawn line, drop blank stderr."""
+    """Join adjacent outputs of one stream, drop the NOISE lines, keep the last state of each redrawn
+    line, drop blank stderr."""
     outputs = []
     for out in cell.get("outputs", []):
         if out.output_type == "stream" and outputs and outputs[-1].get("name") == out.name:
@@ -88,8 +88,8 @@ def final_states(cell):
         else:
             outputs.append(out)
     for out in outputs:
-        if out.output_type == "stream":
-            out.text = REDRAWN.sub("", out.text)
+        if out.output_type == "stream":  # the kernel's own stderr reaches the notebook too
+            out.text = REDRAWN.sub("", NOISE.sub("", out.text))
     cell.outputs = [out for out in outputs if out.get("name") != "stderr" or out.text.strip()]
 
 

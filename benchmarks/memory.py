@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -135,9 +136,37 @@ def write(backend, table, sizes, rows, title):
                 ax.plot(*zip(*points), style[0] + (dash or "-"), label=label)
     ax.set(xscale="log", yscale="log", xlabel="tokens T", ylabel="peak RSS growth (MB)", title=title)
     ax.set_xticks(sizes, [str(t) for t in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the measured sizes
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT / f"memory_{backend}.png", dpi=120)
+
+
+def summary(frameworks=("torch", "jax", "tensorflow", "mxnet"), path="docs/blockwise_memory.png"):
+    """README's figure: every framework's measured table (build/bench/memory_<framework>.md), one
+    panel each, dense against blockwise. `python -m benchmarks.memory --summary` after the benches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(frameworks), figsize=(3 * len(frameworks), 3), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], frameworks):
+        rows = re.findall(r"^\| (\d+) \| (forward(?: \+ backward)?) \| (\d+) \| (\d+) \|",
+                          (OUT / f"memory_{name}.md").read_text(), re.M)
+        for column, kind, marker in ((2, "dense", "o"), (3, "blockwise", "s")):
+            for passes, dash in (("forward", "-"), ("forward + backward", "--")):
+                points = [(int(r[0]), int(r[column])) for r in rows if r[1] == passes]
+                ax.plot(*zip(*points), marker + dash, label=f"{kind}, {passes}")
+        sizes = sorted({int(r[0]) for r in rows})
+        ax.set(xscale="log", yscale="log", xlabel="tokens T", title=name)
+        ax.set_xticks(sizes, [str(t) for t in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0, 0].set_ylabel("peak RSS growth (MB)")
+    axes[0, -1].legend(fontsize=6)
+    fig.suptitle("causal attention, batch 1, one head, d = 64", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(d2l, fused=None, sync=lambda out: out, max_tokens=None, title=None):
@@ -151,7 +180,9 @@ def main(d2l, fused=None, sync=lambda out: out, max_tokens=None, title=None):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--child":
+    if sys.argv[1] == "--summary":
+        summary()
+    elif sys.argv[1] == "--child":
         kind, passes, tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
         print(json.dumps(measure(kind, passes, tokens)))
     else:

@@ -246,7 +246,7 @@ def test_traced_with_unknown_batch_and_lengths():
 # same weights, and the same numbers are also computed explicitly in float64 below. Keras itself
 # ships no rotary encoding; keras-hub's RotaryEmbedding is not installed here (it is not a
 # dependency of this project), so RoPE is held to the NumPy reference by the harness and to the
-# relative-position property by tests/test_properties.py.
+# relative-position property by tests/test_encoding.py.
 
 
 def _softmax64(scores, keep):

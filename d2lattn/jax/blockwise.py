@@ -6,21 +6,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = jnp.asarray(valid_lens)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
-        _checks.lens_values(np.asarray(lens))                 # whole numbers, none negative
-    return lens.astype(jnp.int32) if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
+from d2lattn.jax.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start, num_keys):
@@ -120,7 +109,8 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]))
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                      # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     block_size = min(block_size, max(keys.shape[-2], 1))  # no padding beyond the keys
     out, lse = _blockwise(                                                     # (..., q, dv), (..., q)
         queries, keys, values, lens, jnp.int32(offset), bool(causal), block_size)

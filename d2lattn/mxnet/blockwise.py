@@ -13,20 +13,10 @@ import numpy as onp
 from mxnet import autograd, np
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _F, tensor
+from d2lattn.mxnet.ops import _F, lengths
 
 IMPERATIVE_ONLY = ("blockwise_attention runs imperatively on MXNet: its mxnet.autograd.Function cannot enter "
                    "a hybridized graph, and a graph symbol has no shape to count the key blocks by")
-
-
-def _lengths(valid_lens, scores_shape, ctx):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = tensor(valid_lens).as_in_ctx(ctx)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    _checks.lens_values(lens.asnumpy())                       # whole numbers, none negative
-    return lens.astype("int32")                               # a float length counts like an integer
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -96,7 +86,8 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]), queries.ctx)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.ctx)
     out, lse = _Blockwise(lens, bool(causal), offset, block_size)(queries, keys, values)  # (..., q, dv), (..., q)
     return (out, lse) if return_lse else out
 

@@ -88,6 +88,14 @@ def _F(x):
     return mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd
 
 
+def lengths(valid_lens, scores_shape, ctx=None):
+    """`valid_lens` as int32 shaped to broadcast against scores (b, ..., q, k)."""
+    lens = tensor(valid_lens).as_in_ctx(ctx or mx.current_context())
+    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    _checks.lens_values(lens.asnumpy())                 # whole numbers, none negative
+    return lens.astype(onp.int32)                       # a float length counts like an integer
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     """Boolean array broadcastable to the scores: True where a query may attend.
 
@@ -97,12 +105,7 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     ctx = ctx or mx.current_context()
     keep = None
     if valid_lens is not None:
-        lens = tensor(valid_lens).as_in_ctx(ctx)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        _checks.lens_values(lens.asnumpy())                 # whole numbers, none negative
-        if _checks.lens_dtype(lens.dtype):
-            lens = lens.astype(onp.int32)                   # a float length counts like an integer
-        keep = np.arange(scores_shape[-1], dtype=lens.dtype, ctx=ctx) < lens
+        keep = np.arange(scores_shape[-1], dtype="int32", ctx=ctx) < lengths(valid_lens, scores_shape, ctx)
     if mask is not None:
         mask = tensor(mask).as_in_ctx(ctx)
         _checks.mask(mask.shape, scores_shape, mask.dtype)

@@ -6,17 +6,7 @@ import math
 import tensorflow as tf
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = tf.convert_to_tensor(valid_lens)
-    lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if tf.executing_eagerly():  # values are unknown while tracing
-        _checks.lens_values(lens.numpy())                     # whole numbers, none negative
-    return tf.cast(lens, tf.int32)                            # a float length counts like an integer
+from d2lattn.tensorflow.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -84,7 +74,8 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]))
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     settings = (lens, bool(causal), offset, block_size)
 
     @tf.custom_gradient

@@ -6,17 +6,7 @@ import math
 import torch
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape, device):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = torch.as_tensor(valid_lens, device=device)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if not torch.compiler.is_compiling():  # values are unknown while compiling
-        _checks.lens_values(lens.cpu().numpy())               # whole numbers, none negative
-    return lens.long() if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
+from d2lattn.torch.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -80,7 +70,8 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]), queries.device)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.device)
     out, lse = _Blockwise.apply(queries, keys, values, lens, bool(causal), offset, block_size)  # (..., q, dv), (..., q)
     return (out, lse) if return_lse else out
 

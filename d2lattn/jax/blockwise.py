@@ -32,50 +32,52 @@ def _padded(x, block_size):
     return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))  # compiled once per shape (the offset is traced), eager calls too
-def _forward(queries, keys, values, lens, offset, causal, block_size):
+@functools.partial(jax.jit, static_argnums=(4, 6))  # compiled once per shape (the offset is traced), eager calls too
+def _forward(queries, keys, values, lens, causal, offset, block_size):
     """The online softmax over key blocks, in a lax.fori_loop: one block's scores live at a time."""
     num_keys = keys.shape[-2]
     keys, values = _padded(keys, block_size), _padded(values, block_size)     # (..., nb * kb, d), (..., nb * kb, dv)
 
     def step(n, carry):
-        top, total, acc = carry
+        m, l, a = carry
         start = n * block_size
         k = lax.dynamic_slice_in_dim(keys, start, block_size, axis=-2)         # (..., kb, d)
         v = lax.dynamic_slice_in_dim(values, start, block_size, axis=-2)       # (..., kb, dv)
         scores = _block_scores(queries, k, lens, causal, offset, start, num_keys)  # (..., q, kb)
-        new_top = jnp.maximum(top, scores.max(-1, keepdims=True))              # (..., q, 1)
-        shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)                # an empty row has no max yet
+        m_new = jnp.maximum(m, scores.max(-1, keepdims=True))                  # (..., q, 1)
+        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)                    # an empty row has no max yet
         p = jnp.exp(scores - shift)                                            # (..., q, kb), 0 where masked
-        rescale = jnp.exp(top - shift)                                         # (..., q, 1), old terms
-        return new_top, total * rescale + p.sum(-1, keepdims=True), acc * rescale + p @ v
+        rescale = jnp.exp(m - shift)                                           # (..., q, 1), old terms
+        return m_new, l * rescale + p.sum(-1, keepdims=True), a * rescale + p @ v
 
     rows = queries.shape[:-1]  # made *_like the queries, so under shard_map they vary over its axes like them
     init = (jnp.full_like(queries, -jnp.inf, shape=(*rows, 1)),                # (..., q, 1) running max
             jnp.zeros_like(queries, shape=(*rows, 1)),                         # (..., q, 1) running sum
             jnp.zeros_like(queries, shape=(*rows, values.shape[-1])))          # (..., q, dv) running output
-    top, total, acc = lax.fori_loop(0, keys.shape[-2] // block_size, step, init)
-    out = acc / jnp.where(total > 0, total, 1.0)                               # (..., q, dv), empty row: 0
-    lse = jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)[..., 0]  # (..., q)
+    m, l, a = lax.fori_loop(0, keys.shape[-2] // block_size, step, init)
+    out = a / jnp.where(l > 0, l, 1.0)                                         # (..., q, dv), empty row: 0
+    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)[..., 0]  # (..., q)
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _blockwise(queries, keys, values, lens, offset, causal, block_size):
-    return _forward(queries, keys, values, lens, offset, causal, block_size)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 6))
+def _blockwise(queries, keys, values, lens, causal, offset, block_size):
+    return _forward(queries, keys, values, lens, causal, offset, block_size)
 
 
-def _blockwise_fwd(queries, keys, values, lens, offset, causal, block_size):
-    out, lse = _forward(queries, keys, values, lens, offset, causal, block_size)
+def _blockwise_fwd(queries, keys, values, lens, causal, offset, block_size):
+    out, lse = _forward(queries, keys, values, lens, causal, offset, block_size)
     return (out, lse), (queries, keys, values, lens, offset, out, lse)
 
 
 def _blockwise_bwd(causal, block_size, saved, grads):
-    return (*_backward(*saved, *grads, causal, block_size), None, None)  # lengths and offset: no gradient
+    queries, keys, values, lens, offset, out, lse = saved
+    grads = _backward(queries, keys, values, lens, causal, offset, block_size, out, lse, *grads)
+    return (*grads, None, None)                                                # lengths and offset: no gradient
 
 
-@functools.partial(jax.jit, static_argnums=(9, 10))
-def _backward(queries, keys, values, lens, offset, out, lse, d_out, d_lse, causal, block_size):
+@functools.partial(jax.jit, static_argnums=(4, 6))
+def _backward(queries, keys, values, lens, causal, offset, block_size, out, lse, d_out, d_lse):
     """FlashAttention-2's backward: each block's probabilities are recomputed as exp(scores - lse)."""
     num_keys, scale = keys.shape[-2], 1 / math.sqrt(queries.shape[-1])
     keys, values = _padded(keys, block_size), _padded(values, block_size)
@@ -113,7 +115,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     block_size = min(block_size, max(keys.shape[-2], 1))  # no padding beyond the keys
     out, lse = _blockwise(                                                     # (..., q, dv), (..., q)
-        queries, keys, values, lens, jnp.int32(offset), bool(causal), block_size)
+        queries, keys, values, lens, bool(causal), jnp.int32(offset), block_size)
     return (out, lse) if return_lse else out
 
 

@@ -41,21 +41,21 @@ class _Blockwise(autograd.Function):
 
     def forward(self, queries, keys, values):
         rows = queries.shape[:-1] + (1,)
-        top = np.full(rows, -onp.inf, ctx=queries.ctx)                        # (..., q, 1) running max
-        total = np.zeros(rows, ctx=queries.ctx)                               # (..., q, 1) running sum
-        acc = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=queries.ctx)  # (..., q, dv) running output
+        m = np.full(rows, -onp.inf, ctx=queries.ctx)                          # (..., q, 1) running max
+        l = np.zeros(rows, ctx=queries.ctx)                                   # (..., q, 1) running sum
+        a = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=queries.ctx)  # (..., q, dv) running output
         for start in range(0, keys.shape[-2], self.block_size):
             stop = start + self.block_size
             scores = _block_scores(queries, keys[..., start:stop, :], self.lens, self.causal, self.offset, start)
-            new_top = np.maximum(top, scores.max(axis=-1, keepdims=True))     # (..., q, 1)
-            shift = np.where(np.isfinite(new_top), new_top, 0.0)             # an empty row has no max yet
+            m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))         # (..., q, 1)
+            shift = np.where(np.isfinite(m_new), m_new, 0.0)                 # an empty row has no max yet
             p = np.exp(scores - shift)                                        # (..., q, kb), 0 where masked
-            rescale = np.exp(top - shift)                                     # (..., q, 1), old terms
-            total = total * rescale + p.sum(axis=-1, keepdims=True)
-            acc = acc * rescale + np.matmul(p, values[..., start:stop, :])    # (..., q, dv)
-            top = new_top
-        out = acc / np.where(total > 0, total, 1.0)                           # (..., q, dv), empty row: 0
-        lse = np.where(total > 0, top + np.log(np.where(total > 0, total, 1.0)), -onp.inf)[..., 0]  # (..., q)
+            rescale = np.exp(m - shift)                                       # (..., q, 1), old terms
+            l = l * rescale + p.sum(axis=-1, keepdims=True)
+            a = a * rescale + np.matmul(p, values[..., start:stop, :])        # (..., q, dv)
+            m = m_new
+        out = a / np.where(l > 0, l, 1.0)                                     # (..., q, dv), empty row: 0
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -onp.inf)[..., 0]  # (..., q)
         self.save_for_backward(queries, keys, values, out, lse)
         return out, lse
 

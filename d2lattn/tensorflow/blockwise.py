@@ -24,23 +24,23 @@ def _block_scores(queries, keys, lens, causal, offset, start):
 def _forward(queries, keys, values, lens, causal, offset, block_size):
     """The online softmax over key blocks, in a tf.while_loop: one block's scores live at a time."""
 
-    def step(start, top, total, acc):
+    def step(start, m, l, a):
         k, v = keys[..., start:start + block_size, :], values[..., start:start + block_size, :]  # (..., kb, d|dv)
         scores = _block_scores(queries, k, lens, causal, offset, start)       # (..., q, kb)
-        new_top = tf.maximum(top, tf.reduce_max(scores, -1, keepdims=True))   # (..., q, 1)
-        shift = tf.where(tf.math.is_finite(new_top), new_top, 0.0)            # an empty row has no max yet
+        m_new = tf.maximum(m, tf.reduce_max(scores, -1, keepdims=True))       # (..., q, 1)
+        shift = tf.where(tf.math.is_finite(m_new), m_new, 0.0)                # an empty row has no max yet
         p = tf.exp(scores - shift)                                            # (..., q, kb), 0 where masked
-        rescale = tf.exp(top - shift)                                         # (..., q, 1), old terms
-        return (start + block_size, new_top, total * rescale + tf.reduce_sum(p, -1, keepdims=True),
-                acc * rescale + tf.matmul(p, v))
+        rescale = tf.exp(m - shift)                                           # (..., q, 1), old terms
+        return (start + block_size, m_new, l * rescale + tf.reduce_sum(p, -1, keepdims=True),
+                a * rescale + tf.matmul(p, v))
 
     rows = tf.concat([tf.shape(queries)[:-1], [1]], 0)                        # (..., q, 1)
     init = (0, tf.fill(rows, tf.constant(-math.inf, queries.dtype)),          # running max
             tf.zeros(rows, queries.dtype),                                    # running sum
             tf.zeros(tf.concat([tf.shape(queries)[:-1], tf.shape(values)[-1:]], 0), queries.dtype))  # (..., q, dv)
-    _, top, total, acc = tf.while_loop(lambda start, *_: start < tf.shape(keys)[-2], step, init)
-    out = acc / tf.where(total > 0, total, 1.0)                               # (..., q, dv), empty row: 0
-    lse = tf.where(total > 0, top + tf.math.log(tf.where(total > 0, total, 1.0)), -math.inf)[..., 0]  # (..., q)
+    _, m, l, a = tf.while_loop(lambda start, *_: start < tf.shape(keys)[-2], step, init)
+    out = a / tf.where(l > 0, l, 1.0)                                         # (..., q, dv), empty row: 0
+    lse = tf.where(l > 0, m + tf.math.log(tf.where(l > 0, l, 1.0)), -math.inf)[..., 0]  # (..., q)
     return out, lse
 
 

@@ -28,21 +28,21 @@ class _Blockwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries, keys, values, lens, causal, offset, block_size):
-        top = queries.new_full(queries.shape[:-1] + (1,), -math.inf)          # (..., q, 1) running max
-        total = queries.new_zeros(queries.shape[:-1] + (1,))                   # (..., q, 1) running sum
-        acc = queries.new_zeros(queries.shape[:-1] + values.shape[-1:])       # (..., q, dv) running output
+        m = queries.new_full(queries.shape[:-1] + (1,), -math.inf)            # (..., q, 1) running max
+        l = queries.new_zeros(queries.shape[:-1] + (1,))                       # (..., q, 1) running sum
+        a = queries.new_zeros(queries.shape[:-1] + values.shape[-1:])         # (..., q, dv) running output
         for start in range(0, keys.shape[-2], block_size):
             stop = start + block_size
             scores = _block_scores(queries, keys[..., start:stop, :], lens, causal, offset, start)  # (..., q, kb)
-            new_top = torch.maximum(top, scores.amax(-1, keepdim=True))        # (..., q, 1)
-            shift = torch.where(new_top.isfinite(), new_top, 0.0)             # an empty row has no max yet
+            m_new = torch.maximum(m, scores.amax(-1, keepdim=True))            # (..., q, 1)
+            shift = torch.where(m_new.isfinite(), m_new, 0.0)                 # an empty row has no max yet
             p = torch.exp(scores - shift)                                     # (..., q, kb), 0 where masked
-            rescale = torch.exp(top - shift)                                  # (..., q, 1), old terms
-            total = total * rescale + p.sum(-1, keepdim=True)
-            acc = acc * rescale + p @ values[..., start:stop, :]              # (..., q, dv)
-            top = new_top
-        out = acc / torch.where(total > 0, total, 1.0)                        # (..., q, dv), empty row: 0
-        lse = torch.where(total > 0, top + torch.log(total), -math.inf).squeeze(-1)      # (..., q)
+            rescale = torch.exp(m - shift)                                    # (..., q, 1), old terms
+            l = l * rescale + p.sum(-1, keepdim=True)
+            a = a * rescale + p @ values[..., start:stop, :]                  # (..., q, dv)
+            m = m_new
+        out = a / torch.where(l > 0, l, 1.0)                                  # (..., q, dv), empty row: 0
+        lse = torch.where(l > 0, m + torch.log(l), -math.inf).squeeze(-1)           # (..., q)
         ctx.save_for_backward(queries, keys, values, lens, out, lse)
         ctx.causal, ctx.offset, ctx.block_size = causal, offset, block_size
         return out, lse

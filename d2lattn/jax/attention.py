@@ -107,7 +107,7 @@ class MultiHeadAttention(nnx.Module):
         self.W_o = nnx.Linear(h, h, use_bias=bias, rngs=rngs)
         self.attention = DotProductAttention(dropout, rngs=rngs)
 
-    def split_heads(self, X):
+    def _split_heads(self, X):
         b, n, _ = X.shape                                                     # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(0, 2, 1, 3)      # (b, heads, n, dh)
 
@@ -125,9 +125,9 @@ class MultiHeadAttention(nnx.Module):
         if mask is not None:
             mask = jnp.asarray(mask)
             _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self.split_heads(self.W_q(queries))                           # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                              # (b, kv_heads, k, dh)
-        v = self.split_heads(self.W_v(values))                            # (b, kv_heads, k, dh)
+        q = self._split_heads(self.W_q(queries))                          # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                             # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                           # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                          # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)

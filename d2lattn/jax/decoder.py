@@ -43,9 +43,9 @@ class CausalSelfAttention(MultiHeadAttention):
         _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         T = X.shape[1]
         start = (0 if cache is None else cache[0].shape[2]) if position is None else position
-        q = self.split_heads(self.W_q(X))                                     # (b, heads, T, dh)
-        k = self.split_heads(self.W_k(X))                                     # (b, kv_heads, T, dh)
-        v = self.split_heads(self.W_v(X))                                     # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                                    # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                                    # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                                    # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=start), self.rope(k, offset=start)     # at their absolute positions
         if position is not None:

@@ -10,7 +10,7 @@ from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, keep_mask, lower_masked, tensor
 DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
 
 
-def _attend(F, scores, keep, values, rate):
+def _weigh_values(F, scores, keep, values, rate):
     """Masked softmax of the scores applied to the values: (output, weights, live).
 
     `weights` still give an empty row (nothing to attend to) uniform weights;
@@ -40,7 +40,7 @@ class _Attention(nn.HybridBlock):
     values, keep, *extra) -> (output, weights, live)` in the requested mode and saves the
     weights (`extra`: the score bias of the blocks that take one). Called inside a graph
     being traced, it takes `mask` as that `keep` array; a parent that made `keep` itself
-    calls `attend`.
+    calls `with_keep`.
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
@@ -52,9 +52,9 @@ class _Attention(nn.HybridBlock):
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
         with train_mode(training):
-            return self.attend(queries, keys, values, mask, *extra)
+            return self.with_keep(queries, keys, values, mask, *extra)
 
-    def attend(self, queries, keys, values, keep, *extra):
+    def with_keep(self, queries, keys, values, keep, *extra):
         """The graph on a ready `keep` array, as a parent's graph calls it; saves the weights."""
         out, weights, live = super().__call__(queries, keys, values, keep, *extra)
         self.save_weights(weights, live)
@@ -74,7 +74,7 @@ class _Biased(_Attention):
     """Dot-product and multi-head attention also take a `score_bias`, one more graph input.
 
     A hybridized block's graph keeps the structure of its first call's inputs, so "no
-    bias" enters a call as a zero (1,); a parent's graph may leave it out (`attend`).
+    bias" enters a call as a zero (1,); a parent's graph may leave it out (`with_keep`).
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -102,8 +102,8 @@ class DotProductAttention(_Biased):
         d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
         scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
         if score_bias is not None:
-            scores = scores + score_bias                                     # masking still wins in _attend
-        return _attend(F, scores, keep, values, self.rate)                  # (b, q, dv), ...
+            scores = scores + score_bias                                     # masking still wins in _weigh_values
+        return _weigh_values(F, scores, keep, values, self.rate)            # (b, q, dv), ...
 
 
 class AdditiveAttention(_Attention):
@@ -125,7 +125,7 @@ class AdditiveAttention(_Attention):
         q, k = self.W_q(queries), self.W_k(keys)                             # (b, q, h), (b, k, h)
         features = F.np.tanh(F.np.expand_dims(q, 2) + F.np.expand_dims(k, 1))  # (b, q, k, h)
         scores = F.np.squeeze(self.w_v(features), axis=-1)                   # (b, q, k)
-        return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
+        return _weigh_values(F, scores, keep, values, self.rate)          # (b, q, dv), ...
 
 
 class MultiHeadAttention(_Biased):
@@ -161,11 +161,11 @@ class MultiHeadAttention(_Biased):
             mask = np.expand_dims(mask, 1) if mask.ndim == 3 else mask        # (b, 1, q, k): every head
         return keep_mask((b, self.num_heads, q, k), valid_lens, mask, queries.ctx)
 
-    def split_heads(self, F, X, num_heads):
-        X = F.npx.reshape(X, (-2, -2, num_heads, -1))                        # (b, n, heads, dh)
+    def _split_heads(self, F, X):
+        X = F.npx.reshape(X, (-2, -2, -1, self.head_size))                   # (b, n, heads, dh)
         return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
 
-    def attend_heads(self, F, q, k, v, keep, score_bias=None):
+    def _attend(self, F, q, k, v, keep, score_bias=None):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
         group = self.num_heads // self.num_kv_heads
         if group > 1:
@@ -175,10 +175,10 @@ class MultiHeadAttention(_Biased):
         return (self.W_o(out), *self.attention._saved)
 
     def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
-        q = self.split_heads(F, self.W_q(queries), self.num_heads)           # (b, heads, q, dh)
-        k = self.split_heads(F, self.W_k(keys), self.num_kv_heads)           # (b, kv_heads, k, dh)
-        v = self.split_heads(F, self.W_v(values), self.num_kv_heads)         # (b, kv_heads, k, dh)
-        return self.attend_heads(F, q, k, v, keep, score_bias)
+        q = self._split_heads(F, self.W_q(queries))                          # (b, heads, q, dh)
+        k = self._split_heads(F, self.W_k(keys))                             # (b, kv_heads, k, dh)
+        v = self._split_heads(F, self.W_v(values))                           # (b, kv_heads, k, dh)
+        return self._attend(F, q, k, v, keep, score_bias)
 
     def save_weights(self, weights, live):
         self.attention.save_weights(weights, live)                           # traced, its own are symbols
@@ -209,5 +209,5 @@ class ConcatAttention(_Attention):
 
     def hybrid_forward(self, F, queries, keys, values, keep):
         scores = self.W_attn(F.np.concatenate([queries, keys], axis=-1))        # (b, q, num_values)
-        context, weights, live = _attend(F, scores, keep, values, rate=0.0)     # (b, q, value_size)
+        context, weights, live = _weigh_values(F, scores, keep, values, rate=0.0)  # (b, q, value_size)
         return self.W_combine(F.np.concatenate([queries, context], axis=-1)), weights, live  # (b, q, output_size)

@@ -147,7 +147,7 @@ class TransformerEncoderBlock(_Block):
         return self.graph(training, X, keep)
 
     def hybrid_forward(self, F, X, keep):
-        Y = self.addnorm1(X, self.attention.attend(X, X, X, keep))
+        Y = self.addnorm1(X, self.attention.with_keep(X, X, X, keep))
         return self.with_weights(self.addnorm2(Y, self.ffn(Y)))            # (b, T, h), then the weights
 
 
@@ -183,6 +183,6 @@ class TransformerDecoderBlock(_Block):
         return Y, key_values
 
     def hybrid_forward(self, F, X, key_values, enc_outputs, keep1, keep2):
-        Y = self.addnorm1(X, self.attention1.attend(X, key_values, key_values, keep1))   # (b, T, h)
-        Z = self.addnorm2(Y, self.attention2.attend(Y, enc_outputs, enc_outputs, keep2))
+        Y = self.addnorm1(X, self.attention1.with_keep(X, key_values, key_values, keep1))   # (b, T, h)
+        Z = self.addnorm2(Y, self.attention2.with_keep(Y, enc_outputs, enc_outputs, keep2))
         return self.with_weights(self.addnorm3(Z, self.ffn(Z)))                    # (b, T, h), then the weights

@@ -29,8 +29,8 @@ class CausalSelfAttention(MultiHeadAttention):
     """MultiHeadAttention's parameters and heads on one sequence: rotary positions, a causal
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far.
 
-    The call makes the graph's other inputs (`inputs`) and runs `attend`; a parent's graph
-    calls `attend` with the inputs it made (one mask and one set of tables for every layer).
+    The call makes the graph's other inputs (`inputs`) and runs `with_keep`; a parent's graph
+    calls `with_keep` with the inputs it made (one mask and one set of tables for every layer).
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
@@ -56,23 +56,23 @@ class CausalSelfAttention(MultiHeadAttention):
         keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
         keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
         with train_mode(training):
-            return self.attend(X, keys, values, keep, *tables)
+            return self.with_keep(X, keys, values, keep, *tables)
 
-    def attend(self, X, keys, values, keep, *tables):
+    def with_keep(self, X, keys, values, keep, *tables):
         """The graph on ready inputs, as a parent's graph calls it: -> (Y, (keys, values))."""
         Y, keys, values, weights, live = nn.HybridBlock.__call__(self, X, keys, values, keep, *tables)
         self.save_weights(weights, live)
         return Y, (keys, values)
 
     def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        q = self.split_heads(F, self.W_q(X), self.num_heads)               # (b, heads, T, dh)
-        k = self.split_heads(F, self.W_k(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
-        v = self.split_heads(F, self.W_v(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
+        q = self._split_heads(F, self.W_q(X))                              # (b, heads, T, dh)
+        k = self._split_heads(F, self.W_k(X))                              # (b, kv_heads, T, dh)
+        v = self._split_heads(F, self.W_v(X))                              # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=tables), self.rope(k, offset=tables)  # rotated at their positions
         k = F.np.concatenate([keys, k], axis=2)                             # (b, kv_heads, t + T, dh)
         v = F.np.concatenate([values, v], axis=2)                           # (b, kv_heads, t + T, dh)
-        Y, weights, live = self.attend_heads(F, q, k, v, keep)              # (b, T, num_hiddens), ...
+        Y, weights, live = self._attend(F, q, k, v, keep)                   # (b, T, num_hiddens), ...
         return Y, k, v, weights, live
 
 
@@ -94,7 +94,7 @@ class TransformerLMBlock(nn.HybridBlock):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
 
     def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        Y, (keys, values) = self.attention.attend(self.norm1(X), keys, values, keep, *tables)
+        Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *tables)
         X = X + self.dropout(F, Y)                                          # (b, T, h)
         X = X + self.dropout(F, self.ffn(self.norm2(X)))
         return (X, keys, values, *self.attention.attention._saved)

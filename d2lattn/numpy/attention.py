@@ -80,9 +80,9 @@ class MultiHeadAttention(Module):
     def _dense(self, X, x):
         return X @ self.params[f"W_{x}"] + self.params.get(f"b_{x}", 0.0)
 
-    def _split_heads(self, X, num_heads):
-        b, n, _ = X.shape                                          # (b, n, num_heads * dh)
-        X = X.reshape(b, n, num_heads, -1)                         # (b, n, heads, dh)
+    def _split_heads(self, X):
+        b, n, _ = X.shape                                          # (b, n, heads * dh)
+        X = X.reshape(b, n, -1, self.head_size)                    # (b, n, heads, dh)
         return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
 
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -101,9 +101,9 @@ class MultiHeadAttention(Module):
         if mask is not None:
             mask = np.asarray(mask)
             _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self._split_heads(self._dense(queries, "q"), self.num_heads)     # (b, heads, q, dh)
-        k = self._split_heads(self._dense(keys, "k"), self.num_kv_heads)     # (b, kv_heads, k, dh)
-        v = self._split_heads(self._dense(values, "v"), self.num_kv_heads)   # (b, kv_heads, k, dh)
+        q = self._split_heads(self._dense(queries, "q"))                     # (b, heads, q, dh)
+        k = self._split_heads(self._dense(keys, "k"))                        # (b, kv_heads, k, dh)
+        v = self._split_heads(self._dense(values, "v"))                      # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                   # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)

@@ -92,9 +92,9 @@ class MultiHeadAttention(AttentionLayer):
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def _split_heads(self, X, num_heads):
-        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, num_heads * dh)
-        X = tf.reshape(X, (b, n, num_heads, self.head_size))        # (b, n, heads, dh), dh static while tracing
+    def _split_heads(self, X):
+        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, heads * dh)
+        X = tf.reshape(X, (b, n, X.shape[-1] // self.head_size, self.head_size))  # (b, n, heads, dh), static sizes
         return tf.transpose(X, (0, 2, 1, 3))                        # (b, heads, n, dh)
 
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -113,9 +113,9 @@ class MultiHeadAttention(AttentionLayer):
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
             _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self._split_heads(self.W_q(queries), self.num_heads)         # (b, heads, q, dh)
-        k = self._split_heads(self.W_k(keys), self.num_kv_heads)         # (b, kv_heads, k, dh)
-        v = self._split_heads(self.W_v(values), self.num_kv_heads)       # (b, kv_heads, k, dh)
+        q = self._split_heads(self.W_q(queries))                         # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                            # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                          # (b, kv_heads, k, dh)
         if mask is not None and len(mask.shape) == 3:
             mask = tf.expand_dims(mask, 1)                          # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)

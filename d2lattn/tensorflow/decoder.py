@@ -34,9 +34,9 @@ class CausalSelfAttention(MultiHeadAttention):
         _checks.sequence_input(X.shape, self.W_q.kernel.shape[0])
         _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
-        q = self._split_heads(self.W_q(X), self.num_heads)                 # (b, heads, T, dh)
-        k = self._split_heads(self.W_k(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
-        v = self._split_heads(self.W_v(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
         if position is not None:

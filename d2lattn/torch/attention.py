@@ -94,7 +94,7 @@ class MultiHeadAttention(nn.Module):
         self.W_o = nn.Linear(h, h, bias=bias)
         self.attention = DotProductAttention(dropout)
 
-    def split_heads(self, X):
+    def _split_heads(self, X):
         b, n, _ = X.shape                                            # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(1, 2)   # (b, heads, n, dh)
 
@@ -113,9 +113,9 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             mask = torch.as_tensor(mask)
             _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                         # (b, kv_heads, k, dh)
-        v = self.split_heads(self.W_v(values))                       # (b, kv_heads, k, dh)
+        q = self._split_heads(self.W_q(queries))                     # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                        # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                      # (b, kv_heads, k, dh)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)                                 # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)

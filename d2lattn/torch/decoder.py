@@ -28,9 +28,9 @@ class CausalSelfAttention(MultiHeadAttention):
         _checks.sequence_input(X.shape, self.W_q.in_features)
         _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]   # new and cached positions
-        q = self.split_heads(self.W_q(X))                              # (b, heads, T, dh)
-        k = self.split_heads(self.W_k(X))                              # (b, kv_heads, T, dh)
-        v = self.split_heads(self.W_v(X))                              # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                             # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                             # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                             # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=t), self.rope(k, offset=t)      # at positions t .. t + T - 1
         if cache is not None:

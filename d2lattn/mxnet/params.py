@@ -38,6 +38,13 @@ class Layout:
             staged[self.partner][self.rows] = 0
 
 
+def _submodules(block, path=""):
+    """(dotted path, block) for `block` and every block inside it, parents first."""
+    yield path, block
+    for name, child in block._children.items():
+        yield from _submodules(child, f"{path}.{name}" if path else name)
+
+
 def _gru(prefix, gru):
     """A one-layer rnn.GRU (a layer `l{i}` of our GRU) stacks its gates in the order (r, z, n):
     l0_i2h_weight (3h, in), l0_h2h_weight (3h, h), l0_i2h_bias and l0_h2h_bias (3h,).
@@ -55,13 +62,6 @@ def _gru(prefix, gru):
     return named
 
 
-def _blocks(block, path=""):
-    """(dotted path, block) for `block` and every block inside it, parents first."""
-    yield path, block
-    for name, child in block._children.items():
-        yield from _blocks(child, f"{path}.{name}" if path else name)
-
-
 def _named(module):
     """{canonical name: (parameter, Layout)}.
 
@@ -73,7 +73,7 @@ def _named(module):
     Constants (the positional codes) are not parameters.
     """
     named = {}
-    for path, sub in _blocks(module):
+    for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, nn.Dense):
             named[path] = (sub.weight, Layout(transpose=True))

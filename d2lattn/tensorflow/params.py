@@ -34,7 +34,7 @@ class Layout:
             a[self.partner] = 0
 
 
-def _layers(module, path=""):
+def _submodules(module, path=""):
     """(dotted path, layer) for `module` and every layer in its public attributes, in order; a
     list of layers (`blocks`) names them `blocks.0`, `blocks.1`, .... A Keras RNN is a leaf:
     its cell's weights are named by `_gru`."""
@@ -48,7 +48,7 @@ def _layers(module, path=""):
         for i, child in children:
             if isinstance(child, keras.layers.Layer):
                 child_name = name if i is None else f"{name}.{i}"
-                yield from _layers(child, f"{path}.{child_name}" if path else child_name)
+                yield from _submodules(child, f"{path}.{child_name}" if path else child_name)
 
 
 def _gru(prefix, gru):
@@ -79,7 +79,7 @@ def _named(module):
     `add_weight` (LayerNorm's gamma and beta), keep their attribute names: `norm.gamma`.
     """
     named = {}
-    for path, sub in _layers(module):
+    for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, keras.layers.Dense):
             named[path] = (sub.kernel, Layout())

@@ -79,7 +79,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     settings = (lens, bool(causal), offset, block_size)
 
     @tf.custom_gradient
-    def attend(queries, keys, values):
+    def blockwise(queries, keys, values):
         # stop_gradient: an eager tape would otherwise record every block's ops and keep them all (O(q k))
         inputs = [tf.stop_gradient(x) for x in (queries, keys, values)]
         out, lse = _forward(*inputs, *settings)                               # (..., q, dv), (..., q)
@@ -90,7 +90,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
         return (out, lse), grad
 
-    out, lse = attend(queries, keys, values)
+    out, lse = blockwise(queries, keys, values)
     return (out, lse) if return_lse else out
 
 

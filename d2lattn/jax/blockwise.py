@@ -108,9 +108,9 @@ _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                      # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     block_size = min(block_size, max(keys.shape[-2], 1))  # no padding beyond the keys
@@ -120,7 +120,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = jnp.stack(list(lses))                                               # (n, ..., q)
     top = lax.stop_gradient(lses.max(0))                                       # (..., q), a constant shift
     shift = jnp.where(jnp.isfinite(top), top, 0.0)

@@ -82,20 +82,20 @@ class _Biased(_Attention):
             score_bias = _F(queries).np.zeros((1,))                         # adds nothing
         elif isinstance(queries, np.ndarray):                               # concrete: check it broadcasts
             score_bias = tensor(score_bias)
-            _checks.score_bias(score_bias.shape, self.scores_shape(queries, keys))
+            _checks.check_score_bias(score_bias.shape, self.scores_shape(queries, keys))
         return self.run(queries, keys, values, valid_lens, mask, training, score_bias)
 
 
 class DotProductAttention(_Biased):
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def scores_shape(self, queries, keys):
         return (*queries.shape[:-1], keys.shape[-2])                          # (b, q, k) or (b, heads, q, k)
 
     def keep(self, queries, keys, values, valid_lens, mask):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         return keep_mask(self.scores_shape(queries, keys), valid_lens, mask, queries.ctx)
 
     def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
@@ -109,16 +109,18 @@ class DotProductAttention(_Biased):
 class AdditiveAttention(_Attention):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("query_size", query_size))
-        self.W_k = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("key_size", key_size))
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = nn.Dense(h, use_bias=False, flatten=False,
+                            in_units=_checks.checked_positive_int("query_size", query_size))
+        self.W_k = nn.Dense(h, use_bias=False, flatten=False,
+                            in_units=_checks.checked_positive_int("key_size", key_size))
         self.w_v = nn.Dense(1, use_bias=False, flatten=False, in_units=h)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.initialize(DENSE_INIT)
 
     def keep(self, queries, keys, values, valid_lens, mask):
         sizes = {"queries": self.W_q.weight.shape[1], "keys": self.W_k.weight.shape[1]}  # Dense: (out, in)
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         return keep_mask((*queries.shape[:-1], keys.shape[-2]), valid_lens, mask, queries.ctx)  # (b, q, k)
 
     def hybrid_forward(self, F, queries, keys, values, keep):
@@ -132,13 +134,13 @@ class MultiHeadAttention(_Biased):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
         kv = self.num_kv_heads * self.head_size                              # key/value heads share columns
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["query"])
         self.W_k = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["key"])
@@ -153,11 +155,11 @@ class MultiHeadAttention(_Biased):
     def keep(self, queries, keys, values, valid_lens, mask):
         sizes = {x: dense.weight.shape[1] for x, dense in
                  (("queries", self.W_q), ("keys", self.W_k), ("values", self.W_v))}  # Dense: (out, in)
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         b, q, k = queries.shape[0], queries.shape[1], keys.shape[1]
         if mask is not None:
             mask = tensor(mask)
-            _checks.mask(mask.shape, (b, q, k), mask.dtype)
+            _checks.check_mask(mask.shape, (b, q, k), mask.dtype)
             mask = np.expand_dims(mask, 1) if mask.ndim == 3 else mask        # (b, 1, q, k): every head
         return keep_mask((b, self.num_heads, q, k), valid_lens, mask, queries.ctx)
 
@@ -193,7 +195,7 @@ class ConcatAttention(_Attention):
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.W_attn = nn.Dense(num_values, flatten=False, in_units=query_size + key_size)
@@ -204,7 +206,7 @@ class ConcatAttention(_Attention):
         return super().__call__(queries, keys, values, valid_lens, mask=mask, training=training)  # no dropout
 
     def keep(self, queries, keys, values, valid_lens, mask):
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         return keep_mask((*queries.shape[:-1], values.shape[1]), valid_lens, mask, queries.ctx)  # (b, q, num_values)
 
     def hybrid_forward(self, F, queries, keys, values, keep):

@@ -12,15 +12,15 @@ from d2lattn.mxnet.ops import causal_mask, train_mode
 class LayerNorm(nn.HybridBlock):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.params.get("gamma", shape=(n,), init="ones")
         self.beta = self.params.get("beta", shape=(n,), init="zeros")
         self.initialize()
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
-            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+            _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         return super().__call__(X)
 
     def hybrid_forward(self, F, X, gamma, beta):
@@ -33,7 +33,7 @@ class LayerNorm(nn.HybridBlock):
 class PositionWiseFFN(nn.HybridBlock):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
         self.W_1 = nn.Dense(n_h, flatten=False, in_units=n_in)
         self.W_2 = nn.Dense(n_out, flatten=False, in_units=n_h)
@@ -41,7 +41,7 @@ class PositionWiseFFN(nn.HybridBlock):
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):
-            _checks.features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
+            _checks.check_features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
         return super().__call__(X)
 
     def hybrid_forward(self, F, X):
@@ -51,14 +51,14 @@ class PositionWiseFFN(nn.HybridBlock):
 class RMSNorm(nn.HybridBlock):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.params.get("gamma", shape=(n,), init="ones")
         self.initialize()
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
-            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+            _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         return super().__call__(X)
 
     def hybrid_forward(self, F, X, gamma):
@@ -69,9 +69,9 @@ class RMSNorm(nn.HybridBlock):
 class SwiGLUFFN(nn.HybridBlock):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
-        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.W_gate = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_up = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_down = nn.Dense(n_out, use_bias=False, flatten=False, in_units=n_h)
@@ -79,7 +79,7 @@ class SwiGLUFFN(nn.HybridBlock):
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):
-            _checks.features("X", X.shape, self.W_gate.weight.shape[1], "the num_inputs")  # Dense: (out, in)
+            _checks.check_features("X", X.shape, self.W_gate.weight.shape[1], "the num_inputs")  # Dense: (out, in)
         return super().__call__(X)
 
     def hybrid_forward(self, F, X):
@@ -90,7 +90,7 @@ class SwiGLUFFN(nn.HybridBlock):
 class AddNorm(nn.HybridBlock):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.norm = LayerNorm(normalized_size)
 
     def __call__(self, X, Y, *, training=None):

@@ -83,9 +83,9 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
                         return_lse=False):
     if not isinstance(queries, np.ndarray):                                  # a graph symbol
         raise TypeError(IMPERATIVE_ONLY)
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.ctx)
     out, lse = _Blockwise(lens, bool(causal), offset, block_size)(queries, keys, values)  # (..., q, dv), (..., q)
@@ -97,7 +97,7 @@ blockwise_attention.imperative_only = IMPERATIVE_ONLY  # the harness skips its c
 
 def merge_attention(outputs, lses):
     if not outputs or isinstance(outputs[0], np.ndarray):                    # shapes are known
-        _checks.merge_inputs(outputs, lses)
+        _checks.check_merge_inputs(outputs, lses)
     F = _F(outputs[0])
     lses = F.np.stack(list(lses))                                             # (n, ..., q)
     # The shift cancels out, gradients included (MXNet's NumPy interface has no stop_gradient);

@@ -36,13 +36,13 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def cache_inputs(self, batch, cache, ctx):
         """The cache checked, as (keys, values); an empty one (b, kv_heads, 0, dh) at the start."""
-        _checks.cache(cache, batch, self.num_kv_heads, self.head_size)
+        _checks.check_cache(cache, batch, self.num_kv_heads, self.head_size)
         return tuple(cache or 2 * (np.zeros((batch, self.num_kv_heads, 0, self.head_size), ctx=ctx),))
 
     def positions(self, T, t, ctx):
@@ -52,7 +52,7 @@ class CausalSelfAttention(MultiHeadAttention):
 
     def __call__(self, X, *, cache=None, training=None):
         _concrete(self, X)
-        _checks.sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
+        _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
         keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
         keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
         with train_mode(training):
@@ -88,7 +88,7 @@ class TransformerLMBlock(nn.HybridBlock):
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def dropout(self, F, X):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
@@ -111,11 +111,12 @@ class TransformerLM(nn.HybridBlock):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
-        v, h = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("num_hiddens", num_hiddens)
+        v = _checks.checked_positive_int("vocab_size", vocab_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nn.Embedding(v, h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
-        for _ in range(_checks.positive_int("num_layers", num_layers)):
+        for _ in range(_checks.checked_positive_int("num_layers", num_layers)):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                                window=window, rope_base=rope_base, dropout=dropout))
         self.norm = RMSNorm(h)
@@ -125,8 +126,8 @@ class TransformerLM(nn.HybridBlock):
     def __call__(self, tokens, *, cache=None, training=None):
         _concrete(self, tokens)
         tokens = tensor(tokens)
-        _checks.tokens(tokens.shape, "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(tokens.shape, "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         (b, T), ctx = tokens.shape, tokens.ctx
         caches = [block.attention.cache_inputs(b, c, ctx)
                   for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
@@ -151,9 +152,9 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     as the graph it traced on its first call: a new length re-infers shapes, never retraces;
     with the cache, each step feeds only the newest token."""
     tokens = onp.asarray(prompt).astype(onp.int32)                         # (b, T0)
-    _checks.tokens(tokens.shape, "prompt")
+    _checks.check_tokens(tokens.shape, "prompt")
     rng, new, cache = onp.random.default_rng(seed), tokens, None
-    for _ in range(_checks.positive_int("num_tokens", num_tokens)):
+    for _ in range(_checks.checked_positive_int("num_tokens", num_tokens)):
         if use_cache:
             logits, cache = model(tensor(new), cache=cache, training=False)  # (b, len(new), vocab)
         else:

@@ -92,7 +92,7 @@ def lengths(valid_lens, scores_shape, ctx=None):
     """`valid_lens` as int32 shaped to broadcast against scores (b, ..., q, k)."""
     lens = tensor(valid_lens).as_in_ctx(ctx or mx.current_context())
     lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    _checks.lens_values(lens.asnumpy())                 # whole numbers, none negative
+    _checks.check_lens_values(lens.asnumpy())                 # whole numbers, none negative
     return lens.astype(onp.int32)                       # a float length counts like an integer
 
 
@@ -108,7 +108,7 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
         keep = np.arange(scores_shape[-1], dtype="int32", ctx=ctx) < lengths(valid_lens, scores_shape, ctx)
     if mask is not None:
         mask = tensor(mask).as_in_ctx(ctx)
-        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else (keep * mask).astype(bool)  # MXNet 1.9 has no & on booleans
     return np.ones((1,), dtype=bool, ctx=ctx) if keep is None else keep
 
@@ -141,10 +141,10 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
 
 def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     num_keys = num_queries if num_keys is None else num_keys
-    i = onp.arange(num_queries)[:, None] + _checks.integer("offset", offset)   # (q, 1): query positions
+    i = onp.arange(num_queries)[:, None] + _checks.checked_integer("offset", offset)   # (q, 1): query positions
     j = onp.arange(num_keys)                                                  # (k,): key positions
     keep = j <= i
-    window = _checks.window(window)
+    window = _checks.checked_window(window)
     if window is not None:
         keep &= i - j < window                                                # itself and window - 1 before
     return np.array(keep)                                                     # (q, k) bool

@@ -95,7 +95,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: tuple(layout(p.data()).shape) for name, (p, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: tuple(layout(p.data()).shape) for name, (p, layout) in named.items()}, params)
     staged = {p: p.data().asnumpy() for p, _ in named.values()}      # a GRU weight holds several canonical ones
     for name, (p, layout) in named.items():
         layout.set(staged, p, onp.asarray(params[name]))

@@ -17,7 +17,7 @@ def _fit(name, model, batches, batch_loss, epochs, lr, clip, progress):
     0.3 after a hundred. So epsilon is 1e-10 here, below PyTorch's 1e-8 through a short run,
     where Gluon's default 1e-8 damps the early steps of small gradients (the date LM stalled
     at 0.4 exact match with it; its loss curve now follows PyTorch's)."""
-    epochs = _checks.positive_int("epochs", epochs)
+    epochs = _checks.checked_positive_int("epochs", epochs)
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     trainer = gluon.Trainer(params, "adam", {"learning_rate": lr, "epsilon": 1e-10})
     losses = []

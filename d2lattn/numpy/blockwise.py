@@ -29,9 +29,9 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     sum l of exp(score - m) and a running output a (the sum of exp(score - m) v); when the max
     grows, the old l and a are rescaled by exp(m - m_new). At the end, output a / l and log-sum-exp
     m + log l (-inf for a row with nothing kept, whose output stays 0)."""
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                          # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     m = np.full((*queries.shape[:-1], 1), -np.inf)                     # (..., q, 1): running max
@@ -57,7 +57,7 @@ def merge_attention(outputs, lses):
     """lse = log sum_i exp(lse_i); output = sum_i exp(lse_i - lse) output_i, computed from the
     largest lse_i so that nothing overflows."""
     outputs, lses = [np.asarray(o) for o in outputs], [np.asarray(s) for s in lses]
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = np.stack(lses)                                              # (parts, ..., q)
     top = lses.max(axis=0)                                             # (..., q)
     top = np.where(np.isfinite(top), top, 0.0)                         # empty in every part: no shift

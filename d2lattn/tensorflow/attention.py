@@ -35,17 +35,17 @@ class AttentionLayer(keras.layers.Layer):
 class DotProductAttention(AttentionLayer):
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.attention_weights = None
         self.built = True  # no weights: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = tf.matmul(queries, keys, transpose_b=True) / math.sqrt(d)   # (b, q, k)
         if score_bias is not None:
             score_bias = tf.cast(score_bias, scores.dtype)
-            _checks.score_bias(score_bias.shape, scores.shape)
+            _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                     # masked after: weight 0 there
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         weights = self.dropout(self.attention_weights, training=training)
@@ -55,16 +55,16 @@ class DotProductAttention(AttentionLayer):
 class AdditiveAttention(AttentionLayer):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = dense(_checks.positive_int("query_size", query_size), h)
-        self.W_k = dense(_checks.positive_int("key_size", key_size), h)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = dense(_checks.checked_positive_int("query_size", query_size), h)
+        self.W_k = dense(_checks.checked_positive_int("key_size", key_size), h)
         self.w_v = dense(h, 1)
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0]})
         q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
         features = tf.tanh(q[:, :, None] + k[:, None])            # (b, q, k, h)
@@ -78,12 +78,12 @@ class MultiHeadAttention(AttentionLayer):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = dense(size["query"], h, bias)
         self.W_k = dense(size["key"], self.num_kv_heads * self.head_size, bias)
@@ -109,10 +109,10 @@ class MultiHeadAttention(AttentionLayer):
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0],
                  "values": self.W_v.kernel.shape[0]}
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
-            _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
+            _checks.check_mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
         q = self._split_heads(self.W_q(queries))                         # (b, heads, q, dh)
         k = self._split_heads(self.W_k(keys))                            # (b, kv_heads, k, dh)
         v = self._split_heads(self.W_v(values))                          # (b, kv_heads, k, dh)
@@ -130,7 +130,7 @@ class ConcatAttention(AttentionLayer):
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.W_attn = dense(query_size + key_size, num_values, bias=True)
@@ -139,7 +139,7 @@ class ConcatAttention(AttentionLayer):
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(tf.concat([queries, keys], -1))                     # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         context = tf.matmul(self.attention_weights, values)                      # (b, q, value_size)

@@ -71,9 +71,9 @@ def _backward(queries, keys, values, lens, causal, offset, block_size, out, lse,
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     settings = (lens, bool(causal), offset, block_size)
@@ -95,7 +95,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = tf.stack(list(lses))                                               # (n, ..., q)
     top = tf.stop_gradient(tf.reduce_max(lses, 0))                            # (..., q), a constant shift
     shift = tf.where(tf.math.is_finite(top), top, 0.0)

@@ -77,7 +77,7 @@ def lengths(valid_lens, scores_shape):
     lens = tf.convert_to_tensor(valid_lens)
     lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
     if tf.executing_eagerly():  # values are unknown while tracing
-        _checks.lens_values(lens.numpy())                   # whole numbers, none negative
+        _checks.check_lens_values(lens.numpy())                   # whole numbers, none negative
     return tf.cast(lens, tf.int32)                          # a float length counts like an integer
 
 
@@ -92,7 +92,7 @@ def keep_mask(scores, valid_lens=None, mask=None):
         keep = tf.range(tf.shape(scores)[-1]) < lengths(valid_lens, scores.shape)
     if mask is not None:
         mask = tf.convert_to_tensor(mask)
-        _checks.mask(mask.shape, scores.shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores.shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 
@@ -111,9 +111,9 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
 def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     """Sizes and `offset` may be int32 tensors (known only at run time under tf.function)."""
     num_keys = num_queries if num_keys is None else num_keys
-    window = _checks.window(window)
+    window = _checks.checked_window(window)
     if not tf.is_tensor(offset):
-        _checks.integer("offset", offset)
+        _checks.checked_integer("offset", offset)
     queries = offset + tf.range(num_queries)[:, None]              # (q, 1): their positions
     keys = tf.range(num_keys)                                      # (k,)
     keep = keys <= queries                                         # (q, k)

@@ -102,7 +102,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: layout(v.numpy()).shape for name, (v, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: layout(v.numpy()).shape for name, (v, layout) in named.items()}, params)
     arrays = {id(v): (v, v.numpy().copy()) for v, _ in named.values()}  # one copy per variable, written in place
     for name, (v, layout) in named.items():
         layout.set(arrays[id(v)][1], np.asarray(params[name]))

@@ -12,7 +12,7 @@ from d2lattn.tensorflow.seq2seq import sequence_loss
 def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
     """Adam with global-norm clipping on `loss(*batch)` for every NumPy batch, one tf.function per
     batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss."""
-    epochs = _checks.positive_int("epochs", epochs)
+    epochs = _checks.checked_positive_int("epochs", epochs)
     # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_. Keras adds epsilon to
     # sqrt(v) before the bias correction, PyTorch and optax after it: Keras' eps is theirs (1e-8) times
     # sqrt(1 - beta_2 ** t), 0.03 at the first step and 0.3 after a hundred, so 1e-10 keeps it below

@@ -67,9 +67,9 @@ class _Blockwise(torch.autograd.Function):
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.device)
     out, lse = _Blockwise.apply(queries, keys, values, lens, bool(causal), offset, block_size)  # (..., q, dv), (..., q)
@@ -77,7 +77,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = torch.stack(list(lses))                                            # (n, ..., q)
     top = lses.amax(0).detach()                                               # (..., q), a constant shift
     shift = torch.where(top.isfinite(), top, 0.0)

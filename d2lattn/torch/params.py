@@ -86,7 +86,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: tuple(layout(p).shape) for name, (p, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: tuple(layout(p).shape) for name, (p, layout) in named.items()}, params)
     with torch.no_grad():
         for name, (p, layout) in named.items():
             layout.set(p, torch.as_tensor(np.asarray(params[name]), dtype=p.dtype))

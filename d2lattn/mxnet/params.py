@@ -7,7 +7,7 @@ from mxnet.gluon import nn, rnn
 from d2lattn import _checks, checkpoint
 
 
-class Layout:
+class _Layout:
     """Where one canonical parameter sits in a stored Gluon parameter `p`.
 
     It is rows `rows` of `p` (all of them by default), transposed when `p` is a
@@ -55,15 +55,15 @@ def _gru(prefix, gru):
     h, p = gru._hidden_size, gru._reg_params
     w_ih, w_hh, b_ih, b_hh = p["l0_i2h_weight"], p["l0_h2h_weight"], p["l0_i2h_bias"], p["l0_h2h_bias"]
     rows = {"r": slice(0, h), "z": slice(h, 2 * h), "h": slice(2 * h, 3 * h)}
-    named = {f"{prefix}W_x{g}": (w_ih, Layout(r, transpose=True)) for g, r in rows.items()}
-    named.update({f"{prefix}W_h{g}": (w_hh, Layout(r, transpose=True)) for g, r in rows.items()})
-    named.update({f"{prefix}b_{g}": (b_ih, Layout(rows[g], partner=b_hh)) for g in "rz"})
-    named.update({f"{prefix}b_xh": (b_ih, Layout(rows["h"])), f"{prefix}b_hh": (b_hh, Layout(rows["h"]))})
+    named = {f"{prefix}W_x{g}": (w_ih, _Layout(r, transpose=True)) for g, r in rows.items()}
+    named.update({f"{prefix}W_h{g}": (w_hh, _Layout(r, transpose=True)) for g, r in rows.items()})
+    named.update({f"{prefix}b_{g}": (b_ih, _Layout(rows[g], partner=b_hh)) for g in "rz"})
+    named.update({f"{prefix}b_xh": (b_ih, _Layout(rows["h"])), f"{prefix}b_hh": (b_hh, _Layout(rows["h"]))})
     return named
 
 
 def _named(module):
-    """{canonical name: (parameter, Layout)}.
+    """{canonical name: (parameter, _Layout)}.
 
     Gluon's Dense keeps its weight as (out, in): canonical `W_x` is its transpose,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named
@@ -76,16 +76,16 @@ def _named(module):
     for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, nn.Dense):
-            named[path] = (sub.weight, Layout(transpose=True))
+            named[path] = (sub.weight, _Layout(transpose=True))
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
-                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, Layout())
+                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, _Layout())
         elif isinstance(sub, nn.Embedding):
-            named[path] = (sub.weight, Layout())
+            named[path] = (sub.weight, _Layout())
         elif isinstance(sub, rnn.GRU):
             named.update(_gru(prefix, sub))
         else:
-            named.update({prefix + n: (p, Layout()) for n, p in sub._reg_params.items() if p.grad_req != "null"})
+            named.update({prefix + n: (p, _Layout()) for n, p in sub._reg_params.items() if p.grad_req != "null"})
     return named
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from d2lattn import _checks, checkpoint
 
 
-class Layout:
+class _Layout:
     """Where one canonical parameter sits in a stored variable `v`.
 
     It is `v[index]` (all of `v` by default). `partner`: for the r and z gates of
@@ -61,16 +61,16 @@ def _gru(prefix, gru):
         raise ValueError("canonical GRU parameters cover a forward keras.layers.GRU with reset_after=True and biases")
     h = cell.units
     cols = {"r": slice(h, 2 * h), "z": slice(0, h), "h": slice(2 * h, 3 * h)}
-    named = {f"{prefix}W_x{g}": (cell.kernel, Layout((slice(None), c))) for g, c in cols.items()}
-    named.update({f"{prefix}W_h{g}": (cell.recurrent_kernel, Layout((slice(None), c))) for g, c in cols.items()})
-    named.update({f"{prefix}b_{g}": (cell.bias, Layout((0, cols[g]), partner=(1, cols[g]))) for g in "rz"})
-    named.update({f"{prefix}b_xh": (cell.bias, Layout((0, cols["h"]))),
-                  f"{prefix}b_hh": (cell.bias, Layout((1, cols["h"])))})
+    named = {f"{prefix}W_x{g}": (cell.kernel, _Layout((slice(None), c))) for g, c in cols.items()}
+    named.update({f"{prefix}W_h{g}": (cell.recurrent_kernel, _Layout((slice(None), c))) for g, c in cols.items()})
+    named.update({f"{prefix}b_{g}": (cell.bias, _Layout((0, cols[g]), partner=(1, cols[g]))) for g in "rz"})
+    named.update({f"{prefix}b_xh": (cell.bias, _Layout((0, cols["h"]))),
+                  f"{prefix}b_hh": (cell.bias, _Layout((1, cols["h"])))})
     return named
 
 
 def _named(module):
-    """{canonical name: (variable, Layout)}.
+    """{canonical name: (variable, _Layout)}.
 
     A Dense kernel is already (in, out): canonical `W_x` is the kernel as it is,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named by
@@ -82,16 +82,16 @@ def _named(module):
     for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, keras.layers.Dense):
-            named[path] = (sub.kernel, Layout())
+            named[path] = (sub.kernel, _Layout())
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
-                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, Layout())
+                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, _Layout())
         elif isinstance(sub, keras.layers.Embedding):
-            named[path] = (sub.embeddings, Layout())
+            named[path] = (sub.embeddings, _Layout())
         elif isinstance(sub, keras.layers.GRU):
             named.update(_gru(prefix, sub))
         else:
-            named.update({prefix + name: (v, Layout()) for name, v in vars(sub).items()
+            named.update({prefix + name: (v, _Layout()) for name, v in vars(sub).items()
                           if isinstance(v, keras.Variable) and not name.startswith("_")})
     return named
 

@@ -9,14 +9,14 @@ from d2lattn import _checks
 from d2lattn.tensorflow.ops import masked_softmax
 
 
-def dense(in_size, out_size, bias=False):
+def _dense_layer(in_size, out_size, bias=False):
     """A Keras Dense map built for `in_size` features, so its weights exist right away."""
     layer = keras.layers.Dense(out_size, use_bias=bias)
     layer.build((None, in_size))
     return layer
 
 
-class AttentionLayer(keras.layers.Layer):
+class _Attention(keras.layers.Layer):
     """A Keras layer whose `mask=` says which keys each query may attend to.
 
     Keras takes a `mask` argument for a padding mask to hand on to the output,
@@ -32,7 +32,7 @@ class AttentionLayer(keras.layers.Layer):
         return None
 
 
-class DotProductAttention(AttentionLayer):
+class DotProductAttention(_Attention):
     def __init__(self, dropout=0.0):
         super().__init__()
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -52,13 +52,13 @@ class DotProductAttention(AttentionLayer):
         return tf.matmul(weights, values)                                    # (b, q, dv)
 
 
-class AdditiveAttention(AttentionLayer):
+class AdditiveAttention(_Attention):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
-        self.W_q = dense(_checks.checked_positive_int("query_size", query_size), h)
-        self.W_k = dense(_checks.checked_positive_int("key_size", key_size), h)
-        self.w_v = dense(h, 1)
+        self.W_q = _dense_layer(_checks.checked_positive_int("query_size", query_size), h)
+        self.W_k = _dense_layer(_checks.checked_positive_int("key_size", key_size), h)
+        self.w_v = _dense_layer(h, 1)
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
@@ -74,7 +74,7 @@ class AdditiveAttention(AttentionLayer):
         return tf.matmul(weights, values)                         # (b, q, dv)
 
 
-class MultiHeadAttention(AttentionLayer):
+class MultiHeadAttention(_Attention):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
@@ -85,10 +85,10 @@ class MultiHeadAttention(AttentionLayer):
         self.head_size = h // self.num_heads
         size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        self.W_q = dense(size["query"], h, bias)
-        self.W_k = dense(size["key"], self.num_kv_heads * self.head_size, bias)
-        self.W_v = dense(size["value"], self.num_kv_heads * self.head_size, bias)
-        self.W_o = dense(h, h, bias)
+        self.W_q = _dense_layer(size["query"], h, bias)
+        self.W_k = _dense_layer(size["key"], self.num_kv_heads * self.head_size, bias)
+        self.W_v = _dense_layer(size["value"], self.num_kv_heads * self.head_size, bias)
+        self.W_o = _dense_layer(h, h, bias)
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
@@ -125,7 +125,7 @@ class MultiHeadAttention(AttentionLayer):
         return self.attention.attention_weights                     # (b, heads, q, k)
 
 
-class ConcatAttention(AttentionLayer):
+class ConcatAttention(_Attention):
     """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
@@ -133,8 +133,8 @@ class ConcatAttention(AttentionLayer):
         self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
-        self.W_attn = dense(query_size + key_size, num_values, bias=True)
-        self.W_combine = dense(query_size + value_size, output_size, bias=True)
+        self.W_attn = _dense_layer(query_size + key_size, num_values, bias=True)
+        self.W_combine = _dense_layer(query_size + value_size, output_size, bias=True)
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 

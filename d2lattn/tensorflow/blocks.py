@@ -5,7 +5,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.attention import MultiHeadAttention, dense
+from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.ops import causal_mask
 
 
@@ -31,8 +31,8 @@ class PositionWiseFFN(keras.layers.Layer):
         super().__init__()
         n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
-        self.W_1 = dense(n_in, n_h, bias=True)
-        self.W_2 = dense(n_h, n_out, bias=True)
+        self.W_1 = _dense_layer(n_in, n_h, bias=True)
+        self.W_2 = _dense_layer(n_h, n_out, bias=True)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):  # no dropout: `training` is ignored
@@ -60,9 +60,9 @@ class SwiGLUFFN(keras.layers.Layer):
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
         n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
-        self.W_gate = dense(n_in, n_h)
-        self.W_up = dense(n_in, n_h)
-        self.W_down = dense(n_h, n_out)
+        self.W_gate = _dense_layer(n_in, n_h)
+        self.W_up = _dense_layer(n_in, n_h)
+        self.W_down = _dense_layer(n_h, n_out)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):

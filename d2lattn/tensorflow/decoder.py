@@ -5,11 +5,11 @@ import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks, sampling
-from d2lattn.tensorflow.attention import MultiHeadAttention, dense
+from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.ops import causal_mask
-from d2lattn.tensorflow.seq2seq import embedding
+from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -75,12 +75,12 @@ class TransformerLM(keras.layers.Layer):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
-        self.embedding = embedding(vocab_size, num_hiddens)
+        self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                           window=window, rope_base=rope_base, dropout=dropout)
                        for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
         self.norm = RMSNorm(num_hiddens)
-        self.W_out = dense(num_hiddens, vocab_size)
+        self.W_out = _dense_layer(num_hiddens, vocab_size)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, tokens, *, cache=None, position=None, training=None):

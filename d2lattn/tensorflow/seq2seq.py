@@ -6,10 +6,10 @@ import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.attention import AdditiveAttention, dense
+from d2lattn.tensorflow.attention import AdditiveAttention, _dense_layer
 
 
-def embedding(vocab_size, embed_size):
+def _embedding_layer(vocab_size, embed_size):
     """A Keras Embedding whose table (vocab_size, embed_size) exists right away."""
     layer = keras.layers.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
                                    _checks.checked_positive_int("embed_size", embed_size))
@@ -50,7 +50,7 @@ class GRU(keras.layers.Layer):
 class Seq2SeqEncoder(keras.layers.Layer):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.embedding = embedding(vocab_size, embed_size)
+        self.embedding = _embedding_layer(vocab_size, embed_size)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
@@ -69,9 +69,9 @@ class Seq2SeqAttentionDecoder(keras.layers.Layer):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.attention = AdditiveAttention(h, h, h, dropout)
-        self.embedding = embedding(vocab_size, embed_size)
+        self.embedding = _embedding_layer(vocab_size, embed_size)
         self.rnn = GRU(embed_size + h, h, num_layers, dropout)
-        self.W_out = dense(h, vocab_size, bias=True)
+        self.W_out = _dense_layer(h, vocab_size, bias=True)
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 

@@ -4,7 +4,7 @@ from mxnet import init, np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, keep_mask, lower_masked, tensor, train_mode
+from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, _lower_masked, _train_mode, keep_mask, tensor
 
 # Uniform in +-1/sqrt(fan_in), the reference's default for a dense map.
 DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
@@ -17,7 +17,7 @@ def _weigh_values(F, scores, keep, values, rate):
     `live` (1 or 0 per row) zeroes its output here, and its weights when they are
     read, so a call that nobody inspects makes no extra pass over (b, q, k).
     """
-    scores, on = lower_masked(scores, keep)                                  # (b, q, k)
+    scores, on = _lower_masked(scores, keep)                                  # (b, q, k)
     weights = F.npx.softmax(scores, axis=-1)
     live = F.np.max(on, axis=-1, keepdims=True)                              # (b, q, 1) or broadcastable
     dropped = F.npx.dropout(weights, p=rate) if rate else weights           # active only in training
@@ -51,7 +51,7 @@ class _Attention(nn.HybridBlock):
             mask = self.keep(queries, keys, values, valid_lens, mask)
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
-        with train_mode(training):
+        with _train_mode(training):
             return self.with_keep(queries, keys, values, mask, *extra)
 
     def with_keep(self, queries, keys, values, keep, *extra):

@@ -6,7 +6,7 @@ from mxnet.gluon import nn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
-from d2lattn.mxnet.ops import causal_mask, train_mode
+from d2lattn.mxnet.ops import _train_mode, causal_mask
 
 
 class LayerNorm(nn.HybridBlock):
@@ -94,7 +94,7 @@ class AddNorm(nn.HybridBlock):
         self.norm = LayerNorm(normalized_size)
 
     def __call__(self, X, Y, *, training=None):
-        with train_mode(training):
+        with _train_mode(training):
             return super().__call__(X, Y)
 
     def hybrid_forward(self, F, X, Y):
@@ -120,7 +120,7 @@ class _Block(nn.HybridBlock):
                             "a graph being traced: hybridize the block itself, or a plain Block around it")
 
     def graph(self, training, *arrays):
-        with train_mode(training):
+        with _train_mode(training):
             out, *saved = super().__call__(*arrays)
         for i, name in enumerate(self.attentions):
             getattr(self, name).save_weights(*saved[2 * i: 2 * i + 2])  # (weights, live) of each

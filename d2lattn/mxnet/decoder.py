@@ -14,7 +14,7 @@ from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
-from d2lattn.mxnet.ops import causal_mask, tensor, to_numpy, train_mode
+from d2lattn.mxnet.ops import _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
 from d2lattn.sampling import next_tokens
 
@@ -55,7 +55,7 @@ class CausalSelfAttention(MultiHeadAttention):
         _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
         keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
         keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
-        with train_mode(training):
+        with _train_mode(training):
             return self.with_keep(X, keys, values, keep, *tables)
 
     def with_keep(self, X, keys, values, keep, *tables):
@@ -132,7 +132,7 @@ class TransformerLM(nn.HybridBlock):
         caches = [block.attention.cache_inputs(b, c, ctx)
                   for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
         keep, tables = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)   # shared by every block
-        with train_mode(training):
+        with _train_mode(training):
             logits, *rest = super().__call__(tokens, keep, *tables, *(a for c in caches for a in c))
         for i, block in enumerate(self.blocks):
             block.attention.save_weights(*rest[4 * i + 2: 4 * i + 4])          # (weights, live) of each

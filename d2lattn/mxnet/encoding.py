@@ -5,7 +5,7 @@ from mxnet import np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import tensor, train_mode
+from d2lattn.mxnet.ops import _train_mode, tensor
 
 
 def sinusoids(max_len, num_hiddens):
@@ -36,7 +36,7 @@ class PositionalEncoding(nn.HybridBlock):
     def __call__(self, X, *, training=None):
         if isinstance(X, np.ndarray):                                          # concrete, not a graph symbol
             _checks.check_sequence_input(X.shape, self.codes.shape[-1], self.codes.shape[1])
-        with train_mode(training):
+        with _train_mode(training):
             return super().__call__(X)
 
     def hybrid_forward(self, F, X, codes):

@@ -76,7 +76,7 @@ LENS_IN_GRAPH = ("valid_lens cannot enter a hybridized graph (it needs the score
                  "do not have): pass mask=keep_mask(scores_shape, valid_lens, mask), made outside the graph")
 
 
-def train_mode(training):
+def _train_mode(training):
     """Context for one call: None keeps autograd's mode, True/False switch it (hybridized graphs too)."""
     if training is None:
         return contextlib.nullcontext()
@@ -113,7 +113,7 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     return np.ones((1,), dtype=bool, ctx=ctx) if keep is None else keep
 
 
-def lower_masked(X, keep):
+def _lower_masked(X, keep):
     """(X with every masked score lowered to the lowest finite number, keep as 1/0 in X's dtype).
 
     The lowest finite number, not -inf: an empty row stays finite (uniform) on the
@@ -135,7 +135,7 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
         mask = keep_mask(X.shape, valid_lens, mask, X.ctx)
     elif valid_lens is not None:
         raise TypeError(f"masked_softmax: {LENS_IN_GRAPH}")
-    scores, on = lower_masked(X, mask)                              # (..., q, k)
+    scores, on = _lower_masked(X, mask)                              # (..., q, k)
     return F.npx.softmax(scores, axis=-1) * on                      # masked weights and empty rows: 0
 
 

@@ -14,7 +14,7 @@ from mxnet.gluon import nn, rnn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, AdditiveAttention
-from d2lattn.mxnet.ops import _F, tensor, to_numpy, train_mode
+from d2lattn.mxnet.ops import _F, _train_mode, tensor, to_numpy
 
 # N(0, 1), the reference's (and PyTorch's) default for an embedding table.
 EMBEDDING_INIT = init.Normal(1.0)
@@ -43,7 +43,7 @@ class GRU(nn.HybridBlock):
             state = np.zeros((L, X.shape[0], h), ctx=X.ctx) if state is None else state
         elif state is None:                                        # zeros (layers, b, h) from unknown shapes
             state = mx.sym.np.zeros((L, 1, h)) + mx.sym.np.zeros_like(X[:, 0, :1])
-        with train_mode(training):
+        with _train_mode(training):
             return tuple(super().__call__(X, state))               # (b, T, h), (layers, b, h)
 
     def hybrid_forward(self, F, X, state):
@@ -68,7 +68,7 @@ class Seq2SeqEncoder(nn.HybridBlock):
         if not isinstance(X, mx.sym.Symbol):                        # concrete (NumPy too), not a graph symbol
             X = tensor(X)
             _checks.check_tokens(X.shape)
-        with train_mode(training):
+        with _train_mode(training):
             return tuple(super().__call__(X))                       # (b, S, h), (layers, b, h)
 
     def hybrid_forward(self, F, X):
@@ -99,7 +99,7 @@ class Seq2SeqAttentionDecoder(nn.Block):
         X = tensor(X)
         _checks.check_tokens(X.shape)
         outputs, weights = [], []
-        with train_mode(training):
+        with _train_mode(training):
             for x in np.swapaxes(self.embedding(X), 0, 1):          # (b, embed), one step at a time
                 query = np.expand_dims(H[-1], 1)                    # (b, 1, h): the top layer's state
                 context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens)  # (b, 1, h)

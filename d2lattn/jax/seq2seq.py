@@ -17,7 +17,7 @@ from d2lattn import _checks
 from d2lattn.jax.attention import AdditiveAttention, _deterministic
 
 
-class GRULayer(nnx.Module):
+class _GRULayer(nnx.Module):
     """One layer of the GRU, its maps named as the canonical W_xr ... b_hh of api.GRU:
     W_xh carries b_xh, W_hh carries b_hh, and b_r, b_z are Params of their own.
     Initial weights as nnx.GRUCell's: LeCun normal, orthogonal recurrent maps, zero biases."""
@@ -51,7 +51,7 @@ class GRULayer(nnx.Module):
 
 
 class GRU(nnx.Module):
-    """Children l0, l1, ...: one GRULayer per layer, so names read `l0.W_xr`."""
+    """Children l0, l1, ...: one _GRULayer per layer, so names read `l0.W_xr`."""
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -60,7 +60,7 @@ class GRU(nnx.Module):
         self.num_layers = _checks.checked_positive_int("num_layers", num_layers)
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         for i in range(self.num_layers):
-            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens,
+            setattr(self, f"l{i}", _GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens,
                                             rngs=rngs))
 
     def __call__(self, X, state=None, *, training=None):

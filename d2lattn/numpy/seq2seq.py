@@ -20,7 +20,7 @@ def _uniform(rng, num_hiddens, shape):
     return rng.uniform(-bound, bound, shape)
 
 
-class GRULayer(Module):
+class _GRULayer(Module):
     """One layer of the GRU: parameters W_xr ... b_hh, the canonical names of api.GRU."""
 
     def __init__(self, input_size, num_hiddens, rng):
@@ -39,7 +39,7 @@ class GRULayer(Module):
 
 
 class GRU(Module):
-    """Children l0, l1, ...: one GRULayer per layer, so names read `l0.W_xr`."""
+    """Children l0, l1, ...: one _GRULayer per layer, so names read `l0.W_xr`."""
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
@@ -49,7 +49,7 @@ class GRU(Module):
         self.rate = _checks.checked_dropout_rate(dropout)
         self.input_size = _checks.checked_positive_int("input_size", input_size)
         for i in range(self.num_layers):
-            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
+            setattr(self, f"l{i}", _GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
 
     def forward(self, X, state=None, *, training=None):
         _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else np.shape(state),

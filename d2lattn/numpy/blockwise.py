@@ -60,9 +60,9 @@ def merge_attention(outputs, lses):
     _checks.check_merge_inputs(outputs, lses)
     lses = np.stack(lses)                                              # (parts, ..., q)
     top = lses.max(axis=0)                                             # (..., q)
-    top = np.where(np.isfinite(top), top, 0.0)                         # empty in every part: no shift
-    w = np.exp(lses - top)                                             # (parts, ..., q): 0 for an empty part
-    total = w.sum(axis=0)                                              # (..., q)
-    out = (w[..., None] * np.stack(outputs)).sum(axis=0) / np.where(total > 0, total, 1.0)[..., None]
-    lse = np.where(total > 0, top + np.log(np.where(total > 0, total, 1.0)), -np.inf)
+    shift = np.where(np.isfinite(top), top, 0.0)                       # empty in every part: no shift
+    weights = np.exp(lses - shift)                                     # (parts, ..., q): 0 for an empty part
+    total = weights.sum(axis=0)                                        # (..., q)
+    out = (weights[..., None] * np.stack(outputs)).sum(axis=0) / np.where(total > 0, total, 1.0)[..., None]
+    lse = np.where(total > 0, shift + np.log(np.where(total > 0, total, 1.0)), -np.inf)
     return out, lse                                                    # (..., q, dv), (..., q)

@@ -1,45 +1,14 @@
 """Argument checks shared by every backend, so bad input meets the same message everywhere.
 
 They look only at Python numbers and shape tuples, which every framework
-exposes the same way (static shapes, even while tracing).
+exposes the same way (static shapes, even while tracing). `checked_x(...)`
+returns the value it checked (as a plain int or float); `check_x(...)`
+returns None; each raises ValueError or TypeError naming the argument.
 """
 
 import numbers
 
 import numpy as np
-
-
-def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def dropout_rate(value, name="dropout"):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def divisible(num_hiddens, num_heads):
-    if num_hiddens % num_heads:
-        raise ValueError(
-            f"num_hiddens ({num_hiddens}) must be divisible by num_heads ({num_heads})"
-        )
-
-
-def param_shapes(expected, given):
-    """Compare {name: shape} from the module with {name: array} from the caller."""
-    missing = sorted(set(expected) - set(given))
-    extra = sorted(set(given) - set(expected))
-    if missing:
-        raise ValueError(f"set_params: missing parameter(s) {missing}; expected {sorted(expected)}")
-    if extra:
-        raise ValueError(f"set_params: unexpected parameter(s) {extra}; expected {sorted(expected)}")
-    for name, shape in sorted(expected.items()):  # the same first mismatch on every backend
-        got = tuple(getattr(given[name], "shape", ()))
-        if got != tuple(shape):
-            raise ValueError(f"set_params: parameter {name!r} has shape {got}, expected {tuple(shape)}")
 
 
 def _fits(got, want):
@@ -60,6 +29,83 @@ def dtype_name(dtype):
         return str(dtype).removeprefix("torch.")
 
 
+# --- scalars --------------------------------------------------------------------------
+
+
+def checked_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def checked_positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def checked_integer(name, value):
+    """Any integer (offsets may be negative)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def checked_dropout_rate(value, name="dropout"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def checked_window(value):
+    """A sliding window: None (no window) or a positive number of positions."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"window must be None or an integer >= 1 (positions each query sees), got {value!r}")
+    return int(value)
+
+
+def check_divisible(num_hiddens, num_heads):
+    if num_hiddens % num_heads:
+        raise ValueError(
+            f"num_hiddens ({num_hiddens}) must be divisible by num_heads ({num_heads})"
+        )
+
+
+def checked_kv_heads(num_heads, num_kv_heads):
+    """num_kv_heads (None: num_heads) must divide num_heads; returns it as an int."""
+    if num_kv_heads is None:
+        return num_heads
+    checked_positive_int("num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+    return int(num_kv_heads)
+
+
+def checked_head_size(value):
+    """Rotary encoding rotates pairs of features: an even, positive head_size."""
+    checked_positive_int("head_size", value)
+    if value % 2:
+        raise ValueError(f"head_size must be even (rotary encoding rotates pairs of features), got {value}")
+    return int(value)
+
+
+# --- lengths --------------------------------------------------------------------------
+
+
+def lens_need_cast(dtype):
+    """Lengths are integers, or floats holding whole numbers (MXNet's np.array([2, 3]) is
+    float32). Returns True when the backend must cast them to integers (a float dtype);
+    under tracing only the dtype is known, and a fractional length is cast (truncated)."""
+    name = dtype_name(dtype)
+    if name.startswith(("int", "uint")):
+        return False
+    if name.startswith(("float", "bfloat")):
+        return True
+    raise TypeError(f"valid_lens must be integers (or floats holding whole numbers), got dtype {name}")
+
+
 def lens_view(lens_shape, scores_shape, dtype=None):
     """Where `valid_lens` lines up with the scores, as a shape to reshape it to.
 
@@ -68,7 +114,7 @@ def lens_view(lens_shape, scores_shape, dtype=None):
     Checks the shape, and the dtype where given (integers, or floats holding whole numbers).
     """
     if dtype is not None:
-        lens_dtype(dtype)
+        lens_need_cast(dtype)
     lens_shape, scores_shape = tuple(lens_shape), tuple(scores_shape)
     if len(scores_shape) < 2:
         raise ValueError(f"valid_lens needs scores with axes (batch, ..., queries, keys), got shape {scores_shape}")
@@ -84,7 +130,7 @@ def lens_view(lens_shape, scores_shape, dtype=None):
     return tuple(-1 if n is None else n for n in lens_shape[:1] + pad + lens_shape[1:] + (1,))
 
 
-def lens_values(values):
+def check_lens_values(values):
     """Lengths count keys, where their values are known (eager calls): whole numbers (a float
     length must hold one), none negative (one beyond the number of keys means all)."""
     values = np.asarray(values, dtype=np.float64)
@@ -95,19 +141,48 @@ def lens_values(values):
         raise ValueError(f"valid_lens must be >= 0, got a length of {int(values.min())}")
 
 
-def mask(mask_shape, scores_shape, dtype):
+# --- masks and biases -----------------------------------------------------------------
+
+
+def _broadcasts(shape, scores_shape):
+    """`shape` broadcasts to `scores_shape` (None, unknown while tracing, fits any size)."""
+    shape, scores_shape = tuple(shape), tuple(scores_shape)
+    return len(shape) <= len(scores_shape) and all(
+        m == 1 or _fits(m, s) for m, s in zip(reversed(shape), reversed(scores_shape))
+    )
+
+
+def check_mask(mask_shape, scores_shape, dtype):
     """A mask is boolean (True = may attend) and broadcasts to the scores."""
     if dtype_name(dtype) != "bool":
         raise TypeError(f"mask must be boolean (True = may attend), got dtype {dtype_name(dtype)}")
-    mask_shape, scores_shape = tuple(mask_shape), tuple(scores_shape)
-    if len(mask_shape) > len(scores_shape) or not all(
-        m == 1 or _fits(m, s) for m, s in zip(reversed(mask_shape), reversed(scores_shape))
-    ):
-        raise ValueError(f"mask of shape {mask_shape} does not broadcast to the scores' shape {scores_shape} "
-                         "(batch, queries, keys)")
+    if not _broadcasts(mask_shape, scores_shape):
+        raise ValueError(f"mask of shape {tuple(mask_shape)} does not broadcast to the scores' shape "
+                         f"{tuple(scores_shape)} (batch, queries, keys)")
 
 
-def attention_inputs(queries, keys, values, *, dot=False, sizes=None, batch_axes=1):
+def check_score_bias(bias_shape, scores_shape):
+    """score_bias broadcasts to the scores."""
+    if not _broadcasts(bias_shape, scores_shape):
+        raise ValueError(f"score_bias of shape {tuple(bias_shape)} does not broadcast to the scores' shape "
+                         f"{tuple(scores_shape)}")
+
+
+# --- shapes ---------------------------------------------------------------------------
+
+
+def _same_leading_axes(q, k, v):
+    """queries, keys and values agree on every axis before (positions, features)."""
+    return all(_fits(a, b) and _fits(a, c) for a, b, c in zip(q[:-2], k[:-2], v[:-2]))
+
+
+def _check_positions(k, v):
+    if not _fits(k[-2], v[-2]):
+        raise ValueError(f"keys and values must have the same number of positions (axis -2), got keys {k} "
+                         f"and values {v}")
+
+
+def check_attention_inputs(queries, keys, values, *, dot=False, sizes=None, batch_axes=1):
     """Check the shapes of (queries, keys, values): (b, q, d), (b, k, d'), (b, k, dv).
 
     `dot`: queries and keys must share their feature size. `sizes`: the feature
@@ -120,12 +195,9 @@ def attention_inputs(queries, keys, values, *, dot=False, sizes=None, batch_axes
             raise ValueError(f"{name} must have 3 axes (batch, {'queries' if name == 'queries' else 'keys'}, "
                              f"features), got shape {shape}")
     q, k, v = shapes.values()
-    batches = zip(q[:-2], k[:-2], v[:-2])
-    if not (len(q) == len(k) == len(v) and all(_fits(a, b) and _fits(a, c) for a, b, c in batches)):
+    if not (len(q) == len(k) == len(v) and _same_leading_axes(q, k, v)):
         raise ValueError(f"queries, keys and values must have the same batch size, got shapes {q}, {k} and {v}")
-    if not _fits(k[-2], v[-2]):
-        raise ValueError(f"keys and values must have the same number of positions (axis -2), got keys {k} "
-                         f"and values {v}")
+    _check_positions(k, v)
     if dot and not _fits(q[-1], k[-1]):
         raise ValueError(f"queries and keys must have the same feature size (last axis) for dot-product "
                          f"attention, got queries {q} and keys {k}")
@@ -136,17 +208,7 @@ def attention_inputs(queries, keys, values, *, dot=False, sizes=None, batch_axes
                              f"was built with, got shape {shapes[name]}")
 
 
-def sequence_input(X, num_hiddens, max_len=None, name="X"):
-    """(batch, steps, num_hiddens), with at most `max_len` steps."""
-    X = tuple(X)
-    if len(X) != 3 or not _fits(X[-1], num_hiddens):
-        raise ValueError(f"{name} must have shape (batch, steps, num_hiddens={num_hiddens}), got {X}")
-    if max_len is not None and X[1] is not None and X[1] > max_len:
-        raise ValueError(f"{name} has {X[1]} steps (axis 1), more than max_len={max_len}; "
-                         "build the module with a larger max_len")
-
-
-def concat_inputs(queries, keys, values, sizes):
+def check_concat_inputs(queries, keys, values, sizes):
     """ConcatAttention: queries (b, q, query_size), keys (b, q, key_size): one key per
     query; values (b, num_values, value_size)."""
     expected = {
@@ -161,25 +223,54 @@ def concat_inputs(queries, keys, values, sizes):
             raise ValueError(f"{name} must have shape {what} = ({sizes_text}), got {tuple(shape)}")
 
 
-def features(name, shape, size, what):
+def check_block_inputs(queries, keys, values):
+    """blockwise_attention: (..., q, d), (..., k, d), (..., k, dv) with the same leading axes."""
+    q, k, v = tuple(queries), tuple(keys), tuple(values)
+    if not (len(q) >= 3 and len(q) == len(k) == len(v)):
+        raise ValueError(f"queries, keys and values must have the same number of axes, at least 3 "
+                         f"(batch, ..., positions, features), got shapes {q}, {k} and {v}")
+    if not _same_leading_axes(q, k, v):
+        raise ValueError(f"queries, keys and values must have the same leading axes, got shapes {q}, {k} and {v}")
+    _check_positions(k, v)
+    if not _fits(q[-1], k[-1]):
+        raise ValueError(f"queries and keys must have the same feature size (last axis), got queries {q} "
+                         f"and keys {k}")
+
+
+def check_merge_inputs(outputs, lses):
+    """merge_attention: as many outputs (..., q, dv) as lses (..., q), at least one."""
+    if len(outputs) != len(lses) or not outputs:
+        raise ValueError(f"merge_attention needs one lse per output and at least one part, got "
+                         f"{len(outputs)} outputs and {len(lses)} lses")
+    for o, s in zip(outputs, lses):
+        if tuple(o.shape[:-1]) != tuple(s.shape) or tuple(o.shape) != tuple(outputs[0].shape):
+            raise ValueError(f"merge_attention: outputs must share one shape (..., q, dv) and lses be (..., q), "
+                             f"got outputs {tuple(o.shape)} and lses {tuple(s.shape)}")
+
+
+def check_features(name, shape, size, what):
     """The last axis of `name` holds `size` features."""
     if len(shape) < 1 or not _fits(shape[-1], size):
         raise ValueError(f"{name} must have {size} features (last axis), {what}, got shape {tuple(shape)}")
 
 
-def positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
+def check_sequence_input(X, num_hiddens, max_len=None, name="X"):
+    """(batch, steps, num_hiddens), with at most `max_len` steps."""
+    X = tuple(X)
+    if len(X) != 3 or not _fits(X[-1], num_hiddens):
+        raise ValueError(f"{name} must have shape (batch, steps, num_hiddens={num_hiddens}), got {X}")
+    if max_len is not None and X[1] is not None and X[1] > max_len:
+        raise ValueError(f"{name} has {X[1]} steps (axis 1), more than max_len={max_len}; "
+                         "build the module with a larger max_len")
 
 
-def tokens(shape, name="X"):
+def check_tokens(shape, name="X"):
     """Token ids: (batch, steps)."""
     if len(tuple(shape)) != 2:
         raise ValueError(f"{name} must be token ids of shape (batch, steps), got {tuple(shape)}")
 
 
-def recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None):
+def check_recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None):
     """X (batch, steps, input_size); state (num_layers, batch, num_hiddens) where given."""
     X = tuple(X)
     if len(X) != 3 or not _fits(X[-1], input_size):
@@ -190,68 +281,24 @@ def recurrent_input(X, input_size, state=None, num_layers=None, num_hiddens=None
                          f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")
 
 
-# --- lengths made the framework's own way -------------------------------------------
+def check_param_shapes(expected, given):
+    """Compare {name: shape} from the module with {name: array} from the caller."""
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
+    if missing:
+        raise ValueError(f"set_params: missing parameter(s) {missing}; expected {sorted(expected)}")
+    if extra:
+        raise ValueError(f"set_params: unexpected parameter(s) {extra}; expected {sorted(expected)}")
+    for name, shape in sorted(expected.items()):  # the same first mismatch on every backend
+        got = tuple(getattr(given[name], "shape", ()))
+        if got != tuple(shape):
+            raise ValueError(f"set_params: parameter {name!r} has shape {got}, expected {tuple(shape)}")
 
 
-def lens_dtype(dtype):
-    """Lengths are integers, or floats holding whole numbers (MXNet's np.array([2, 3]) is
-    float32). Returns True when the backend must cast them to integers (a float dtype);
-    under tracing only the dtype is known, and a fractional length is cast (truncated)."""
-    name = dtype_name(dtype)
-    if name.startswith(("int", "uint")):
-        return False
-    if name.startswith(("float", "bfloat")):
-        return True
-    raise TypeError(f"valid_lens must be integers (or floats holding whole numbers), got dtype {name}")
+# --- caches ---------------------------------------------------------------------------
 
 
-# --- modern attention (issue 13) -------------------------------------------------------
-
-
-def kv_heads(num_heads, num_kv_heads):
-    """num_kv_heads (None: num_heads) must divide num_heads; returns it as an int."""
-    if num_kv_heads is None:
-        return num_heads
-    positive_int("num_kv_heads", num_kv_heads)
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
-    return int(num_kv_heads)
-
-
-def head_size(value):
-    """Rotary encoding rotates pairs of features: an even, positive head_size."""
-    positive_int("head_size", value)
-    if value % 2:
-        raise ValueError(f"head_size must be even (rotary encoding rotates pairs of features), got {value}")
-    return int(value)
-
-
-def window(value):
-    """A sliding window: None (no window) or a positive number of positions."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"window must be None or an integer >= 1 (positions each query sees), got {value!r}")
-    return int(value)
-
-
-def integer(name, value):
-    """Any integer (offsets may be negative)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def score_bias(bias_shape, scores_shape):
-    """score_bias broadcasts to the scores."""
-    bias_shape, scores_shape = tuple(bias_shape), tuple(scores_shape)
-    if len(bias_shape) > len(scores_shape) or not all(
-        m == 1 or _fits(m, s) for m, s in zip(reversed(bias_shape), reversed(scores_shape))
-    ):
-        raise ValueError(f"score_bias of shape {bias_shape} does not broadcast to the scores' shape {scores_shape}")
-
-
-def cache(cache_value, batch, num_kv_heads, head_size):
+def check_cache(cache_value, batch, num_kv_heads, head_size):
     """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size)."""
     if cache_value is None:
         return
@@ -265,37 +312,7 @@ def cache(cache_value, batch, num_kv_heads, head_size):
                              "was it made by a layer of another shape?")
 
 
-def block_inputs(queries, keys, values):
-    """blockwise_attention: (..., q, d), (..., k, d), (..., k, dv) with the same leading axes."""
-    q, k, v = tuple(queries), tuple(keys), tuple(values)
-    if not (len(q) >= 3 and len(q) == len(k) == len(v)):
-        raise ValueError(f"queries, keys and values must have the same number of axes, at least 3 "
-                         f"(batch, ..., positions, features), got shapes {q}, {k} and {v}")
-    if not all(_fits(a, b) and _fits(a, c) for a, b, c in zip(q[:-2], k[:-2], v[:-2])):
-        raise ValueError(f"queries, keys and values must have the same leading axes, got shapes {q}, {k} and {v}")
-    if not _fits(k[-2], v[-2]):
-        raise ValueError(f"keys and values must have the same number of positions (axis -2), got keys {k} "
-                         f"and values {v}")
-    if not _fits(q[-1], k[-1]):
-        raise ValueError(f"queries and keys must have the same feature size (last axis), got queries {q} "
-                         f"and keys {k}")
-
-
-def merge_inputs(outputs, lses):
-    """merge_attention: as many outputs (..., q, dv) as lses (..., q), at least one."""
-    if len(outputs) != len(lses) or not outputs:
-        raise ValueError(f"merge_attention needs one lse per output and at least one part, got "
-                         f"{len(outputs)} outputs and {len(lses)} lses")
-    for o, s in zip(outputs, lses):
-        if tuple(o.shape[:-1]) != tuple(s.shape) or tuple(o.shape) != tuple(outputs[0].shape):
-            raise ValueError(f"merge_attention: outputs must share one shape (..., q, dv) and lses be (..., q), "
-                             f"got outputs {tuple(o.shape)} and lses {tuple(s.shape)}")
-
-
-# --- decoder-only language models (issue 14) -----------------------------------------------
-
-
-def lm_cache(cache_value, num_layers):
+def check_lm_cache(cache_value, num_layers):
     """A TransformerLM cache: None or a list with one CausalSelfAttention cache per block."""
     if cache_value is None:
         return

@@ -13,7 +13,7 @@ def next_tokens(logits, temperature, rng):
     logits = np.asarray(logits, dtype=np.float64)                  # (b, vocab)
     if temperature == 0:
         return logits.argmax(-1).astype(np.int32)
-    scaled = logits / _checks.positive_number("temperature", temperature)
+    scaled = logits / _checks.checked_positive_number("temperature", temperature)
     p = np.exp(scaled - scaled.max(-1, keepdims=True))
     cdf = np.cumsum(p / p.sum(-1, keepdims=True), -1)               # (b, vocab)
     u = rng.random(len(logits))[:, None]                           # (b, 1)

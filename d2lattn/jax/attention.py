@@ -37,16 +37,16 @@ class DotProductAttention(nnx.Module):
 
     def __init__(self, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ jnp.swapaxes(keys, -1, -2) / math.sqrt(d)          # (b, q, k)
         if score_bias is not None:
             score_bias = jnp.asarray(score_bias)
-            _checks.score_bias(score_bias.shape, scores.shape)
+            _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                      # before masking: masked stays 0
         weights = masked_softmax(scores, valid_lens, mask=mask)
         self.last_weights.set_value(weights)
@@ -63,15 +63,15 @@ class AdditiveAttention(nnx.Module):
 
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = nnx.Linear(_checks.positive_int("query_size", query_size), h, use_bias=False, rngs=rngs)
-        self.W_k = nnx.Linear(_checks.positive_int("key_size", key_size), h, use_bias=False, rngs=rngs)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = nnx.Linear(_checks.checked_positive_int("query_size", query_size), h, use_bias=False, rngs=rngs)
+        self.W_k = nnx.Linear(_checks.checked_positive_int("key_size", key_size), h, use_bias=False, rngs=rngs)
         self.w_v = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         q, k = self.W_q(queries), self.W_k(keys)                          # (b, q, h), (b, k, h)
         features = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])          # (b, q, k, h)
@@ -93,12 +93,12 @@ class MultiHeadAttention(nnx.Module):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         h_kv = self.num_kv_heads * self.head_size
         self.W_q = nnx.Linear(size["query"], h, use_bias=bias, rngs=rngs)
@@ -107,7 +107,7 @@ class MultiHeadAttention(nnx.Module):
         self.W_o = nnx.Linear(h, h, use_bias=bias, rngs=rngs)
         self.attention = DotProductAttention(dropout, rngs=rngs)
 
-    def split_heads(self, X):
+    def _split_heads(self, X):
         b, n, _ = X.shape                                                     # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(0, 2, 1, 3)      # (b, heads, n, dh)
 
@@ -121,13 +121,13 @@ class MultiHeadAttention(nnx.Module):
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = jnp.asarray(mask)
-            _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self.split_heads(self.W_q(queries))                           # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                              # (b, kv_heads, k, dh)
-        v = self.split_heads(self.W_v(values))                            # (b, kv_heads, k, dh)
+            _checks.check_mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
+        q = self._split_heads(self.W_q(queries))                          # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                             # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                           # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                          # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
@@ -143,7 +143,7 @@ class ConcatAttention(nnx.Module):
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.W_attn = nnx.Linear(query_size + key_size, num_values, rngs=rngs)
@@ -151,7 +151,7 @@ class ConcatAttention(nnx.Module):
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(jnp.concatenate([queries, keys], -1))               # (b, q, num_values)
         weights = masked_softmax(scores, valid_lens, mask=mask)
         self.last_weights.set_value(weights)

@@ -16,13 +16,13 @@ from d2lattn.jax.ops import causal_mask
 
 class LayerNorm(nnx.Module):
     def __init__(self, normalized_size, eps=1e-5):
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = nnx.Param(jnp.ones(n))
         self.beta = nnx.Param(jnp.zeros(n))
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         mean = X.mean(axis=-1, keepdims=True)                             # (..., 1)
         var = ((X - mean) ** 2).mean(axis=-1, keepdims=True)              # biased, as in the paper
         X_hat = (X - mean) / jnp.sqrt(var + self.eps)                     # (..., n)
@@ -32,24 +32,24 @@ class LayerNorm(nnx.Module):
 class PositionWiseFFN(nnx.Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
         self.W_1 = nnx.Linear(n_in, n_h, rngs=rngs)
         self.W_2 = nnx.Linear(n_h, n_out, rngs=rngs)
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.W_1.in_features, "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_1.in_features, "the num_inputs")
         return self.W_2(jax.nn.relu(self.W_1(X)))                         # (b, T, ffn_num_outputs)
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, normalized_size, eps=1e-6):
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = nnx.Param(jnp.ones(n))
 
     def __call__(self, X, *, training=None):
-        _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         rms = jnp.sqrt((X ** 2).mean(axis=-1, keepdims=True) + self.eps)  # (..., 1): no centring
         return X / rms * self.gamma                                       # (..., n)
 
@@ -57,22 +57,22 @@ class RMSNorm(nnx.Module):
 class SwiGLUFFN(nnx.Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        n_in = _checks.positive_int("num_inputs", num_inputs)
-        n_h = _checks.positive_int("ffn_num_hiddens", ffn_num_hiddens)
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        n_in = _checks.checked_positive_int("num_inputs", num_inputs)
+        n_h = _checks.checked_positive_int("ffn_num_hiddens", ffn_num_hiddens)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.W_gate = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)
         self.W_up = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)
         self.W_down = nnx.Linear(n_h, n_out, use_bias=False, rngs=rngs)
 
     def __call__(self, X, *, training=None):
-        _checks.features("X", X.shape, self.W_gate.in_features, "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_gate.in_features, "the num_inputs")
         return self.W_down(jax.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
 
 
 class AddNorm(nnx.Module):
     def __init__(self, normalized_size, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         self.norm = LayerNorm(normalized_size)
 
     def __call__(self, X, Y, *, training=None):

@@ -6,21 +6,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = jnp.asarray(valid_lens)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
-        _checks.lens_values(np.asarray(lens))                 # whole numbers, none negative
-    return lens.astype(jnp.int32) if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
+from d2lattn.jax.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start, num_keys):
@@ -43,50 +32,52 @@ def _padded(x, block_size):
     return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))  # compiled once per shape (the offset is traced), eager calls too
-def _forward(queries, keys, values, lens, offset, causal, block_size):
+@functools.partial(jax.jit, static_argnums=(4, 6))  # compiled once per shape (the offset is traced), eager calls too
+def _forward(queries, keys, values, lens, causal, offset, block_size):
     """The online softmax over key blocks, in a lax.fori_loop: one block's scores live at a time."""
     num_keys = keys.shape[-2]
     keys, values = _padded(keys, block_size), _padded(values, block_size)     # (..., nb * kb, d), (..., nb * kb, dv)
 
     def step(n, carry):
-        top, total, acc = carry
+        m, l, a = carry
         start = n * block_size
         k = lax.dynamic_slice_in_dim(keys, start, block_size, axis=-2)         # (..., kb, d)
         v = lax.dynamic_slice_in_dim(values, start, block_size, axis=-2)       # (..., kb, dv)
         scores = _block_scores(queries, k, lens, causal, offset, start, num_keys)  # (..., q, kb)
-        new_top = jnp.maximum(top, scores.max(-1, keepdims=True))              # (..., q, 1)
-        shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)                # an empty row has no max yet
+        m_new = jnp.maximum(m, scores.max(-1, keepdims=True))                  # (..., q, 1)
+        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)                    # an empty row has no max yet
         p = jnp.exp(scores - shift)                                            # (..., q, kb), 0 where masked
-        rescale = jnp.exp(top - shift)                                         # (..., q, 1), old terms
-        return new_top, total * rescale + p.sum(-1, keepdims=True), acc * rescale + p @ v
+        rescale = jnp.exp(m - shift)                                           # (..., q, 1), old terms
+        return m_new, l * rescale + p.sum(-1, keepdims=True), a * rescale + p @ v
 
     rows = queries.shape[:-1]  # made *_like the queries, so under shard_map they vary over its axes like them
     init = (jnp.full_like(queries, -jnp.inf, shape=(*rows, 1)),                # (..., q, 1) running max
             jnp.zeros_like(queries, shape=(*rows, 1)),                         # (..., q, 1) running sum
             jnp.zeros_like(queries, shape=(*rows, values.shape[-1])))          # (..., q, dv) running output
-    top, total, acc = lax.fori_loop(0, keys.shape[-2] // block_size, step, init)
-    out = acc / jnp.where(total > 0, total, 1.0)                               # (..., q, dv), empty row: 0
-    lse = jnp.where(total > 0, top + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)[..., 0]  # (..., q)
+    m, l, a = lax.fori_loop(0, keys.shape[-2] // block_size, step, init)
+    out = a / jnp.where(l > 0, l, 1.0)                                         # (..., q, dv), empty row: 0
+    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)[..., 0]  # (..., q)
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _blockwise(queries, keys, values, lens, offset, causal, block_size):
-    return _forward(queries, keys, values, lens, offset, causal, block_size)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 6))
+def _blockwise(queries, keys, values, lens, causal, offset, block_size):
+    return _forward(queries, keys, values, lens, causal, offset, block_size)
 
 
-def _blockwise_fwd(queries, keys, values, lens, offset, causal, block_size):
-    out, lse = _forward(queries, keys, values, lens, offset, causal, block_size)
+def _blockwise_fwd(queries, keys, values, lens, causal, offset, block_size):
+    out, lse = _forward(queries, keys, values, lens, causal, offset, block_size)
     return (out, lse), (queries, keys, values, lens, offset, out, lse)
 
 
 def _blockwise_bwd(causal, block_size, saved, grads):
-    return (*_backward(*saved, *grads, causal, block_size), None, None)  # lengths and offset: no gradient
+    queries, keys, values, lens, offset, out, lse = saved
+    grads = _backward(queries, keys, values, lens, causal, offset, block_size, out, lse, *grads)
+    return (*grads, None, None)                                                # lengths and offset: no gradient
 
 
-@functools.partial(jax.jit, static_argnums=(9, 10))
-def _backward(queries, keys, values, lens, offset, out, lse, d_out, d_lse, causal, block_size):
+@functools.partial(jax.jit, static_argnums=(4, 6))
+def _backward(queries, keys, values, lens, causal, offset, block_size, out, lse, d_out, d_lse):
     """FlashAttention-2's backward: each block's probabilities are recomputed as exp(scores - lse)."""
     num_keys, scale = keys.shape[-2], 1 / math.sqrt(queries.shape[-1])
     keys, values = _padded(keys, block_size), _padded(values, block_size)
@@ -117,18 +108,19 @@ _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]))
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                      # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     block_size = min(block_size, max(keys.shape[-2], 1))  # no padding beyond the keys
     out, lse = _blockwise(                                                     # (..., q, dv), (..., q)
-        queries, keys, values, lens, jnp.int32(offset), bool(causal), block_size)
+        queries, keys, values, lens, bool(causal), jnp.int32(offset), block_size)
     return (out, lse) if return_lse else out
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = jnp.stack(list(lses))                                               # (n, ..., q)
     top = lax.stop_gradient(lses.max(0))                                       # (..., q), a constant shift
     shift = jnp.where(jnp.isfinite(top), top, 0.0)

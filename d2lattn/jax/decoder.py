@@ -34,18 +34,18 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False, rngs=None):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, rngs=rngs)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def __call__(self, X, *, cache=None, training=None, position=None):
-        _checks.sequence_input(X.shape, self.W_q.in_features)
-        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        _checks.check_sequence_input(X.shape, self.W_q.in_features)
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         T = X.shape[1]
         start = (0 if cache is None else cache[0].shape[2]) if position is None else position
-        q = self.split_heads(self.W_q(X))                                     # (b, heads, T, dh)
-        k = self.split_heads(self.W_k(X))                                     # (b, kv_heads, T, dh)
-        v = self.split_heads(self.W_v(X))                                     # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                                    # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                                    # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                                    # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=start), self.rope(k, offset=start)     # at their absolute positions
         if position is not None:
@@ -66,7 +66,7 @@ class TransformerLMBlock(nnx.Module):
                                              rope_base=rope_base, dropout=dropout, rngs=rngs)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, rngs=rngs)
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
 
     def __call__(self, X, *, cache=None, training=None, position=None):
         drop = functools.partial(self.dropout, deterministic=_deterministic(training))
@@ -82,20 +82,20 @@ class TransformerLM(nnx.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
                                rope_base=rope_base, dropout=dropout, rngs=rngs)
-            for _ in range(_checks.positive_int("num_layers", num_layers))])
+            for _ in range(_checks.checked_positive_int("num_layers", num_layers))])
         self.norm = RMSNorm(h)
         self.W_out = nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)
 
     def __call__(self, tokens, *, cache=None, training=None, position=None):
         tokens = jnp.asarray(tokens)
-        _checks.tokens(tokens.shape, "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(tokens.shape, "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         X = self.embedding(tokens)                                            # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, [None] * len(self.blocks) if cache is None else cache):
@@ -121,8 +121,8 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     runs the model over the whole buffer (causal, so the slots not yet filled do not matter) and
     reads the logits at the last filled position."""
     prompt = np.asarray(prompt)
-    _checks.tokens(prompt.shape, "prompt")
-    num_tokens = _checks.positive_int("num_tokens", num_tokens)
+    _checks.check_tokens(prompt.shape, "prompt")
+    num_tokens = _checks.checked_positive_int("num_tokens", num_tokens)
     (b, T0), L = prompt.shape, prompt.shape[1] + num_tokens
     tokens = np.zeros((b, L), np.int32)                                       # (b, T0 + num_tokens)
     tokens[:, :T0] = prompt

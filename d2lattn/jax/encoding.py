@@ -26,17 +26,18 @@ class PositionalEncoding(nnx.Module):
 
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.P = sinusoids(_checks.positive_int("max_len", max_len), _checks.positive_int("num_hiddens", num_hiddens))
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.P = sinusoids(_checks.checked_positive_int("max_len", max_len),
+                           _checks.checked_positive_int("num_hiddens", num_hiddens))
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
 
     def __call__(self, X, *, training=None):
-        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                       # (b, T, d)
         return self.dropout(X, deterministic=_deterministic(training))
 
 
 def alibi_slopes(num_heads):
-    n = _checks.positive_int("num_heads", num_heads)
+    n = _checks.checked_positive_int("num_heads", num_heads)
     c = 1 << (n.bit_length() - 1)                                             # the largest power of two <= n
 
     def geometric(m):
@@ -47,7 +48,7 @@ def alibi_slopes(num_heads):
 
 def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     num_keys = num_queries if num_keys is None else num_keys
-    distance = (_checks.integer("offset", offset) + jnp.arange(num_queries)[:, None]) - jnp.arange(num_keys)
+    distance = (_checks.checked_integer("offset", offset) + jnp.arange(num_queries)[:, None]) - jnp.arange(num_keys)
     return -alibi_slopes(num_heads)[:, None, None] * jnp.abs(distance)        # (heads, q, k)
 
 
@@ -56,15 +57,15 @@ class RotaryPositionalEncoding(nnx.Module):
     integer scalar (generate's compiled step)."""
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
-        self.head_size = _checks.head_size(head_size)
-        base = _checks.positive_number("base", base)
+        self.head_size = _checks.checked_head_size(head_size)
+        base = _checks.checked_positive_number("base", base)
         self.theta = jnp.asarray(base ** (-np.arange(0, head_size, 2) / head_size), dtype=jnp.float32)
         self.interleaved = bool(interleaved)
 
     def __call__(self, X, *, offset=0, training=None):
-        _checks.features("X", X.shape, self.head_size, "the head_size")
+        _checks.check_features("X", X.shape, self.head_size, "the head_size")
         if not isinstance(offset, jax.Array):
-            offset = _checks.integer("offset", offset)
+            offset = _checks.checked_integer("offset", offset)
         positions = offset + jnp.arange(X.shape[-2])                          # (T,)
         angles = positions[:, None] * self.theta                              # (T, head_size / 2)
         cos, sin = jnp.cos(angles), jnp.sin(angles)

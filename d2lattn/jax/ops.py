@@ -70,20 +70,23 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def lengths(valid_lens, scores_shape):
+    """`valid_lens` as integers shaped to broadcast against scores (b, ..., q, k)."""
+    lens = jnp.asarray(valid_lens)
+    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
+        _checks.check_lens_values(np.asarray(lens))           # whole numbers, none negative
+    return lens.astype(jnp.int32) if _checks.lens_need_cast(lens.dtype) else lens  # a float length counts as an int
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None):
     """Boolean array broadcastable to the scores: True where a query may attend, or None."""
     keep = None
     if valid_lens is not None:
-        lens = jnp.asarray(valid_lens)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if not isinstance(lens, jax.core.Tracer):  # values are unknown while tracing
-            _checks.lens_values(np.asarray(lens))           # whole numbers, none negative
-        if _checks.lens_dtype(lens.dtype):
-            lens = lens.astype(jnp.int32)                   # a float length counts like an integer
-        keep = jnp.arange(scores_shape[-1]) < lens
+        keep = jnp.arange(scores_shape[-1]) < lengths(valid_lens, scores_shape)
     if mask is not None:
         mask = jnp.asarray(mask)
-        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 
@@ -106,8 +109,8 @@ def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     """`offset` may also be a traced integer scalar (generate's compiled step)."""
     num_keys = num_queries if num_keys is None else num_keys
     if not isinstance(offset, jax.Array):
-        offset = _checks.integer("offset", offset)
-    window = _checks.window(window)
+        offset = _checks.checked_integer("offset", offset)
+    window = _checks.checked_window(window)
     i = offset + jnp.arange(num_queries)[:, None]                     # (q, 1): the queries' positions
     j = jnp.arange(num_keys)                                          # (k,): the keys' positions
     keep = j <= i                                                     # (q, k)

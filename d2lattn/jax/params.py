@@ -41,7 +41,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _params(module)
-    _checks.param_shapes({name: p.shape for name, p in named.items()}, params)
+    _checks.check_param_shapes({name: p.shape for name, p in named.items()}, params)
     for name, p in named.items():
         p[...] = jnp.asarray(np.asarray(params[name]), dtype=p.dtype)
 

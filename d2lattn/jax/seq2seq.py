@@ -17,7 +17,7 @@ from d2lattn import _checks
 from d2lattn.jax.attention import AdditiveAttention, _deterministic
 
 
-class GRULayer(nnx.Module):
+class _GRULayer(nnx.Module):
     """One layer of the GRU, its maps named as the canonical W_xr ... b_hh of api.GRU:
     W_xh carries b_xh, W_hh carries b_hh, and b_r, b_z are Params of their own.
     Initial weights as nnx.GRUCell's: LeCun normal, orthogonal recurrent maps, zero biases."""
@@ -51,20 +51,20 @@ class GRULayer(nnx.Module):
 
 
 class GRU(nnx.Module):
-    """Children l0, l1, ...: one GRULayer per layer, so names read `l0.W_xr`."""
+    """Children l0, l1, ...: one _GRULayer per layer, so names read `l0.W_xr`."""
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.input_size = _checks.positive_int("input_size", input_size)
-        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.dropout = nnx.Dropout(_checks.dropout_rate(dropout), rngs=rngs)
+        self.input_size = _checks.checked_positive_int("input_size", input_size)
+        self.num_hiddens = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.checked_positive_int("num_layers", num_layers)
+        self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         for i in range(self.num_layers):
-            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens,
+            setattr(self, f"l{i}", _GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens,
                                             rngs=rngs))
 
     def __call__(self, X, state=None, *, training=None):
-        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+        _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
                                 self.num_layers, self.num_hiddens)
         if state is None:
             state = jnp.zeros((self.num_layers, X.shape[0], self.num_hiddens), X.dtype)   # (layers, b, h)
@@ -80,13 +80,13 @@ class GRU(nnx.Module):
 class Seq2SeqEncoder(nnx.Module):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.embedding = nnx.Embed(_checks.positive_int("vocab_size", vocab_size),
-                                   _checks.positive_int("embed_size", embed_size), rngs=rngs)
+        self.embedding = nnx.Embed(_checks.checked_positive_int("vocab_size", vocab_size),
+                                   _checks.checked_positive_int("embed_size", embed_size), rngs=rngs)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
 
     def __call__(self, X, *, training=None):
         X = jnp.asarray(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         embs = self.embedding(X)                                    # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
 
@@ -98,10 +98,10 @@ class Seq2SeqAttentionDecoder(nnx.Module):
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.attention = AdditiveAttention(h, h, h, dropout, rngs=rngs)
-        self.embedding = nnx.Embed(_checks.positive_int("vocab_size", vocab_size),
-                                   _checks.positive_int("embed_size", embed_size), rngs=rngs)
+        self.embedding = nnx.Embed(_checks.checked_positive_int("vocab_size", vocab_size),
+                                   _checks.checked_positive_int("embed_size", embed_size), rngs=rngs)
         self.rnn = GRU(embed_size + h, h, num_layers, dropout, rngs=rngs)
         self.W_out = nnx.Linear(h, vocab_size, rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
@@ -112,7 +112,7 @@ class Seq2SeqAttentionDecoder(nnx.Module):
     def __call__(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
         X = jnp.asarray(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         outputs, weights = [], []
         for x in jnp.unstack(self.embedding(X), axis=1):            # (b, embed), one step at a time
             query = H[-1][:, None]                                  # (b, 1, h): the top layer's state

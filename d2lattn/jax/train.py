@@ -34,7 +34,7 @@ def _forget_attention_weights(model):
 def _fit(name, model, step, batches, *, epochs, lr, clip, progress):
     """The loop both trainers share: optax Adam after global-norm clipping, `step` (an nnx.jit
     function of the model, the optimizer and one batch) on every batch, the mean loss per epoch."""
-    epochs = _checks.positive_int("epochs", epochs)
+    epochs = _checks.checked_positive_int("epochs", epochs)
     optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr)), wrt=nnx.Param)
     losses = []
     bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)

@@ -4,20 +4,20 @@ from mxnet import init, np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, keep_mask, lower_masked, tensor, train_mode
+from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, _lower_masked, _train_mode, keep_mask, tensor
 
 # Uniform in +-1/sqrt(fan_in), the reference's default for a dense map.
 DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
 
 
-def _attend(F, scores, keep, values, rate):
+def _weigh_values(F, scores, keep, values, rate):
     """Masked softmax of the scores applied to the values: (output, weights, live).
 
     `weights` still give an empty row (nothing to attend to) uniform weights;
     `live` (1 or 0 per row) zeroes its output here, and its weights when they are
     read, so a call that nobody inspects makes no extra pass over (b, q, k).
     """
-    scores, on = lower_masked(scores, keep)                                  # (b, q, k)
+    scores, on = _lower_masked(scores, keep)                                  # (b, q, k)
     weights = F.npx.softmax(scores, axis=-1)
     live = F.np.max(on, axis=-1, keepdims=True)                              # (b, q, 1) or broadcastable
     dropped = F.npx.dropout(weights, p=rate) if rate else weights           # active only in training
@@ -40,7 +40,7 @@ class _Attention(nn.HybridBlock):
     values, keep, *extra) -> (output, weights, live)` in the requested mode and saves the
     weights (`extra`: the score bias of the blocks that take one). Called inside a graph
     being traced, it takes `mask` as that `keep` array; a parent that made `keep` itself
-    calls `attend`.
+    calls `with_keep`.
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
@@ -51,10 +51,10 @@ class _Attention(nn.HybridBlock):
             mask = self.keep(queries, keys, values, valid_lens, mask)
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
-        with train_mode(training):
-            return self.attend(queries, keys, values, mask, *extra)
+        with _train_mode(training):
+            return self.with_keep(queries, keys, values, mask, *extra)
 
-    def attend(self, queries, keys, values, keep, *extra):
+    def with_keep(self, queries, keys, values, keep, *extra):
         """The graph on a ready `keep` array, as a parent's graph calls it; saves the weights."""
         out, weights, live = super().__call__(queries, keys, values, keep, *extra)
         self.save_weights(weights, live)
@@ -74,7 +74,7 @@ class _Biased(_Attention):
     """Dot-product and multi-head attention also take a `score_bias`, one more graph input.
 
     A hybridized block's graph keeps the structure of its first call's inputs, so "no
-    bias" enters a call as a zero (1,); a parent's graph may leave it out (`attend`).
+    bias" enters a call as a zero (1,); a parent's graph may leave it out (`with_keep`).
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -82,63 +82,65 @@ class _Biased(_Attention):
             score_bias = _F(queries).np.zeros((1,))                         # adds nothing
         elif isinstance(queries, np.ndarray):                               # concrete: check it broadcasts
             score_bias = tensor(score_bias)
-            _checks.score_bias(score_bias.shape, self.scores_shape(queries, keys))
+            _checks.check_score_bias(score_bias.shape, self.scores_shape(queries, keys))
         return self.run(queries, keys, values, valid_lens, mask, training, score_bias)
 
 
 class DotProductAttention(_Biased):
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def scores_shape(self, queries, keys):
         return (*queries.shape[:-1], keys.shape[-2])                          # (b, q, k) or (b, heads, q, k)
 
     def keep(self, queries, keys, values, valid_lens, mask):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         return keep_mask(self.scores_shape(queries, keys), valid_lens, mask, queries.ctx)
 
     def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
         d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
         scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
         if score_bias is not None:
-            scores = scores + score_bias                                     # masking still wins in _attend
-        return _attend(F, scores, keep, values, self.rate)                  # (b, q, dv), ...
+            scores = scores + score_bias                                     # masking still wins in _weigh_values
+        return _weigh_values(F, scores, keep, values, self.rate)            # (b, q, dv), ...
 
 
 class AdditiveAttention(_Attention):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("query_size", query_size))
-        self.W_k = nn.Dense(h, use_bias=False, flatten=False, in_units=_checks.positive_int("key_size", key_size))
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = nn.Dense(h, use_bias=False, flatten=False,
+                            in_units=_checks.checked_positive_int("query_size", query_size))
+        self.W_k = nn.Dense(h, use_bias=False, flatten=False,
+                            in_units=_checks.checked_positive_int("key_size", key_size))
         self.w_v = nn.Dense(1, use_bias=False, flatten=False, in_units=h)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.initialize(DENSE_INIT)
 
     def keep(self, queries, keys, values, valid_lens, mask):
         sizes = {"queries": self.W_q.weight.shape[1], "keys": self.W_k.weight.shape[1]}  # Dense: (out, in)
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         return keep_mask((*queries.shape[:-1], keys.shape[-2]), valid_lens, mask, queries.ctx)  # (b, q, k)
 
     def hybrid_forward(self, F, queries, keys, values, keep):
         q, k = self.W_q(queries), self.W_k(keys)                             # (b, q, h), (b, k, h)
         features = F.np.tanh(F.np.expand_dims(q, 2) + F.np.expand_dims(k, 1))  # (b, q, k, h)
         scores = F.np.squeeze(self.w_v(features), axis=-1)                   # (b, q, k)
-        return _attend(F, scores, keep, values, self.rate)                # (b, q, dv), ...
+        return _weigh_values(F, scores, keep, values, self.rate)          # (b, q, dv), ...
 
 
 class MultiHeadAttention(_Biased):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
         kv = self.num_kv_heads * self.head_size                              # key/value heads share columns
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["query"])
         self.W_k = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["key"])
@@ -153,19 +155,19 @@ class MultiHeadAttention(_Biased):
     def keep(self, queries, keys, values, valid_lens, mask):
         sizes = {x: dense.weight.shape[1] for x, dense in
                  (("queries", self.W_q), ("keys", self.W_k), ("values", self.W_v))}  # Dense: (out, in)
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         b, q, k = queries.shape[0], queries.shape[1], keys.shape[1]
         if mask is not None:
             mask = tensor(mask)
-            _checks.mask(mask.shape, (b, q, k), mask.dtype)
+            _checks.check_mask(mask.shape, (b, q, k), mask.dtype)
             mask = np.expand_dims(mask, 1) if mask.ndim == 3 else mask        # (b, 1, q, k): every head
         return keep_mask((b, self.num_heads, q, k), valid_lens, mask, queries.ctx)
 
-    def split_heads(self, F, X, num_heads):
-        X = F.npx.reshape(X, (-2, -2, num_heads, -1))                        # (b, n, heads, dh)
+    def _split_heads(self, F, X):
+        X = F.npx.reshape(X, (-2, -2, -1, self.head_size))                   # (b, n, heads, dh)
         return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
 
-    def attend_heads(self, F, q, k, v, keep, score_bias=None):
+    def _attend(self, F, q, k, v, keep, score_bias=None):
         """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
         group = self.num_heads // self.num_kv_heads
         if group > 1:
@@ -175,10 +177,10 @@ class MultiHeadAttention(_Biased):
         return (self.W_o(out), *self.attention._saved)
 
     def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
-        q = self.split_heads(F, self.W_q(queries), self.num_heads)           # (b, heads, q, dh)
-        k = self.split_heads(F, self.W_k(keys), self.num_kv_heads)           # (b, kv_heads, k, dh)
-        v = self.split_heads(F, self.W_v(values), self.num_kv_heads)         # (b, kv_heads, k, dh)
-        return self.attend_heads(F, q, k, v, keep, score_bias)
+        q = self._split_heads(F, self.W_q(queries))                          # (b, heads, q, dh)
+        k = self._split_heads(F, self.W_k(keys))                             # (b, kv_heads, k, dh)
+        v = self._split_heads(F, self.W_v(values))                           # (b, kv_heads, k, dh)
+        return self._attend(F, q, k, v, keep, score_bias)
 
     def save_weights(self, weights, live):
         self.attention.save_weights(weights, live)                           # traced, its own are symbols
@@ -193,7 +195,7 @@ class ConcatAttention(_Attention):
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.W_attn = nn.Dense(num_values, flatten=False, in_units=query_size + key_size)
@@ -204,10 +206,10 @@ class ConcatAttention(_Attention):
         return super().__call__(queries, keys, values, valid_lens, mask=mask, training=training)  # no dropout
 
     def keep(self, queries, keys, values, valid_lens, mask):
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         return keep_mask((*queries.shape[:-1], values.shape[1]), valid_lens, mask, queries.ctx)  # (b, q, num_values)
 
     def hybrid_forward(self, F, queries, keys, values, keep):
         scores = self.W_attn(F.np.concatenate([queries, keys], axis=-1))        # (b, q, num_values)
-        context, weights, live = _attend(F, scores, keep, values, rate=0.0)     # (b, q, value_size)
+        context, weights, live = _weigh_values(F, scores, keep, values, rate=0.0)  # (b, q, value_size)
         return self.W_combine(F.np.concatenate([queries, context], axis=-1)), weights, live  # (b, q, output_size)

@@ -6,21 +6,21 @@ from mxnet.gluon import nn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
-from d2lattn.mxnet.ops import causal_mask, train_mode
+from d2lattn.mxnet.ops import _train_mode, causal_mask
 
 
 class LayerNorm(nn.HybridBlock):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.params.get("gamma", shape=(n,), init="ones")
         self.beta = self.params.get("beta", shape=(n,), init="zeros")
         self.initialize()
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
-            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+            _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         return super().__call__(X)
 
     def hybrid_forward(self, F, X, gamma, beta):
@@ -33,7 +33,7 @@ class LayerNorm(nn.HybridBlock):
 class PositionWiseFFN(nn.HybridBlock):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
         self.W_1 = nn.Dense(n_h, flatten=False, in_units=n_in)
         self.W_2 = nn.Dense(n_out, flatten=False, in_units=n_h)
@@ -41,7 +41,7 @@ class PositionWiseFFN(nn.HybridBlock):
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):
-            _checks.features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
+            _checks.check_features("X", X.shape, self.W_1.weight.shape[1], "the num_inputs")   # Dense: (out, in)
         return super().__call__(X)
 
     def hybrid_forward(self, F, X):
@@ -51,14 +51,14 @@ class PositionWiseFFN(nn.HybridBlock):
 class RMSNorm(nn.HybridBlock):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.params.get("gamma", shape=(n,), init="ones")
         self.initialize()
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):                                     # concrete, not a graph symbol
-            _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+            _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         return super().__call__(X)
 
     def hybrid_forward(self, F, X, gamma):
@@ -69,9 +69,9 @@ class RMSNorm(nn.HybridBlock):
 class SwiGLUFFN(nn.HybridBlock):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
-        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.W_gate = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_up = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_down = nn.Dense(n_out, use_bias=False, flatten=False, in_units=n_h)
@@ -79,7 +79,7 @@ class SwiGLUFFN(nn.HybridBlock):
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
         if isinstance(X, np.ndarray):
-            _checks.features("X", X.shape, self.W_gate.weight.shape[1], "the num_inputs")  # Dense: (out, in)
+            _checks.check_features("X", X.shape, self.W_gate.weight.shape[1], "the num_inputs")  # Dense: (out, in)
         return super().__call__(X)
 
     def hybrid_forward(self, F, X):
@@ -90,11 +90,11 @@ class SwiGLUFFN(nn.HybridBlock):
 class AddNorm(nn.HybridBlock):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.norm = LayerNorm(normalized_size)
 
     def __call__(self, X, Y, *, training=None):
-        with train_mode(training):
+        with _train_mode(training):
             return super().__call__(X, Y)
 
     def hybrid_forward(self, F, X, Y):
@@ -120,7 +120,7 @@ class _Block(nn.HybridBlock):
                             "a graph being traced: hybridize the block itself, or a plain Block around it")
 
     def graph(self, training, *arrays):
-        with train_mode(training):
+        with _train_mode(training):
             out, *saved = super().__call__(*arrays)
         for i, name in enumerate(self.attentions):
             getattr(self, name).save_weights(*saved[2 * i: 2 * i + 2])  # (weights, live) of each
@@ -147,7 +147,7 @@ class TransformerEncoderBlock(_Block):
         return self.graph(training, X, keep)
 
     def hybrid_forward(self, F, X, keep):
-        Y = self.addnorm1(X, self.attention.attend(X, X, X, keep))
+        Y = self.addnorm1(X, self.attention.with_keep(X, X, X, keep))
         return self.with_weights(self.addnorm2(Y, self.ffn(Y)))            # (b, T, h), then the weights
 
 
@@ -183,6 +183,6 @@ class TransformerDecoderBlock(_Block):
         return Y, key_values
 
     def hybrid_forward(self, F, X, key_values, enc_outputs, keep1, keep2):
-        Y = self.addnorm1(X, self.attention1.attend(X, key_values, key_values, keep1))   # (b, T, h)
-        Z = self.addnorm2(Y, self.attention2.attend(Y, enc_outputs, enc_outputs, keep2))
+        Y = self.addnorm1(X, self.attention1.with_keep(X, key_values, key_values, keep1))   # (b, T, h)
+        Z = self.addnorm2(Y, self.attention2.with_keep(Y, enc_outputs, enc_outputs, keep2))
         return self.with_weights(self.addnorm3(Z, self.ffn(Z)))                    # (b, T, h), then the weights

@@ -13,20 +13,10 @@ import numpy as onp
 from mxnet import autograd, np
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _F, tensor
+from d2lattn.mxnet.ops import _F, lengths
 
 IMPERATIVE_ONLY = ("blockwise_attention runs imperatively on MXNet: its mxnet.autograd.Function cannot enter "
                    "a hybridized graph, and a graph symbol has no shape to count the key blocks by")
-
-
-def _lengths(valid_lens, scores_shape, ctx):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = tensor(valid_lens).as_in_ctx(ctx)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    _checks.lens_values(lens.asnumpy())                       # whole numbers, none negative
-    return lens.astype("int32")                               # a float length counts like an integer
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -51,21 +41,21 @@ class _Blockwise(autograd.Function):
 
     def forward(self, queries, keys, values):
         rows = queries.shape[:-1] + (1,)
-        top = np.full(rows, -onp.inf, ctx=queries.ctx)                        # (..., q, 1) running max
-        total = np.zeros(rows, ctx=queries.ctx)                               # (..., q, 1) running sum
-        acc = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=queries.ctx)  # (..., q, dv) running output
+        m = np.full(rows, -onp.inf, ctx=queries.ctx)                          # (..., q, 1) running max
+        l = np.zeros(rows, ctx=queries.ctx)                                   # (..., q, 1) running sum
+        a = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=queries.ctx)  # (..., q, dv) running output
         for start in range(0, keys.shape[-2], self.block_size):
             stop = start + self.block_size
             scores = _block_scores(queries, keys[..., start:stop, :], self.lens, self.causal, self.offset, start)
-            new_top = np.maximum(top, scores.max(axis=-1, keepdims=True))     # (..., q, 1)
-            shift = np.where(np.isfinite(new_top), new_top, 0.0)             # an empty row has no max yet
+            m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))         # (..., q, 1)
+            shift = np.where(np.isfinite(m_new), m_new, 0.0)                 # an empty row has no max yet
             p = np.exp(scores - shift)                                        # (..., q, kb), 0 where masked
-            rescale = np.exp(top - shift)                                     # (..., q, 1), old terms
-            total = total * rescale + p.sum(axis=-1, keepdims=True)
-            acc = acc * rescale + np.matmul(p, values[..., start:stop, :])    # (..., q, dv)
-            top = new_top
-        out = acc / np.where(total > 0, total, 1.0)                           # (..., q, dv), empty row: 0
-        lse = np.where(total > 0, top + np.log(np.where(total > 0, total, 1.0)), -onp.inf)[..., 0]  # (..., q)
+            rescale = np.exp(m - shift)                                       # (..., q, 1), old terms
+            l = l * rescale + p.sum(axis=-1, keepdims=True)
+            a = a * rescale + np.matmul(p, values[..., start:stop, :])        # (..., q, dv)
+            m = m_new
+        out = a / np.where(l > 0, l, 1.0)                                     # (..., q, dv), empty row: 0
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -onp.inf)[..., 0]  # (..., q)
         self.save_for_backward(queries, keys, values, out, lse)
         return out, lse
 
@@ -93,10 +83,11 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
                         return_lse=False):
     if not isinstance(queries, np.ndarray):                                  # a graph symbol
         raise TypeError(IMPERATIVE_ONLY)
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]), queries.ctx)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.ctx)
     out, lse = _Blockwise(lens, bool(causal), offset, block_size)(queries, keys, values)  # (..., q, dv), (..., q)
     return (out, lse) if return_lse else out
 
@@ -104,7 +95,7 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
 def merge_attention(outputs, lses):
     if not outputs or isinstance(outputs[0], np.ndarray):                    # shapes are known
-        _checks.merge_inputs(outputs, lses)
+        _checks.check_merge_inputs(outputs, lses)
     F = _F(outputs[0])
     lses = F.np.stack(list(lses))                                             # (n, ..., q)
     # The shift cancels out, gradients included (MXNet's NumPy interface has no stop_gradient);

@@ -14,7 +14,7 @@ from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
-from d2lattn.mxnet.ops import causal_mask, tensor, to_numpy, train_mode
+from d2lattn.mxnet.ops import _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
 from d2lattn.sampling import next_tokens
 
@@ -29,20 +29,20 @@ class CausalSelfAttention(MultiHeadAttention):
     """MultiHeadAttention's parameters and heads on one sequence: rotary positions, a causal
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far.
 
-    The call makes the graph's other inputs (`inputs`) and runs `attend`; a parent's graph
-    calls `attend` with the inputs it made (one mask and one set of tables for every layer).
+    The call makes the graph's other inputs (`inputs`) and runs `with_keep`; a parent's graph
+    calls `with_keep` with the inputs it made (one mask and one set of tables for every layer).
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def cache_inputs(self, batch, cache, ctx):
         """The cache checked, as (keys, values); an empty one (b, kv_heads, 0, dh) at the start."""
-        _checks.cache(cache, batch, self.num_kv_heads, self.head_size)
+        _checks.check_cache(cache, batch, self.num_kv_heads, self.head_size)
         return tuple(cache or 2 * (np.zeros((batch, self.num_kv_heads, 0, self.head_size), ctx=ctx),))
 
     def positions(self, T, t, ctx):
@@ -52,27 +52,27 @@ class CausalSelfAttention(MultiHeadAttention):
 
     def __call__(self, X, *, cache=None, training=None):
         _concrete(self, X)
-        _checks.sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
+        _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
         keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
         keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
-        with train_mode(training):
-            return self.attend(X, keys, values, keep, *tables)
+        with _train_mode(training):
+            return self.with_keep(X, keys, values, keep, *tables)
 
-    def attend(self, X, keys, values, keep, *tables):
+    def with_keep(self, X, keys, values, keep, *tables):
         """The graph on ready inputs, as a parent's graph calls it: -> (Y, (keys, values))."""
         Y, keys, values, weights, live = nn.HybridBlock.__call__(self, X, keys, values, keep, *tables)
         self.save_weights(weights, live)
         return Y, (keys, values)
 
     def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        q = self.split_heads(F, self.W_q(X), self.num_heads)               # (b, heads, T, dh)
-        k = self.split_heads(F, self.W_k(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
-        v = self.split_heads(F, self.W_v(X), self.num_kv_heads)            # (b, kv_heads, T, dh)
+        q = self._split_heads(F, self.W_q(X))                              # (b, heads, T, dh)
+        k = self._split_heads(F, self.W_k(X))                              # (b, kv_heads, T, dh)
+        v = self._split_heads(F, self.W_v(X))                              # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=tables), self.rope(k, offset=tables)  # rotated at their positions
         k = F.np.concatenate([keys, k], axis=2)                             # (b, kv_heads, t + T, dh)
         v = F.np.concatenate([values, v], axis=2)                           # (b, kv_heads, t + T, dh)
-        Y, weights, live = self.attend_heads(F, q, k, v, keep)              # (b, T, num_hiddens), ...
+        Y, weights, live = self._attend(F, q, k, v, keep)                   # (b, T, num_hiddens), ...
         return Y, k, v, weights, live
 
 
@@ -88,13 +88,13 @@ class TransformerLMBlock(nn.HybridBlock):
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def dropout(self, F, X):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
 
     def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        Y, (keys, values) = self.attention.attend(self.norm1(X), keys, values, keep, *tables)
+        Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *tables)
         X = X + self.dropout(F, Y)                                          # (b, T, h)
         X = X + self.dropout(F, self.ffn(self.norm2(X)))
         return (X, keys, values, *self.attention.attention._saved)
@@ -111,11 +111,12 @@ class TransformerLM(nn.HybridBlock):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
-        v, h = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("num_hiddens", num_hiddens)
+        v = _checks.checked_positive_int("vocab_size", vocab_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nn.Embedding(v, h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
-        for _ in range(_checks.positive_int("num_layers", num_layers)):
+        for _ in range(_checks.checked_positive_int("num_layers", num_layers)):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                                window=window, rope_base=rope_base, dropout=dropout))
         self.norm = RMSNorm(h)
@@ -125,13 +126,13 @@ class TransformerLM(nn.HybridBlock):
     def __call__(self, tokens, *, cache=None, training=None):
         _concrete(self, tokens)
         tokens = tensor(tokens)
-        _checks.tokens(tokens.shape, "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(tokens.shape, "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         (b, T), ctx = tokens.shape, tokens.ctx
         caches = [block.attention.cache_inputs(b, c, ctx)
                   for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
         keep, tables = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)   # shared by every block
-        with train_mode(training):
+        with _train_mode(training):
             logits, *rest = super().__call__(tokens, keep, *tables, *(a for c in caches for a in c))
         for i, block in enumerate(self.blocks):
             block.attention.save_weights(*rest[4 * i + 2: 4 * i + 4])          # (weights, live) of each
@@ -151,9 +152,9 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     as the graph it traced on its first call: a new length re-infers shapes, never retraces;
     with the cache, each step feeds only the newest token."""
     tokens = onp.asarray(prompt).astype(onp.int32)                         # (b, T0)
-    _checks.tokens(tokens.shape, "prompt")
+    _checks.check_tokens(tokens.shape, "prompt")
     rng, new, cache = onp.random.default_rng(seed), tokens, None
-    for _ in range(_checks.positive_int("num_tokens", num_tokens)):
+    for _ in range(_checks.checked_positive_int("num_tokens", num_tokens)):
         if use_cache:
             logits, cache = model(tensor(new), cache=cache, training=False)  # (b, len(new), vocab)
         else:

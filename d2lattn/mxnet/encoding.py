@@ -5,7 +5,7 @@ from mxnet import np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import tensor, train_mode
+from d2lattn.mxnet.ops import _train_mode, tensor
 
 
 def sinusoids(max_len, num_hiddens):
@@ -23,9 +23,10 @@ class PositionalEncoding(nn.HybridBlock):
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         super().__init__()
         # A Constant: part of the hybridized graph, never trained, not a parameter.
-        self.codes = self.params.get_constant("codes", sinusoids(_checks.positive_int("max_len", max_len),
-                                                                  _checks.positive_int("num_hiddens", num_hiddens)))
-        self.rate = _checks.dropout_rate(dropout)
+        codes = sinusoids(_checks.checked_positive_int("max_len", max_len),
+                          _checks.checked_positive_int("num_hiddens", num_hiddens))
+        self.codes = self.params.get_constant("codes", codes)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.initialize()
 
     @property
@@ -34,8 +35,8 @@ class PositionalEncoding(nn.HybridBlock):
 
     def __call__(self, X, *, training=None):
         if isinstance(X, np.ndarray):                                          # concrete, not a graph symbol
-            _checks.sequence_input(X.shape, self.codes.shape[-1], self.codes.shape[1])
-        with train_mode(training):
+            _checks.check_sequence_input(X.shape, self.codes.shape[-1], self.codes.shape[1])
+        with _train_mode(training):
             return super().__call__(X)
 
     def hybrid_forward(self, F, X, codes):
@@ -47,7 +48,7 @@ class PositionalEncoding(nn.HybridBlock):
 def alibi_slopes(num_heads):
     """Press et al.'s slopes: 2 ** (-8 (h + 1) / n) for n a power of two; otherwise those of the
     largest power of two c < n, then every other slope of 2c, the first n - c of them."""
-    n = _checks.positive_int("num_heads", num_heads)
+    n = _checks.checked_positive_int("num_heads", num_heads)
     c = 2 ** (n.bit_length() - 1)                                             # the largest power of two <= n
 
     def geometric(m):
@@ -59,7 +60,7 @@ def alibi_slopes(num_heads):
 def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     """(heads, q, k): -slope[h] * |offset + i - j|, the distance between query i and key j."""
     num_keys = num_queries if num_keys is None else num_keys
-    offset = _checks.integer("offset", offset)
+    offset = _checks.checked_integer("offset", offset)
     distance = onp.abs(offset + onp.arange(num_queries)[:, None] - onp.arange(num_keys))  # (q, k)
     return -alibi_slopes(num_heads).reshape(-1, 1, 1) * tensor(distance, "float32")    # (heads, q, k)
 
@@ -76,8 +77,8 @@ class RotaryPositionalEncoding(nn.HybridBlock):
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
         super().__init__()
-        d = self.head_size = _checks.head_size(head_size)
-        self.base = _checks.positive_number("base", base)
+        d = self.head_size = _checks.checked_head_size(head_size)
+        self.base = _checks.checked_positive_number("base", base)
         self.interleaved = bool(interleaved)
         theta = self.base ** (-2 * onp.arange(d // 2) / d)                        # (d/2,)
         a, b = (onp.arange(0, d, 2), onp.arange(1, d, 2)) if self.interleaved else (
@@ -90,12 +91,12 @@ class RotaryPositionalEncoding(nn.HybridBlock):
 
     def tables(self, offset, steps, ctx):
         """cos and signed sin (T, d) of the angles p theta at positions p = offset, ..., offset + T - 1."""
-        angles = (_checks.integer("offset", offset) + onp.arange(steps))[:, None] * self.freq   # (T, d)
+        angles = (_checks.checked_integer("offset", offset) + onp.arange(steps))[:, None] * self.freq   # (T, d)
         return tensor(onp.cos(angles)).as_in_ctx(ctx), tensor(self.sign * onp.sin(angles)).as_in_ctx(ctx)
 
     def __call__(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
         if not isinstance(offset, tuple):                                          # an offset, not tables
-            _checks.features("X", X.shape, self.head_size, "the head_size")
+            _checks.check_features("X", X.shape, self.head_size, "the head_size")
             offset = self.tables(offset, X.shape[-2], X.ctx)
         return super().__call__(X, *offset)
 

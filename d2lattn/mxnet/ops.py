@@ -76,7 +76,7 @@ LENS_IN_GRAPH = ("valid_lens cannot enter a hybridized graph (it needs the score
                  "do not have): pass mask=keep_mask(scores_shape, valid_lens, mask), made outside the graph")
 
 
-def train_mode(training):
+def _train_mode(training):
     """Context for one call: None keeps autograd's mode, True/False switch it (hybridized graphs too)."""
     if training is None:
         return contextlib.nullcontext()
@@ -88,6 +88,14 @@ def _F(x):
     return mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd
 
 
+def lengths(valid_lens, scores_shape, ctx=None):
+    """`valid_lens` as int32 shaped to broadcast against scores (b, ..., q, k)."""
+    lens = tensor(valid_lens).as_in_ctx(ctx or mx.current_context())
+    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    _checks.check_lens_values(lens.asnumpy())                 # whole numbers, none negative
+    return lens.astype(onp.int32)                       # a float length counts like an integer
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     """Boolean array broadcastable to the scores: True where a query may attend.
 
@@ -97,20 +105,15 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     ctx = ctx or mx.current_context()
     keep = None
     if valid_lens is not None:
-        lens = tensor(valid_lens).as_in_ctx(ctx)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        _checks.lens_values(lens.asnumpy())                 # whole numbers, none negative
-        if _checks.lens_dtype(lens.dtype):
-            lens = lens.astype(onp.int32)                   # a float length counts like an integer
-        keep = np.arange(scores_shape[-1], dtype=lens.dtype, ctx=ctx) < lens
+        keep = np.arange(scores_shape[-1], dtype="int32", ctx=ctx) < lengths(valid_lens, scores_shape, ctx)
     if mask is not None:
         mask = tensor(mask).as_in_ctx(ctx)
-        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else (keep * mask).astype(bool)  # MXNet 1.9 has no & on booleans
     return np.ones((1,), dtype=bool, ctx=ctx) if keep is None else keep
 
 
-def lower_masked(X, keep):
+def _lower_masked(X, keep):
     """(X with every masked score lowered to the lowest finite number, keep as 1/0 in X's dtype).
 
     The lowest finite number, not -inf: an empty row stays finite (uniform) on the
@@ -132,16 +135,16 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
         mask = keep_mask(X.shape, valid_lens, mask, X.ctx)
     elif valid_lens is not None:
         raise TypeError(f"masked_softmax: {LENS_IN_GRAPH}")
-    scores, on = lower_masked(X, mask)                              # (..., q, k)
+    scores, on = _lower_masked(X, mask)                              # (..., q, k)
     return F.npx.softmax(scores, axis=-1) * on                      # masked weights and empty rows: 0
 
 
 def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     num_keys = num_queries if num_keys is None else num_keys
-    i = onp.arange(num_queries)[:, None] + _checks.integer("offset", offset)   # (q, 1): query positions
+    i = onp.arange(num_queries)[:, None] + _checks.checked_integer("offset", offset)   # (q, 1): query positions
     j = onp.arange(num_keys)                                                  # (k,): key positions
     keep = j <= i
-    window = _checks.window(window)
+    window = _checks.checked_window(window)
     if window is not None:
         keep &= i - j < window                                                # itself and window - 1 before
     return np.array(keep)                                                     # (q, k) bool

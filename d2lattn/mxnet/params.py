@@ -7,7 +7,7 @@ from mxnet.gluon import nn, rnn
 from d2lattn import _checks, checkpoint
 
 
-class Layout:
+class _Layout:
     """Where one canonical parameter sits in a stored Gluon parameter `p`.
 
     It is rows `rows` of `p` (all of them by default), transposed when `p` is a
@@ -38,6 +38,13 @@ class Layout:
             staged[self.partner][self.rows] = 0
 
 
+def _submodules(block, path=""):
+    """(dotted path, block) for `block` and every block inside it, parents first."""
+    yield path, block
+    for name, child in block._children.items():
+        yield from _submodules(child, f"{path}.{name}" if path else name)
+
+
 def _gru(prefix, gru):
     """A one-layer rnn.GRU (a layer `l{i}` of our GRU) stacks its gates in the order (r, z, n):
     l0_i2h_weight (3h, in), l0_h2h_weight (3h, h), l0_i2h_bias and l0_h2h_bias (3h,).
@@ -48,22 +55,15 @@ def _gru(prefix, gru):
     h, p = gru._hidden_size, gru._reg_params
     w_ih, w_hh, b_ih, b_hh = p["l0_i2h_weight"], p["l0_h2h_weight"], p["l0_i2h_bias"], p["l0_h2h_bias"]
     rows = {"r": slice(0, h), "z": slice(h, 2 * h), "h": slice(2 * h, 3 * h)}
-    named = {f"{prefix}W_x{g}": (w_ih, Layout(r, transpose=True)) for g, r in rows.items()}
-    named.update({f"{prefix}W_h{g}": (w_hh, Layout(r, transpose=True)) for g, r in rows.items()})
-    named.update({f"{prefix}b_{g}": (b_ih, Layout(rows[g], partner=b_hh)) for g in "rz"})
-    named.update({f"{prefix}b_xh": (b_ih, Layout(rows["h"])), f"{prefix}b_hh": (b_hh, Layout(rows["h"]))})
+    named = {f"{prefix}W_x{g}": (w_ih, _Layout(r, transpose=True)) for g, r in rows.items()}
+    named.update({f"{prefix}W_h{g}": (w_hh, _Layout(r, transpose=True)) for g, r in rows.items()})
+    named.update({f"{prefix}b_{g}": (b_ih, _Layout(rows[g], partner=b_hh)) for g in "rz"})
+    named.update({f"{prefix}b_xh": (b_ih, _Layout(rows["h"])), f"{prefix}b_hh": (b_hh, _Layout(rows["h"]))})
     return named
 
 
-def _blocks(block, path=""):
-    """(dotted path, block) for `block` and every block inside it, parents first."""
-    yield path, block
-    for name, child in block._children.items():
-        yield from _blocks(child, f"{path}.{name}" if path else name)
-
-
 def _named(module):
-    """{canonical name: (parameter, Layout)}.
+    """{canonical name: (parameter, _Layout)}.
 
     Gluon's Dense keeps its weight as (out, in): canonical `W_x` is its transpose,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named
@@ -73,19 +73,19 @@ def _named(module):
     Constants (the positional codes) are not parameters.
     """
     named = {}
-    for path, sub in _blocks(module):
+    for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, nn.Dense):
-            named[path] = (sub.weight, Layout(transpose=True))
+            named[path] = (sub.weight, _Layout(transpose=True))
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
-                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, Layout())
+                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, _Layout())
         elif isinstance(sub, nn.Embedding):
-            named[path] = (sub.weight, Layout())
+            named[path] = (sub.weight, _Layout())
         elif isinstance(sub, rnn.GRU):
             named.update(_gru(prefix, sub))
         else:
-            named.update({prefix + n: (p, Layout()) for n, p in sub._reg_params.items() if p.grad_req != "null"})
+            named.update({prefix + n: (p, _Layout()) for n, p in sub._reg_params.items() if p.grad_req != "null"})
     return named
 
 
@@ -95,7 +95,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: tuple(layout(p.data()).shape) for name, (p, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: tuple(layout(p.data()).shape) for name, (p, layout) in named.items()}, params)
     staged = {p: p.data().asnumpy() for p, _ in named.values()}      # a GRU weight holds several canonical ones
     for name, (p, layout) in named.items():
         layout.set(staged, p, onp.asarray(params[name]))

@@ -14,7 +14,7 @@ from mxnet.gluon import nn, rnn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, AdditiveAttention
-from d2lattn.mxnet.ops import _F, tensor, to_numpy, train_mode
+from d2lattn.mxnet.ops import _F, _train_mode, tensor, to_numpy
 
 # N(0, 1), the reference's (and PyTorch's) default for an embedding table.
 EMBEDDING_INIT = init.Normal(1.0)
@@ -27,10 +27,10 @@ class GRU(nn.HybridBlock):
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.input_size = _checks.positive_int("input_size", input_size)
-        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.rate = _checks.dropout_rate(dropout)
+        self.input_size = _checks.checked_positive_int("input_size", input_size)
+        self.num_hiddens = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.checked_positive_int("num_layers", num_layers)
+        self.rate = _checks.checked_dropout_rate(dropout)
         for i in range(self.num_layers):
             setattr(self, f"l{i}", rnn.GRU(self.num_hiddens, layout="NTC",
                                            input_size=self.input_size if i == 0 else self.num_hiddens))
@@ -39,11 +39,11 @@ class GRU(nn.HybridBlock):
     def __call__(self, X, state=None, *, training=None):
         L, h = self.num_layers, self.num_hiddens
         if isinstance(X, np.ndarray):                              # concrete, not a graph symbol
-            _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape, L, h)
+            _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else state.shape, L, h)
             state = np.zeros((L, X.shape[0], h), ctx=X.ctx) if state is None else state
         elif state is None:                                        # zeros (layers, b, h) from unknown shapes
             state = mx.sym.np.zeros((L, 1, h)) + mx.sym.np.zeros_like(X[:, 0, :1])
-        with train_mode(training):
+        with _train_mode(training):
             return tuple(super().__call__(X, state))               # (b, T, h), (layers, b, h)
 
     def hybrid_forward(self, F, X, state):
@@ -59,16 +59,16 @@ class GRU(nn.HybridBlock):
 class Seq2SeqEncoder(nn.HybridBlock):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
-                                      _checks.positive_int("embed_size", embed_size))
+        self.embedding = nn.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
+                                      _checks.checked_positive_int("embed_size", embed_size))
         self.embedding.initialize(EMBEDDING_INIT)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
     def __call__(self, X, *, training=None):
         if not isinstance(X, mx.sym.Symbol):                        # concrete (NumPy too), not a graph symbol
             X = tensor(X)
-            _checks.tokens(X.shape)
-        with train_mode(training):
+            _checks.check_tokens(X.shape)
+        with _train_mode(training):
             return tuple(super().__call__(X))                       # (b, S, h), (layers, b, h)
 
     def hybrid_forward(self, F, X):
@@ -81,10 +81,10 @@ class Seq2SeqAttentionDecoder(nn.Block):
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.attention = AdditiveAttention(h, h, h, dropout)
-        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
-                                      _checks.positive_int("embed_size", embed_size))
+        self.embedding = nn.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
+                                      _checks.checked_positive_int("embed_size", embed_size))
         self.embedding.initialize(EMBEDDING_INIT)
         self.rnn = GRU(embed_size + h, h, num_layers, dropout)
         self.W_out = nn.Dense(vocab_size, flatten=False, in_units=h)
@@ -97,9 +97,9 @@ class Seq2SeqAttentionDecoder(nn.Block):
     def __call__(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
         X = tensor(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         outputs, weights = [], []
-        with train_mode(training):
+        with _train_mode(training):
             for x in np.swapaxes(self.embedding(X), 0, 1):          # (b, embed), one step at a time
                 query = np.expand_dims(H[-1], 1)                    # (b, 1, h): the top layer's state
                 context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens)  # (b, 1, h)

@@ -10,14 +10,9 @@ from d2lattn.mxnet.seq2seq import sequence_loss
 
 def _fit(name, model, batches, batch_loss, epochs, lr, clip, progress):
     """Gluon's Adam on `batch_loss(batch of arrays)` for each batch, clipped to global norm
-    `clip`; returns each epoch's mean batch loss, for plotting.
-
-    Gluon's Adam adds epsilon to sqrt(v) before the bias correction (as Keras does), PyTorch's
-    after it: Gluon's eps is PyTorch's times sqrt(1 - beta_2 ** t), 0.03 at the first step and
-    0.3 after a hundred. So epsilon is 1e-10 here, below PyTorch's 1e-8 through a short run,
-    where Gluon's default 1e-8 damps the early steps of small gradients (the date LM stalled
-    at 0.4 exact match with it; its loss curve now follows PyTorch's)."""
-    epochs = _checks.positive_int("epochs", epochs)
+    `clip`; returns each epoch's mean batch loss, for plotting. Adam's epsilon is 1e-10, as
+    Keras' is: d2lattn/tensorflow/train.py says why."""
+    epochs = _checks.checked_positive_int("epochs", epochs)
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     trainer = gluon.Trainer(params, "adam", {"learning_rate": lr, "epsilon": 1e-10})
     losses = []

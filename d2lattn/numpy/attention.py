@@ -18,16 +18,16 @@ def _init(rng, fan_in, fan_out):
 class DotProductAttention(Module):
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(d)      # (b, q, k)
         if score_bias is not None:
             score_bias = np.asarray(score_bias)
-            _checks.score_bias(score_bias.shape, scores.shape)
+            _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                 # masking still wins below
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         return self.dropout(self.attention_weights, self.rate, training) @ values  # (b, q, dv)
@@ -37,17 +37,17 @@ class AdditiveAttention(Module):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
         rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.params = {
-            "W_q": _init(rng, _checks.positive_int("query_size", query_size), h),
-            "W_k": _init(rng, _checks.positive_int("key_size", key_size), h),
+            "W_q": _init(rng, _checks.checked_positive_int("query_size", query_size), h),
+            "W_k": _init(rng, _checks.checked_positive_int("key_size", key_size), h),
             "w_v": _init(rng, h, 1),
         }
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.params["W_q"].shape[0], "keys": self.params["W_k"].shape[0]})
         p = self.params
         q = queries @ p["W_q"]                                   # (b, q, h)
@@ -63,16 +63,16 @@ class MultiHeadAttention(Module):
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
         kv = self.num_kv_heads * self.head_size                    # key/value heads share columns
         sizes = {"q": ("query_size", query_size, h), "k": ("key_size", key_size, kv),
                  "v": ("value_size", value_size, kv), "o": ("num_hiddens", h, h)}
         for x, (name, size, out) in sizes.items():
-            self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.positive_int(name, size), out)
+            self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.checked_positive_int(name, size), out)
         if bias:
             self.params.update({f"b_{x}": np.zeros(out) for x, (_, _, out) in sizes.items()})
         self.attention = DotProductAttention(dropout)
@@ -80,9 +80,9 @@ class MultiHeadAttention(Module):
     def _dense(self, X, x):
         return X @ self.params[f"W_{x}"] + self.params.get(f"b_{x}", 0.0)
 
-    def _split_heads(self, X, num_heads):
-        b, n, _ = X.shape                                          # (b, n, num_heads * dh)
-        X = X.reshape(b, n, num_heads, -1)                         # (b, n, heads, dh)
+    def _split_heads(self, X):
+        b, n, _ = X.shape                                          # (b, n, heads * dh)
+        X = X.reshape(b, n, -1, self.head_size)                    # (b, n, heads, dh)
         return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
 
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -97,13 +97,13 @@ class MultiHeadAttention(Module):
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.params["W_q"].shape[0], "keys": self.params["W_k"].shape[0],
                  "values": self.params["W_v"].shape[0]}
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = np.asarray(mask)
-            _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self._split_heads(self._dense(queries, "q"), self.num_heads)     # (b, heads, q, dh)
-        k = self._split_heads(self._dense(keys, "k"), self.num_kv_heads)     # (b, kv_heads, k, dh)
-        v = self._split_heads(self._dense(values, "v"), self.num_kv_heads)   # (b, kv_heads, k, dh)
+            _checks.check_mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
+        q = self._split_heads(self._dense(queries, "q"))                     # (b, heads, q, dh)
+        k = self._split_heads(self._dense(keys, "k"))                        # (b, kv_heads, k, dh)
+        v = self._split_heads(self._dense(values, "v"))                      # (b, kv_heads, k, dh)
         if mask is not None and mask.ndim == 3:
             mask = mask[:, None]                                   # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
@@ -119,7 +119,7 @@ class ConcatAttention(Module):
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
         rng = np.random.default_rng(0)
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.params = {
@@ -129,7 +129,7 @@ class ConcatAttention(Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         p = self.params
         scores = np.concatenate([queries, keys], -1) @ p["W_attn"] + p["b_attn"]   # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)

@@ -12,12 +12,12 @@ from d2lattn.numpy.params import Module
 class LayerNorm(Module):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.params = {"gamma": np.ones(n), "beta": np.zeros(n)}
 
     def forward(self, X, *, training=None):
-        _checks.features("X", X.shape, len(self.params["gamma"]), "the normalized_size")
+        _checks.check_features("X", X.shape, len(self.params["gamma"]), "the normalized_size")
         mean = X.mean(axis=-1, keepdims=True)                          # (..., 1)
         var = ((X - mean) ** 2).mean(axis=-1, keepdims=True)           # biased, as in the paper
         X_hat = (X - mean) / np.sqrt(var + self.eps)                   # (..., n)
@@ -28,14 +28,14 @@ class PositionWiseFFN(Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
         rng = np.random.default_rng(0)
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
         self.params = {"W_1": _init(rng, n_in, n_h), "b_1": np.zeros(n_h),
                        "W_2": _init(rng, n_h, n_out), "b_2": np.zeros(n_out)}
 
     def forward(self, X, *, training=None):
         p = self.params
-        _checks.features("X", X.shape, p["W_1"].shape[0], "the num_inputs")
+        _checks.check_features("X", X.shape, p["W_1"].shape[0], "the num_inputs")
         H = np.maximum(X @ p["W_1"] + p["b_1"], 0.0)                  # (b, T, ffn_num_hiddens)
         return H @ p["W_2"] + p["b_2"]                                # (b, T, ffn_num_outputs)
 
@@ -43,12 +43,12 @@ class PositionWiseFFN(Module):
 class RMSNorm(Module):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.params = {"gamma": np.ones(n)}
 
     def forward(self, X, *, training=None):
-        _checks.features("X", X.shape, len(self.params["gamma"]), "the normalized_size")
+        _checks.check_features("X", X.shape, len(self.params["gamma"]), "the normalized_size")
         rms = np.sqrt((X ** 2).mean(axis=-1, keepdims=True) + self.eps)  # (..., 1): no mean removed
         return X / rms * self.params["gamma"]                          # (..., n)
 
@@ -57,14 +57,14 @@ class SwiGLUFFN(Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
         rng = np.random.default_rng(0)
-        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.params = {"W_gate": _init(rng, n_in, n_h), "W_up": _init(rng, n_in, n_h), "W_down": _init(rng, n_h, n_out)}
 
     def forward(self, X, *, training=None):
         p = self.params
-        _checks.features("X", X.shape, p["W_gate"].shape[0], "the num_inputs")
+        _checks.check_features("X", X.shape, p["W_gate"].shape[0], "the num_inputs")
         G = X @ p["W_gate"]                                            # (..., ffn_num_hiddens)
         silu = G * 0.5 * (1 + np.tanh(0.5 * G))                        # G * sigmoid(G), without overflow
         return (silu * (X @ p["W_up"])) @ p["W_down"]                  # (..., ffn_num_outputs)
@@ -73,7 +73,7 @@ class SwiGLUFFN(Module):
 class AddNorm(Module):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.norm = LayerNorm(normalized_size)
 
     def forward(self, X, Y, *, training=None):

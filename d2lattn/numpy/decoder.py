@@ -18,17 +18,17 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def forward(self, X, *, cache=None, training=None):
-        _checks.sequence_input(X.shape, self.params["W_q"].shape[0])
-        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        _checks.check_sequence_input(X.shape, self.params["W_q"].shape[0])
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]    # new and cached positions
-        q = self._split_heads(self._dense(X, "q"), self.num_heads)     # (b, heads, T, dh)
-        k = self._split_heads(self._dense(X, "k"), self.num_kv_heads)  # (b, kv_heads, T, dh)
-        v = self._split_heads(self._dense(X, "v"), self.num_kv_heads)  # (b, kv_heads, T, dh)
+        q = self._split_heads(self._dense(X, "q"))                     # (b, heads, T, dh)
+        k = self._split_heads(self._dense(X, "k"))                     # (b, kv_heads, T, dh)
+        v = self._split_heads(self._dense(X, "v"))                     # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=t), self.rope(k, offset=t)       # at positions t .. t + T - 1
         if cache is not None:
@@ -49,7 +49,7 @@ class TransformerLMBlock(Module):
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def forward(self, X, *, cache=None, training=None):
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training)
@@ -63,16 +63,17 @@ class TransformerLM(Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
         rng = np.random.default_rng(3)
-        v, h = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("num_hiddens", num_hiddens)
+        v = _checks.checked_positive_int("vocab_size", vocab_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.params = {"embedding": rng.normal(size=(v, h)), "W_out": _init(rng, h, v)}
         self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
                                           rope_base=rope_base, dropout=dropout)
-                       for _ in range(_checks.positive_int("num_layers", num_layers))]
+                       for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
         self.norm = RMSNorm(h)
 
     def forward(self, tokens, *, cache=None, training=None):
-        _checks.tokens(np.shape(tokens), "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(np.shape(tokens), "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         X = self.params["embedding"][np.asarray(tokens)]               # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
@@ -84,9 +85,9 @@ class TransformerLM(Module):
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
     """The reference runs eagerly: with the cache, each step feeds only the newest token."""
     tokens = np.asarray(prompt).astype(np.int32)                       # (b, T0)
-    _checks.tokens(tokens.shape, "prompt")
+    _checks.check_tokens(tokens.shape, "prompt")
     rng, new, cache = np.random.default_rng(seed), tokens, None
-    for _ in range(_checks.positive_int("num_tokens", num_tokens)):
+    for _ in range(_checks.checked_positive_int("num_tokens", num_tokens)):
         if use_cache:
             logits, cache = model(new, cache=cache, training=False)    # (b, len(new), vocab)
         else:

@@ -20,12 +20,12 @@ def sinusoids(max_len, num_hiddens):
 class PositionalEncoding(Module):
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         super().__init__()
-        self.P = sinusoids(_checks.positive_int("max_len", max_len),
-                           _checks.positive_int("num_hiddens", num_hiddens))
-        self.rate = _checks.dropout_rate(dropout)
+        self.P = sinusoids(_checks.checked_positive_int("max_len", max_len),
+                           _checks.checked_positive_int("num_hiddens", num_hiddens))
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def forward(self, X, *, training=None):
-        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : X.shape[1]]                                # (b, T, d)
         return self.dropout(X, self.rate, training)
 
@@ -33,7 +33,7 @@ class PositionalEncoding(Module):
 def alibi_slopes(num_heads):
     """Press et al.'s slopes: 2 ** (-8 (h + 1) / n) for n a power of two; otherwise those of the
     largest power of two c < n, then every other slope of 2c, the first n - c of them."""
-    n = _checks.positive_int("num_heads", num_heads)
+    n = _checks.checked_positive_int("num_heads", num_heads)
     c = 2 ** (n.bit_length() - 1)                                    # the largest power of two <= n
 
     def geometric(m):
@@ -45,7 +45,7 @@ def alibi_slopes(num_heads):
 def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     """(heads, q, k): -slope[h] * |offset + i - j|, the distance between query i and key j."""
     num_keys = num_queries if num_keys is None else num_keys
-    offset = _checks.integer("offset", offset)
+    offset = _checks.checked_integer("offset", offset)
     distance = np.abs(offset + np.arange(num_queries)[:, None] - np.arange(num_keys))  # (q, k)
     return -alibi_slopes(num_heads)[:, None, None] * distance      # (heads, q, k)
 
@@ -56,15 +56,15 @@ class RotaryPositionalEncoding(Module):
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
         super().__init__()
-        self.head_size = _checks.head_size(head_size)
-        self.base = _checks.positive_number("base", base)
+        self.head_size = _checks.checked_head_size(head_size)
+        self.base = _checks.checked_positive_number("base", base)
         self.interleaved = bool(interleaved)
 
     def forward(self, X, *, offset=0, training=None):
-        _checks.features("X", X.shape, self.head_size, "the head_size")
+        _checks.check_features("X", X.shape, self.head_size, "the head_size")
         d = self.head_size
         theta = self.base ** (-2 * np.arange(d // 2) / d)               # (d/2,)
-        p = _checks.integer("offset", offset) + np.arange(X.shape[-2])  # (T,): absolute positions
+        p = _checks.checked_integer("offset", offset) + np.arange(X.shape[-2])  # (T,): absolute positions
         cos, sin = np.cos(p[:, None] * theta), np.sin(p[:, None] * theta)  # (T, d/2)
         a, b = (X[..., 0::2], X[..., 1::2]) if self.interleaved else (X[..., : d // 2], X[..., d // 2:])
         a, b = a * cos - b * sin, a * sin + b * cos                     # (..., T, d/2) each

@@ -71,7 +71,7 @@ def lengths(valid_lens, scores_shape):
     """`valid_lens` as integers shaped to broadcast against scores (b, ..., q, k)."""
     lens = np.asarray(valid_lens)
     lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-    _checks.lens_values(lens)                               # whole numbers, none negative
+    _checks.check_lens_values(lens)                               # whole numbers, none negative
     return lens.astype(np.int64)                            # a float length counts like an integer
 
 
@@ -82,7 +82,7 @@ def keep_mask(scores_shape, valid_lens=None, mask=None):
         keep = keep & (np.arange(scores_shape[-1]) < lengths(valid_lens, scores_shape))
     if mask is not None:
         mask = np.asarray(mask)
-        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = keep & mask
     return keep
 
@@ -105,7 +105,7 @@ def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     """Query i sits at position offset + i, key j at j: keep j <= offset + i, and within a
     window w also offset + i - j < w."""
     num_keys = num_queries if num_keys is None else num_keys
-    offset, window = _checks.integer("offset", offset), _checks.window(window)
+    offset, window = _checks.checked_integer("offset", offset), _checks.checked_window(window)
     i = offset + np.arange(num_queries)[:, None]           # (q, 1): the queries' positions
     j = np.arange(num_keys)                                # (k,): the keys' positions
     keep = j <= i                                          # (q, k)

@@ -54,7 +54,7 @@ def get_params(module):
 
 
 def set_params(module, params):
-    _checks.param_shapes({n: v.shape for n, v in _named(module).items()}, params)
+    _checks.check_param_shapes({n: v.shape for n, v in _named(module).items()}, params)
     for name, value in params.items():
         *path, leaf = name.split(".")
         owner = module

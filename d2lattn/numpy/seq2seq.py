@@ -20,7 +20,7 @@ def _uniform(rng, num_hiddens, shape):
     return rng.uniform(-bound, bound, shape)
 
 
-class GRULayer(Module):
+class _GRULayer(Module):
     """One layer of the GRU: parameters W_xr ... b_hh, the canonical names of api.GRU."""
 
     def __init__(self, input_size, num_hiddens, rng):
@@ -39,20 +39,20 @@ class GRULayer(Module):
 
 
 class GRU(Module):
-    """Children l0, l1, ...: one GRULayer per layer, so names read `l0.W_xr`."""
+    """Children l0, l1, ...: one _GRULayer per layer, so names read `l0.W_xr`."""
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
-        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.rate = _checks.dropout_rate(dropout)
-        self.input_size = _checks.positive_int("input_size", input_size)
+        self.num_hiddens = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.checked_positive_int("num_layers", num_layers)
+        self.rate = _checks.checked_dropout_rate(dropout)
+        self.input_size = _checks.checked_positive_int("input_size", input_size)
         for i in range(self.num_layers):
-            setattr(self, f"l{i}", GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
+            setattr(self, f"l{i}", _GRULayer(self.input_size if i == 0 else self.num_hiddens, self.num_hiddens, rng))
 
     def forward(self, X, state=None, *, training=None):
-        _checks.recurrent_input(X.shape, self.input_size, None if state is None else np.shape(state),
+        _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else np.shape(state),
                                 self.num_layers, self.num_hiddens)
         b, h = X.shape[0], self.num_hiddens                         # X (b, T, input_size)
         state = np.zeros((self.num_layers, b, h)) if state is None else state  # (layers, b, h)
@@ -73,12 +73,13 @@ class Seq2SeqEncoder(Module):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         rng = np.random.default_rng(1)
-        shape = (_checks.positive_int("vocab_size", vocab_size), _checks.positive_int("embed_size", embed_size))
+        shape = (_checks.checked_positive_int("vocab_size", vocab_size),
+                 _checks.checked_positive_int("embed_size", embed_size))
         self.params = {"embedding": rng.normal(size=shape)}         # (vocab, embed)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
     def forward(self, X, *, training=None):
-        _checks.tokens(np.shape(X))
+        _checks.check_tokens(np.shape(X))
         embs = self.params["embedding"][np.asarray(X)]              # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
 
@@ -90,8 +91,9 @@ class Seq2SeqAttentionDecoder(Module):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         rng = np.random.default_rng(2)
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        v, e = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("embed_size", embed_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        v = _checks.checked_positive_int("vocab_size", vocab_size)
+        e = _checks.checked_positive_int("embed_size", embed_size)
         self.attention = AdditiveAttention(h, h, h, dropout)
         self.params = {"embedding": rng.normal(size=(v, e)), "W_out": _uniform(rng, h, (h, v)), "b_out": np.zeros(v)}
         self.rnn = GRU(e + h, h, num_layers, dropout)
@@ -102,7 +104,7 @@ class Seq2SeqAttentionDecoder(Module):
 
     def forward(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
-        _checks.tokens(np.shape(X))
+        _checks.check_tokens(np.shape(X))
         embs = self.params["embedding"][np.asarray(X)]              # (b, T, embed)
         outputs, weights = [], []
         for x in np.swapaxes(embs, 0, 1):                           # (b, embed), one step at a time

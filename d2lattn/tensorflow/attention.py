@@ -9,14 +9,14 @@ from d2lattn import _checks
 from d2lattn.tensorflow.ops import masked_softmax
 
 
-def dense(in_size, out_size, bias=False):
+def _dense_layer(in_size, out_size, bias=False):
     """A Keras Dense map built for `in_size` features, so its weights exist right away."""
     layer = keras.layers.Dense(out_size, use_bias=bias)
     layer.build((None, in_size))
     return layer
 
 
-class AttentionLayer(keras.layers.Layer):
+class _Attention(keras.layers.Layer):
     """A Keras layer whose `mask=` says which keys each query may attend to.
 
     Keras takes a `mask` argument for a padding mask to hand on to the output,
@@ -32,39 +32,39 @@ class AttentionLayer(keras.layers.Layer):
         return None
 
 
-class DotProductAttention(AttentionLayer):
+class DotProductAttention(_Attention):
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.attention_weights = None
         self.built = True  # no weights: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = tf.matmul(queries, keys, transpose_b=True) / math.sqrt(d)   # (b, q, k)
         if score_bias is not None:
             score_bias = tf.cast(score_bias, scores.dtype)
-            _checks.score_bias(score_bias.shape, scores.shape)
+            _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                     # masked after: weight 0 there
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         weights = self.dropout(self.attention_weights, training=training)
         return tf.matmul(weights, values)                                    # (b, q, dv)
 
 
-class AdditiveAttention(AttentionLayer):
+class AdditiveAttention(_Attention):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = dense(_checks.positive_int("query_size", query_size), h)
-        self.W_k = dense(_checks.positive_int("key_size", key_size), h)
-        self.w_v = dense(h, 1)
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = _dense_layer(_checks.checked_positive_int("query_size", query_size), h)
+        self.W_k = _dense_layer(_checks.checked_positive_int("key_size", key_size), h)
+        self.w_v = _dense_layer(h, 1)
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0]})
         q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
         features = tf.tanh(q[:, :, None] + k[:, None])            # (b, q, k, h)
@@ -74,27 +74,27 @@ class AdditiveAttention(AttentionLayer):
         return tf.matmul(weights, values)                         # (b, q, dv)
 
 
-class MultiHeadAttention(AttentionLayer):
+class MultiHeadAttention(_Attention):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        self.W_q = dense(size["query"], h, bias)
-        self.W_k = dense(size["key"], self.num_kv_heads * self.head_size, bias)
-        self.W_v = dense(size["value"], self.num_kv_heads * self.head_size, bias)
-        self.W_o = dense(h, h, bias)
+        self.W_q = _dense_layer(size["query"], h, bias)
+        self.W_k = _dense_layer(size["key"], self.num_kv_heads * self.head_size, bias)
+        self.W_v = _dense_layer(size["value"], self.num_kv_heads * self.head_size, bias)
+        self.W_o = _dense_layer(h, h, bias)
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def _split_heads(self, X, num_heads):
-        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, num_heads * dh)
-        X = tf.reshape(X, (b, n, num_heads, self.head_size))        # (b, n, heads, dh), dh static while tracing
+    def _split_heads(self, X):
+        b, n = tf.shape(X)[0], tf.shape(X)[1]                       # (b, n, heads * dh)
+        X = tf.reshape(X, (b, n, X.shape[-1] // self.head_size, self.head_size))  # (b, n, heads, dh), static sizes
         return tf.transpose(X, (0, 2, 1, 3))                        # (b, heads, n, dh)
 
     def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
@@ -109,13 +109,13 @@ class MultiHeadAttention(AttentionLayer):
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.kernel.shape[0], "keys": self.W_k.kernel.shape[0],
                  "values": self.W_v.kernel.shape[0]}
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
-            _checks.mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self._split_heads(self.W_q(queries), self.num_heads)         # (b, heads, q, dh)
-        k = self._split_heads(self.W_k(keys), self.num_kv_heads)         # (b, kv_heads, k, dh)
-        v = self._split_heads(self.W_v(values), self.num_kv_heads)       # (b, kv_heads, k, dh)
+            _checks.check_mask(mask.shape, (queries.shape[0], queries.shape[1], keys.shape[1]), mask.dtype)
+        q = self._split_heads(self.W_q(queries))                         # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                            # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                          # (b, kv_heads, k, dh)
         if mask is not None and len(mask.shape) == 3:
             mask = tf.expand_dims(mask, 1)                          # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
@@ -125,21 +125,21 @@ class MultiHeadAttention(AttentionLayer):
         return self.attention.attention_weights                     # (b, heads, q, k)
 
 
-class ConcatAttention(AttentionLayer):
+class ConcatAttention(_Attention):
     """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
-        self.W_attn = dense(query_size + key_size, num_values, bias=True)
-        self.W_combine = dense(query_size + value_size, output_size, bias=True)
+        self.W_attn = _dense_layer(query_size + key_size, num_values, bias=True)
+        self.W_combine = _dense_layer(query_size + value_size, output_size, bias=True)
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(tf.concat([queries, keys], -1))                     # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         context = tf.matmul(self.attention_weights, values)                      # (b, q, value_size)

@@ -5,21 +5,21 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.attention import MultiHeadAttention, dense
+from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.ops import causal_mask
 
 
 class LayerNorm(keras.layers.Layer):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.add_weight(shape=(n,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(n,), initializer="zeros", name="beta")
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         mean = tf.reduce_mean(X, axis=-1, keepdims=True)                   # (..., 1)
         var = tf.reduce_mean((X - mean) ** 2, axis=-1, keepdims=True)      # biased, as in the paper
         X_hat = (X - mean) / tf.sqrt(var + self.eps)                       # (..., n)
@@ -29,27 +29,27 @@ class LayerNorm(keras.layers.Layer):
 class PositionWiseFFN(keras.layers.Layer):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
-        self.W_1 = dense(n_in, n_h, bias=True)
-        self.W_2 = dense(n_h, n_out, bias=True)
+        self.W_1 = _dense_layer(n_in, n_h, bias=True)
+        self.W_2 = _dense_layer(n_h, n_out, bias=True)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.W_1.kernel.shape[0], "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_1.kernel.shape[0], "the num_inputs")
         return self.W_2(tf.nn.relu(self.W_1(X)))                          # (b, T, ffn_num_outputs)
 
 
 class RMSNorm(keras.layers.Layer):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = self.add_weight(shape=(n,), initializer="ones", name="gamma")
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):
-        _checks.features("X", X.shape, self.gamma.shape[0], "the normalized_size")
+        _checks.check_features("X", X.shape, self.gamma.shape[0], "the normalized_size")
         rms = tf.sqrt(tf.reduce_mean(X ** 2, axis=-1, keepdims=True) + self.eps)  # (..., 1): no mean removed
         return X / rms * self.gamma                                        # (..., n)
 
@@ -57,23 +57,23 @@ class RMSNorm(keras.layers.Layer):
 class SwiGLUFFN(keras.layers.Layer):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
-        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
-        self.W_gate = dense(n_in, n_h)
-        self.W_up = dense(n_in, n_h)
-        self.W_down = dense(n_h, n_out)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
+        self.W_gate = _dense_layer(n_in, n_h)
+        self.W_up = _dense_layer(n_in, n_h)
+        self.W_down = _dense_layer(n_h, n_out)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):
-        _checks.features("X", X.shape, self.W_gate.kernel.shape[0], "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_gate.kernel.shape[0], "the num_inputs")
         return self.W_down(tf.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
 
 
 class AddNorm(keras.layers.Layer):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.norm = LayerNorm(normalized_size)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 

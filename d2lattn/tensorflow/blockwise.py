@@ -6,17 +6,7 @@ import math
 import tensorflow as tf
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = tf.convert_to_tensor(valid_lens)
-    lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if tf.executing_eagerly():  # values are unknown while tracing
-        _checks.lens_values(lens.numpy())                     # whole numbers, none negative
-    return tf.cast(lens, tf.int32)                            # a float length counts like an integer
+from d2lattn.tensorflow.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -34,23 +24,23 @@ def _block_scores(queries, keys, lens, causal, offset, start):
 def _forward(queries, keys, values, lens, causal, offset, block_size):
     """The online softmax over key blocks, in a tf.while_loop: one block's scores live at a time."""
 
-    def step(start, top, total, acc):
+    def step(start, m, l, a):
         k, v = keys[..., start:start + block_size, :], values[..., start:start + block_size, :]  # (..., kb, d|dv)
         scores = _block_scores(queries, k, lens, causal, offset, start)       # (..., q, kb)
-        new_top = tf.maximum(top, tf.reduce_max(scores, -1, keepdims=True))   # (..., q, 1)
-        shift = tf.where(tf.math.is_finite(new_top), new_top, 0.0)            # an empty row has no max yet
+        m_new = tf.maximum(m, tf.reduce_max(scores, -1, keepdims=True))       # (..., q, 1)
+        shift = tf.where(tf.math.is_finite(m_new), m_new, 0.0)                # an empty row has no max yet
         p = tf.exp(scores - shift)                                            # (..., q, kb), 0 where masked
-        rescale = tf.exp(top - shift)                                         # (..., q, 1), old terms
-        return (start + block_size, new_top, total * rescale + tf.reduce_sum(p, -1, keepdims=True),
-                acc * rescale + tf.matmul(p, v))
+        rescale = tf.exp(m - shift)                                           # (..., q, 1), old terms
+        return (start + block_size, m_new, l * rescale + tf.reduce_sum(p, -1, keepdims=True),
+                a * rescale + tf.matmul(p, v))
 
     rows = tf.concat([tf.shape(queries)[:-1], [1]], 0)                        # (..., q, 1)
     init = (0, tf.fill(rows, tf.constant(-math.inf, queries.dtype)),          # running max
             tf.zeros(rows, queries.dtype),                                    # running sum
             tf.zeros(tf.concat([tf.shape(queries)[:-1], tf.shape(values)[-1:]], 0), queries.dtype))  # (..., q, dv)
-    _, top, total, acc = tf.while_loop(lambda start, *_: start < tf.shape(keys)[-2], step, init)
-    out = acc / tf.where(total > 0, total, 1.0)                               # (..., q, dv), empty row: 0
-    lse = tf.where(total > 0, top + tf.math.log(tf.where(total > 0, total, 1.0)), -math.inf)[..., 0]  # (..., q)
+    _, m, l, a = tf.while_loop(lambda start, *_: start < tf.shape(keys)[-2], step, init)
+    out = a / tf.where(l > 0, l, 1.0)                                         # (..., q, dv), empty row: 0
+    lse = tf.where(l > 0, m + tf.math.log(tf.where(l > 0, l, 1.0)), -math.inf)[..., 0]  # (..., q)
     return out, lse
 
 
@@ -81,14 +71,15 @@ def _backward(queries, keys, values, lens, causal, offset, block_size, out, lse,
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]))
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape)
     settings = (lens, bool(causal), offset, block_size)
 
     @tf.custom_gradient
-    def attend(queries, keys, values):
+    def blockwise(queries, keys, values):
         # stop_gradient: an eager tape would otherwise record every block's ops and keep them all (O(q k))
         inputs = [tf.stop_gradient(x) for x in (queries, keys, values)]
         out, lse = _forward(*inputs, *settings)                               # (..., q, dv), (..., q)
@@ -99,12 +90,12 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
 
         return (out, lse), grad
 
-    out, lse = attend(queries, keys, values)
+    out, lse = blockwise(queries, keys, values)
     return (out, lse) if return_lse else out
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = tf.stack(list(lses))                                               # (n, ..., q)
     top = tf.stop_gradient(tf.reduce_max(lses, 0))                            # (..., q), a constant shift
     shift = tf.where(tf.math.is_finite(top), top, 0.0)

@@ -5,11 +5,11 @@ import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks, sampling
-from d2lattn.tensorflow.attention import MultiHeadAttention, dense
+from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.ops import causal_mask
-from d2lattn.tensorflow.seq2seq import embedding
+from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -26,17 +26,17 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def call(self, X, *, cache=None, position=None, training=None):
-        _checks.sequence_input(X.shape, self.W_q.kernel.shape[0])
-        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
-        q = self._split_heads(self.W_q(X), self.num_heads)                 # (b, heads, T, dh)
-        k = self._split_heads(self.W_k(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
-        v = self._split_heads(self.W_v(X), self.num_kv_heads)              # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
         if position is not None:
@@ -59,7 +59,7 @@ class TransformerLMBlock(keras.layers.Layer):
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, cache=None, position=None, training=None):
@@ -75,18 +75,18 @@ class TransformerLM(keras.layers.Layer):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
-        self.embedding = embedding(vocab_size, num_hiddens)
+        self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                           window=window, rope_base=rope_base, dropout=dropout)
-                       for _ in range(_checks.positive_int("num_layers", num_layers))]
+                       for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
         self.norm = RMSNorm(num_hiddens)
-        self.W_out = dense(num_hiddens, vocab_size)
+        self.W_out = _dense_layer(num_hiddens, vocab_size)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, tokens, *, cache=None, position=None, training=None):
         tokens = tf.convert_to_tensor(tokens)
-        _checks.tokens(tokens.shape, "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(tokens.shape, "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         X = self.embedding(tokens)                                         # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
@@ -123,8 +123,8 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     builds its masks from positions (CausalSelfAttention's `position`). Without the cache, the traced
     full pass leaves the length unknown. Both trace once per model (`_calls`)."""
     tokens = np.asarray(prompt).astype(np.int32)                           # (b, T0)
-    _checks.tokens(tokens.shape, "prompt")
-    num_tokens = _checks.positive_int("num_tokens", num_tokens)
+    _checks.check_tokens(tokens.shape, "prompt")
+    num_tokens = _checks.checked_positive_int("num_tokens", num_tokens)
     rng = np.random.default_rng(seed)
     step, full = _calls(model)
     attention = model.blocks[0].attention

@@ -20,19 +20,19 @@ def sinusoids(max_len, num_hiddens):
 class PositionalEncoding(keras.layers.Layer):
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         super().__init__()
-        self.P = sinusoids(_checks.positive_int("max_len", max_len),
-                           _checks.positive_int("num_hiddens", num_hiddens))
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.P = sinusoids(_checks.checked_positive_int("max_len", max_len),
+                           _checks.checked_positive_int("num_hiddens", num_hiddens))
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # no weights: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):
-        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         X = X + self.P[:, : tf.shape(X)[1]]                                     # (b, T, d)
         return self.dropout(X, training=training)
 
 
 def alibi_slopes(num_heads):
-    n = _checks.positive_int("num_heads", num_heads)
+    n = _checks.checked_positive_int("num_heads", num_heads)
     c = 1 << (n.bit_length() - 1)                                               # largest power of two <= n
     slopes = [2.0 ** (-8 * (h + 1) / c) for h in range(c)]
     slopes += [2.0 ** (-8 * (h + 1) / (2 * c)) for h in range(0, 2 * (n - c), 2)]  # every other one of 2c
@@ -41,7 +41,7 @@ def alibi_slopes(num_heads):
 
 def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     num_keys = num_queries if num_keys is None else num_keys
-    offset = _checks.integer("offset", offset)
+    offset = _checks.checked_integer("offset", offset)
     distance = tf.abs(offset + tf.range(num_queries)[:, None] - tf.range(num_keys))  # (q, k)
     return -alibi_slopes(num_heads)[:, None, None] * tf.cast(distance, tf.float32)   # (heads, q, k)
 
@@ -51,16 +51,16 @@ class RotaryPositionalEncoding(keras.layers.Layer):
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
         super().__init__()
-        self.head_size = _checks.head_size(head_size)
-        self.base = _checks.positive_number("base", base)
+        self.head_size = _checks.checked_head_size(head_size)
+        self.base = _checks.checked_positive_number("base", base)
         self.interleaved = bool(interleaved)
         self.theta = self.base ** (-np.arange(0, self.head_size, 2) / self.head_size)  # (head_size / 2,), float64
         self.built = True  # no weights: nothing for Keras to build on the first call
 
     def call(self, X, *, offset=0, training=None):
-        _checks.features("X", X.shape, self.head_size, "the head_size")
+        _checks.check_features("X", X.shape, self.head_size, "the head_size")
         if not tf.is_tensor(offset):
-            _checks.integer("offset", offset)
+            _checks.checked_integer("offset", offset)
         positions = tf.cast(offset + tf.range(tf.shape(X)[-2]), tf.float64)   # (T,)
         angles = positions[:, None] * self.theta                               # (T, head_size / 2), float64
         cos, sin = tf.cast(tf.cos(angles), X.dtype), tf.cast(tf.sin(angles), X.dtype)

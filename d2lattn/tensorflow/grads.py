@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn.tensorflow.ops import tensor, to_numpy
-from d2lattn.tensorflow.params import _layers, _named
+from d2lattn.tensorflow.params import _named, _submodules
 
 
 def _spec(x, batched):
@@ -23,7 +23,7 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     returns them, and they are set on their layers again, as values, after it ran.
     """
     xs = [tensor(x) for x in inputs]
-    layers = [sub for _, sub in _layers(fn)] if isinstance(fn, keras.layers.Layer) else []
+    layers = [sub for _, sub in _submodules(fn)] if isinstance(fn, keras.layers.Layer) else []
     named = _named(fn) if layers else {}
     params = [v for v, _ in named.values()]
     recorders = [sub for sub in layers if "attention_weights" in vars(sub)]  # the layers that set them

@@ -72,6 +72,15 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def lengths(valid_lens, scores_shape):
+    """`valid_lens` as int32 shaped to broadcast against scores (b, ..., q, k); sizes may be None."""
+    lens = tf.convert_to_tensor(valid_lens)
+    lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    if tf.executing_eagerly():  # values are unknown while tracing
+        _checks.check_lens_values(lens.numpy())                   # whole numbers, none negative
+    return tf.cast(lens, tf.int32)                          # a float length counts like an integer
+
+
 def keep_mask(scores, valid_lens=None, mask=None):
     """Boolean tensor broadcastable to `scores`: True where a query may attend, or None.
 
@@ -80,16 +89,10 @@ def keep_mask(scores, valid_lens=None, mask=None):
     """
     keep = None
     if valid_lens is not None:
-        lens = tf.convert_to_tensor(valid_lens)
-        lens = tf.reshape(lens, _checks.lens_view(lens.shape, scores.shape, lens.dtype))
-        if tf.executing_eagerly():  # values are unknown while tracing
-            _checks.lens_values(lens.numpy())                   # whole numbers, none negative
-        if _checks.lens_dtype(lens.dtype):
-            lens = tf.cast(lens, tf.int32)                      # a float length counts like an integer
-        keep = tf.range(tf.shape(scores)[-1], dtype=lens.dtype) < lens
+        keep = tf.range(tf.shape(scores)[-1]) < lengths(valid_lens, scores.shape)
     if mask is not None:
         mask = tf.convert_to_tensor(mask)
-        _checks.mask(mask.shape, scores.shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores.shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 
@@ -108,9 +111,9 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
 def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     """Sizes and `offset` may be int32 tensors (known only at run time under tf.function)."""
     num_keys = num_queries if num_keys is None else num_keys
-    window = _checks.window(window)
+    window = _checks.checked_window(window)
     if not tf.is_tensor(offset):
-        _checks.integer("offset", offset)
+        _checks.checked_integer("offset", offset)
     queries = offset + tf.range(num_queries)[:, None]              # (q, 1): their positions
     keys = tf.range(num_keys)                                      # (k,)
     keep = keys <= queries                                         # (q, k)

@@ -6,7 +6,7 @@ import numpy as np
 from d2lattn import _checks, checkpoint
 
 
-class Layout:
+class _Layout:
     """Where one canonical parameter sits in a stored variable `v`.
 
     It is `v[index]` (all of `v` by default). `partner`: for the r and z gates of
@@ -34,7 +34,7 @@ class Layout:
             a[self.partner] = 0
 
 
-def _layers(module, path=""):
+def _submodules(module, path=""):
     """(dotted path, layer) for `module` and every layer in its public attributes, in order; a
     list of layers (`blocks`) names them `blocks.0`, `blocks.1`, .... A Keras RNN is a leaf:
     its cell's weights are named by `_gru`."""
@@ -48,7 +48,7 @@ def _layers(module, path=""):
         for i, child in children:
             if isinstance(child, keras.layers.Layer):
                 child_name = name if i is None else f"{name}.{i}"
-                yield from _layers(child, f"{path}.{child_name}" if path else child_name)
+                yield from _submodules(child, f"{path}.{child_name}" if path else child_name)
 
 
 def _gru(prefix, gru):
@@ -61,16 +61,16 @@ def _gru(prefix, gru):
         raise ValueError("canonical GRU parameters cover a forward keras.layers.GRU with reset_after=True and biases")
     h = cell.units
     cols = {"r": slice(h, 2 * h), "z": slice(0, h), "h": slice(2 * h, 3 * h)}
-    named = {f"{prefix}W_x{g}": (cell.kernel, Layout((slice(None), c))) for g, c in cols.items()}
-    named.update({f"{prefix}W_h{g}": (cell.recurrent_kernel, Layout((slice(None), c))) for g, c in cols.items()})
-    named.update({f"{prefix}b_{g}": (cell.bias, Layout((0, cols[g]), partner=(1, cols[g]))) for g in "rz"})
-    named.update({f"{prefix}b_xh": (cell.bias, Layout((0, cols["h"]))),
-                  f"{prefix}b_hh": (cell.bias, Layout((1, cols["h"])))})
+    named = {f"{prefix}W_x{g}": (cell.kernel, _Layout((slice(None), c))) for g, c in cols.items()}
+    named.update({f"{prefix}W_h{g}": (cell.recurrent_kernel, _Layout((slice(None), c))) for g, c in cols.items()})
+    named.update({f"{prefix}b_{g}": (cell.bias, _Layout((0, cols[g]), partner=(1, cols[g]))) for g in "rz"})
+    named.update({f"{prefix}b_xh": (cell.bias, _Layout((0, cols["h"]))),
+                  f"{prefix}b_hh": (cell.bias, _Layout((1, cols["h"])))})
     return named
 
 
 def _named(module):
-    """{canonical name: (variable, Layout)}.
+    """{canonical name: (variable, _Layout)}.
 
     A Dense kernel is already (in, out): canonical `W_x` is the kernel as it is,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named by
@@ -79,19 +79,19 @@ def _named(module):
     `add_weight` (LayerNorm's gamma and beta), keep their attribute names: `norm.gamma`.
     """
     named = {}
-    for path, sub in _layers(module):
+    for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
         if isinstance(sub, keras.layers.Dense):
-            named[path] = (sub.kernel, Layout())
+            named[path] = (sub.kernel, _Layout())
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
-                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, Layout())
+                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, _Layout())
         elif isinstance(sub, keras.layers.Embedding):
-            named[path] = (sub.embeddings, Layout())
+            named[path] = (sub.embeddings, _Layout())
         elif isinstance(sub, keras.layers.GRU):
             named.update(_gru(prefix, sub))
         else:
-            named.update({prefix + name: (v, Layout()) for name, v in vars(sub).items()
+            named.update({prefix + name: (v, _Layout()) for name, v in vars(sub).items()
                           if isinstance(v, keras.Variable) and not name.startswith("_")})
     return named
 
@@ -102,7 +102,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: layout(v.numpy()).shape for name, (v, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: layout(v.numpy()).shape for name, (v, layout) in named.items()}, params)
     arrays = {id(v): (v, v.numpy().copy()) for v, _ in named.values()}  # one copy per variable, written in place
     for name, (v, layout) in named.items():
         layout.set(arrays[id(v)][1], np.asarray(params[name]))

@@ -6,13 +6,13 @@ import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.attention import AdditiveAttention, dense
+from d2lattn.tensorflow.attention import AdditiveAttention, _dense_layer
 
 
-def embedding(vocab_size, embed_size):
+def _embedding_layer(vocab_size, embed_size):
     """A Keras Embedding whose table (vocab_size, embed_size) exists right away."""
-    layer = keras.layers.Embedding(_checks.positive_int("vocab_size", vocab_size),
-                                   _checks.positive_int("embed_size", embed_size))
+    layer = keras.layers.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
+                                   _checks.checked_positive_int("embed_size", embed_size))
     layer.build()
     return layer
 
@@ -24,10 +24,10 @@ class GRU(keras.layers.Layer):
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.input_size = _checks.positive_int("input_size", input_size)
-        self.num_hiddens = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
+        self.input_size = _checks.checked_positive_int("input_size", input_size)
+        self.num_hiddens = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _checks.checked_positive_int("num_layers", num_layers)
+        self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         for i in range(self.num_layers):
             layer = keras.layers.GRU(self.num_hiddens, return_sequences=True, return_state=True, reset_after=True)
             layer.build((None, None, self.input_size if i == 0 else self.num_hiddens))
@@ -35,7 +35,7 @@ class GRU(keras.layers.Layer):
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, state=None, *, training=None):
-        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+        _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
                                 self.num_layers, self.num_hiddens)
         last = []
         for i in range(self.num_layers):
@@ -50,13 +50,13 @@ class GRU(keras.layers.Layer):
 class Seq2SeqEncoder(keras.layers.Layer):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.embedding = embedding(vocab_size, embed_size)
+        self.embedding = _embedding_layer(vocab_size, embed_size)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):
         X = tf.convert_to_tensor(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         embs = self.embedding(X)                                        # (b, S, embed)
         return self.rnn(embs, training=training)                        # (b, S, h), (layers, b, h)
 
@@ -67,11 +67,11 @@ class Seq2SeqAttentionDecoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.attention = AdditiveAttention(h, h, h, dropout)
-        self.embedding = embedding(vocab_size, embed_size)
+        self.embedding = _embedding_layer(vocab_size, embed_size)
         self.rnn = GRU(embed_size + h, h, num_layers, dropout)
-        self.W_out = dense(h, vocab_size, bias=True)
+        self.W_out = _dense_layer(h, vocab_size, bias=True)
         self.attention_weights = None
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
@@ -81,7 +81,7 @@ class Seq2SeqAttentionDecoder(keras.layers.Layer):
     def call(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                          # (b, S, h), (layers, b, h), (b,)
         X = tf.convert_to_tensor(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         outputs, weights = [], []
         for x in tf.unstack(self.embedding(X), axis=1):                 # (b, embed), one step at a time
             query = H[-1][:, None]                                      # (b, 1, h): the top layer's state

@@ -5,18 +5,21 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from d2lattn import _checks
-from d2lattn.tensorflow.params import _layers
+from d2lattn.tensorflow.params import _submodules
 from d2lattn.tensorflow.seq2seq import sequence_loss
 
 
 def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
     """Adam with global-norm clipping on `loss(*batch)` for every NumPy batch, one tf.function per
     batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss."""
-    epochs = _checks.positive_int("epochs", epochs)
-    # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_. Keras adds epsilon to
-    # sqrt(v) before the bias correction, PyTorch and optax after it: Keras' eps is theirs (1e-8) times
-    # sqrt(1 - beta_2 ** t), 0.03 at the first step and 0.3 after a hundred, so 1e-10 keeps it below
-    # theirs through a short run, where 1e-8 would damp the early steps of small gradients.
+    epochs = _checks.checked_positive_int("epochs", epochs)
+    # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_.
+    # Adam's epsilon, for Keras here and Gluon in d2lattn/mxnet/train.py: both add it to sqrt(v)
+    # before the bias correction, PyTorch and optax after it (no framework lets us choose). Added
+    # before, eps acts as PyTorch's eps times sqrt(1 - beta_2 ** t), 0.03 at the first step and 0.3
+    # after a hundred, so 1e-10 keeps it below PyTorch's 1e-8 through a short run; with 1e-8 it damps
+    # the early steps of small gradients (the date language model stalls at 0.4-0.58 exact match,
+    # where PyTorch reaches 0.95).
     optimizer = keras.optimizers.Adam(learning_rate=lr, epsilon=1e-10, global_clipnorm=clip)
     params = model.trainable_variables
     optimizer.build(params)  # the optimizer's slots exist before the step is traced
@@ -49,7 +52,7 @@ def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
             raise ValueError(f"{name}: `batches` gave no batch")
         losses.append(total / count)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    for _, layer in _layers(model):  # the trace left graph tensors there: no weights until the next call
+    for _, layer in _submodules(model):  # the trace left graph tensors there: no weights until the next call
         if "attention_weights" in vars(layer):
             layer.attention_weights = None
     return losses

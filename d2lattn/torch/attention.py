@@ -23,18 +23,18 @@ class DotProductAttention(nn.Module):
 
     def __init__(self, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self._saved, self._weights = None, None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         training = self.training if training is None else training
         scores_shape = (*queries.shape[:-1], keys.shape[-2])                  # (b, q, k)
         keep = keep_mask(scores_shape, valid_lens, mask, queries.device)      # broadcasts to it
         attn_mask = keep
         if score_bias is not None:
             score_bias = torch.as_tensor(score_bias, dtype=queries.dtype, device=queries.device)
-            _checks.score_bias(score_bias.shape, scores_shape)
+            _checks.check_score_bias(score_bias.shape, scores_shape)
             attn_mask = score_bias if keep is None else torch.where(keep, score_bias, -math.inf)
         self._saved, self._weights = (queries, keys, keep, score_bias), None
         return F.scaled_dot_product_attention(                                # (b, q, dv)
@@ -53,15 +53,15 @@ class DotProductAttention(nn.Module):
 class AdditiveAttention(nn.Module):
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.W_q = nn.Linear(_checks.positive_int("query_size", query_size), h, bias=False)
-        self.W_k = nn.Linear(_checks.positive_int("key_size", key_size), h, bias=False)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.W_q = nn.Linear(_checks.checked_positive_int("query_size", query_size), h, bias=False)
+        self.W_k = nn.Linear(_checks.checked_positive_int("key_size", key_size), h, bias=False)
         self.w_v = nn.Linear(h, 1, bias=False)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape,
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         training = self.training if training is None else training
         q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
@@ -80,13 +80,13 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
                  num_kv_heads=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible(h, self.num_heads)
-        self.num_kv_heads = _checks.kv_heads(self.num_heads, num_kv_heads)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
+        _checks.check_divisible(h, self.num_heads)
+        self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
         self.head_size = h // self.num_heads
         h_kv = self.num_kv_heads * self.head_size
-        size = {x: h if s is None else _checks.positive_int(f"{x}_size", s)
+        size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
         self.W_q = nn.Linear(size["query"], h, bias=bias)
         self.W_k = nn.Linear(size["key"], h_kv, bias=bias)
@@ -94,7 +94,7 @@ class MultiHeadAttention(nn.Module):
         self.W_o = nn.Linear(h, h, bias=bias)
         self.attention = DotProductAttention(dropout)
 
-    def split_heads(self, X):
+    def _split_heads(self, X):
         b, n, _ = X.shape                                            # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(1, 2)   # (b, heads, n, dh)
 
@@ -109,13 +109,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         sizes = {"queries": self.W_q.in_features, "keys": self.W_k.in_features, "values": self.W_v.in_features}
-        _checks.attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
+        _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, sizes=sizes)
         if mask is not None:
             mask = torch.as_tensor(mask)
-            _checks.mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
-        q = self.split_heads(self.W_q(queries))                      # (b, heads, q, dh)
-        k = self.split_heads(self.W_k(keys))                         # (b, kv_heads, k, dh)
-        v = self.split_heads(self.W_v(values))                       # (b, kv_heads, k, dh)
+            _checks.check_mask(mask.shape, (len(queries), queries.shape[1], keys.shape[1]), mask.dtype)
+        q = self._split_heads(self.W_q(queries))                     # (b, heads, q, dh)
+        k = self._split_heads(self.W_k(keys))                        # (b, kv_heads, k, dh)
+        v = self._split_heads(self.W_v(values))                      # (b, kv_heads, k, dh)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)                                 # (b, 1, q, k): every head
         return self._attend(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
@@ -130,7 +130,7 @@ class ConcatAttention(nn.Module):
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()
-        self.sizes = {name: _checks.positive_int(name, n) for name, n in (
+        self.sizes = {name: _checks.checked_positive_int(name, n) for name, n in (
             ("query_size", query_size), ("key_size", key_size), ("num_values", num_values),
             ("value_size", value_size), ("output_size", output_size))}
         self.W_attn = nn.Linear(query_size + key_size, num_values)
@@ -138,7 +138,7 @@ class ConcatAttention(nn.Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
-        _checks.concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
+        _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(torch.cat([queries, keys], -1))                     # (b, q, num_values)
         self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
         context = self.attention_weights @ values                                # (b, q, value_size)

@@ -13,13 +13,13 @@ from d2lattn.torch.ops import causal_mask
 class LayerNorm(nn.Module):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = nn.Parameter(torch.ones(n))
         self.beta = nn.Parameter(torch.zeros(n))
 
     def forward(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, len(self.gamma), "the normalized_size")
+        _checks.check_features("X", X.shape, len(self.gamma), "the normalized_size")
         mean = X.mean(dim=-1, keepdim=True)                               # (..., 1)
         var = ((X - mean) ** 2).mean(dim=-1, keepdim=True)                # biased, as in the paper
         X_hat = (X - mean) / torch.sqrt(var + self.eps)                   # (..., n)
@@ -29,25 +29,25 @@ class LayerNorm(nn.Module):
 class PositionWiseFFN(nn.Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
-        n_in, n_h, n_out = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens), ("ffn_num_outputs", ffn_num_outputs)))
         self.W_1 = nn.Linear(n_in, n_h)
         self.W_2 = nn.Linear(n_h, n_out)
 
     def forward(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.W_1.in_features, "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_1.in_features, "the num_inputs")
         return self.W_2(F.relu(self.W_1(X)))                               # (b, T, ffn_num_outputs)
 
 
 class RMSNorm(nn.Module):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
-        n = _checks.positive_int("normalized_size", normalized_size)
-        self.eps = _checks.positive_number("eps", eps)
+        n = _checks.checked_positive_int("normalized_size", normalized_size)
+        self.eps = _checks.checked_positive_number("eps", eps)
         self.gamma = nn.Parameter(torch.ones(n))
 
     def forward(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, len(self.gamma), "the normalized_size")
+        _checks.check_features("X", X.shape, len(self.gamma), "the normalized_size")
         rms = torch.sqrt((X ** 2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1), no centring
         return X / rms * self.gamma                                       # (..., n)
 
@@ -55,22 +55,22 @@ class RMSNorm(nn.Module):
 class SwiGLUFFN(nn.Module):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
-        n_in, n_h = (_checks.positive_int(name, n) for name, n in (
+        n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
-        n_out = n_in if ffn_num_outputs is None else _checks.positive_int("ffn_num_outputs", ffn_num_outputs)
+        n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.W_gate = nn.Linear(n_in, n_h, bias=False)
         self.W_up = nn.Linear(n_in, n_h, bias=False)
         self.W_down = nn.Linear(n_h, n_out, bias=False)
 
     def forward(self, X, *, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.W_gate.in_features, "the num_inputs")
+        _checks.check_features("X", X.shape, self.W_gate.in_features, "the num_inputs")
         return self.W_down(F.silu(self.W_gate(X)) * self.W_up(X))          # (..., ffn_num_outputs)
 
 
 class AddNorm(nn.Module):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
         self.norm = LayerNorm(normalized_size)
 
     def forward(self, X, Y, *, training=None):

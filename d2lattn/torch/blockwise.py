@@ -6,17 +6,7 @@ import math
 import torch
 
 from d2lattn import _checks
-
-
-def _lengths(valid_lens, scores_shape, device):
-    """valid_lens reshaped to line up with (..., q, k) scores, or None; checked like keep_mask."""
-    if valid_lens is None:
-        return None
-    lens = torch.as_tensor(valid_lens, device=device)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if not torch.compiler.is_compiling():  # values are unknown while compiling
-        _checks.lens_values(lens.cpu().numpy())               # whole numbers, none negative
-    return lens.long() if _checks.lens_dtype(lens.dtype) else lens  # a float length counts like an integer
+from d2lattn.torch.ops import lengths
 
 
 def _block_scores(queries, keys, lens, causal, offset, start):
@@ -38,21 +28,21 @@ class _Blockwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries, keys, values, lens, causal, offset, block_size):
-        top = queries.new_full(queries.shape[:-1] + (1,), -math.inf)          # (..., q, 1) running max
-        total = queries.new_zeros(queries.shape[:-1] + (1,))                   # (..., q, 1) running sum
-        acc = queries.new_zeros(queries.shape[:-1] + values.shape[-1:])       # (..., q, dv) running output
+        m = queries.new_full(queries.shape[:-1] + (1,), -math.inf)            # (..., q, 1) running max
+        l = queries.new_zeros(queries.shape[:-1] + (1,))                       # (..., q, 1) running sum
+        a = queries.new_zeros(queries.shape[:-1] + values.shape[-1:])         # (..., q, dv) running output
         for start in range(0, keys.shape[-2], block_size):
             stop = start + block_size
             scores = _block_scores(queries, keys[..., start:stop, :], lens, causal, offset, start)  # (..., q, kb)
-            new_top = torch.maximum(top, scores.amax(-1, keepdim=True))        # (..., q, 1)
-            shift = torch.where(new_top.isfinite(), new_top, 0.0)             # an empty row has no max yet
+            m_new = torch.maximum(m, scores.amax(-1, keepdim=True))            # (..., q, 1)
+            shift = torch.where(m_new.isfinite(), m_new, 0.0)                 # an empty row has no max yet
             p = torch.exp(scores - shift)                                     # (..., q, kb), 0 where masked
-            rescale = torch.exp(top - shift)                                  # (..., q, 1), old terms
-            total = total * rescale + p.sum(-1, keepdim=True)
-            acc = acc * rescale + p @ values[..., start:stop, :]              # (..., q, dv)
-            top = new_top
-        out = acc / torch.where(total > 0, total, 1.0)                        # (..., q, dv), empty row: 0
-        lse = torch.where(total > 0, top + torch.log(total), -math.inf).squeeze(-1)      # (..., q)
+            rescale = torch.exp(m - shift)                                    # (..., q, 1), old terms
+            l = l * rescale + p.sum(-1, keepdim=True)
+            a = a * rescale + p @ values[..., start:stop, :]                  # (..., q, dv)
+            m = m_new
+        out = a / torch.where(l > 0, l, 1.0)                                  # (..., q, dv), empty row: 0
+        lse = torch.where(l > 0, m + torch.log(l), -math.inf).squeeze(-1)           # (..., q)
         ctx.save_for_backward(queries, keys, values, lens, out, lse)
         ctx.causal, ctx.offset, ctx.block_size = causal, offset, block_size
         return out, lse
@@ -77,16 +67,17 @@ class _Blockwise(torch.autograd.Function):
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
-    _checks.block_inputs(queries.shape, keys.shape, values.shape)
-    block_size = _checks.positive_int("block_size", block_size)
-    offset = _checks.integer("offset", offset)
-    lens = _lengths(valid_lens, (*queries.shape[:-1], keys.shape[-2]), queries.device)
+    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
+    block_size = _checks.checked_positive_int("block_size", block_size)
+    offset = _checks.checked_integer("offset", offset)
+    scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
+    lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.device)
     out, lse = _Blockwise.apply(queries, keys, values, lens, bool(causal), offset, block_size)  # (..., q, dv), (..., q)
     return (out, lse) if return_lse else out
 
 
 def merge_attention(outputs, lses):
-    _checks.merge_inputs(outputs, lses)
+    _checks.check_merge_inputs(outputs, lses)
     lses = torch.stack(list(lses))                                            # (n, ..., q)
     top = lses.amax(0).detach()                                               # (..., q), a constant shift
     shift = torch.where(top.isfinite(), top, 0.0)

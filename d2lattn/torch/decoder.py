@@ -20,17 +20,17 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
                  dropout=0.0, bias=False):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
-        self.window = _checks.window(window)
+        self.window = _checks.checked_window(window)
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.positive_number("rope_base", rope_base))
+            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
 
     def forward(self, X, *, cache=None, training=None):
-        _checks.sequence_input(X.shape, self.W_q.in_features)
-        _checks.cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
+        _checks.check_sequence_input(X.shape, self.W_q.in_features)
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
         T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]   # new and cached positions
-        q = self.split_heads(self.W_q(X))                              # (b, heads, T, dh)
-        k = self.split_heads(self.W_k(X))                              # (b, kv_heads, T, dh)
-        v = self.split_heads(self.W_v(X))                              # (b, kv_heads, T, dh)
+        q = self._split_heads(self.W_q(X))                             # (b, heads, T, dh)
+        k = self._split_heads(self.W_k(X))                             # (b, kv_heads, T, dh)
+        v = self._split_heads(self.W_v(X))                             # (b, kv_heads, T, dh)
         if self.rope is not None:
             q, k = self.rope(q, offset=t), self.rope(k, offset=t)      # at positions t .. t + T - 1
         if cache is not None:
@@ -50,7 +50,7 @@ class TransformerLMBlock(nn.Module):
                                              rope_base=rope_base, dropout=dropout)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def forward(self, X, *, cache=None, training=None):
         training = self.training if training is None else training
@@ -64,19 +64,20 @@ class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
         super().__init__()
-        v, h = _checks.positive_int("vocab_size", vocab_size), _checks.positive_int("num_hiddens", num_hiddens)
+        v = _checks.checked_positive_int("vocab_size", vocab_size)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nn.Embedding(v, h)
         self.blocks = nn.ModuleList(
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
                                rope_base=rope_base, dropout=dropout)
-            for _ in range(_checks.positive_int("num_layers", num_layers)))
+            for _ in range(_checks.checked_positive_int("num_layers", num_layers)))
         self.norm = RMSNorm(h)
         self.W_out = nn.Linear(h, v, bias=False)
 
     def forward(self, tokens, *, cache=None, training=None):
         tokens = torch.as_tensor(tokens, device=self.W_out.weight.device)
-        _checks.tokens(tokens.shape, "tokens")
-        _checks.lm_cache(cache, len(self.blocks))
+        _checks.check_tokens(tokens.shape, "tokens")
+        _checks.check_lm_cache(cache, len(self.blocks))
         X = self.embedding(tokens)                                     # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
@@ -90,9 +91,9 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     """Without autograd and with training=False. PyTorch runs eagerly, so nothing is traced:
     with the cache, each step feeds only the newest token."""
     tokens = np.asarray(prompt).astype(np.int32)                       # (b, T0)
-    _checks.tokens(tokens.shape, "prompt")
+    _checks.check_tokens(tokens.shape, "prompt")
     rng, new, cache = np.random.default_rng(seed), tokens, None
-    for _ in range(_checks.positive_int("num_tokens", num_tokens)):
+    for _ in range(_checks.checked_positive_int("num_tokens", num_tokens)):
         if use_cache:
             logits, cache = model(new, cache=cache, training=False)    # (b, len(new), vocab)
         else:

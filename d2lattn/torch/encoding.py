@@ -23,20 +23,20 @@ def sinusoids(max_len, num_hiddens):
 class PositionalEncoding(nn.Module):
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         super().__init__()
-        self.register_buffer("P", sinusoids(_checks.positive_int("max_len", max_len),
-                                            _checks.positive_int("num_hiddens", num_hiddens)),
+        self.register_buffer("P", sinusoids(_checks.checked_positive_int("max_len", max_len),
+                                            _checks.checked_positive_int("num_hiddens", num_hiddens)),
                              persistent=False)
-        self.rate = _checks.dropout_rate(dropout)
+        self.rate = _checks.checked_dropout_rate(dropout)
 
     def forward(self, X, *, training=None):
-        _checks.sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
         training = self.training if training is None else training
         X = X + self.P[:, : X.shape[1]]                                        # (b, T, d)
         return F.dropout(X, self.rate, training)
 
 
 def alibi_slopes(num_heads):
-    n = _checks.positive_int("num_heads", num_heads)
+    n = _checks.checked_positive_int("num_heads", num_heads)
     c = 2 ** int(math.log2(n))                                                # the largest power of two <= n
     slopes = [2 ** (-8 * (h + 1) / c) for h in range(c)]
     slopes += [2 ** (-8 * (h + 1) / (2 * c)) for h in range(0, 2 * c, 2)][: n - c]  # every other slope of 2c
@@ -45,7 +45,8 @@ def alibi_slopes(num_heads):
 
 def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     num_keys = num_queries if num_keys is None else num_keys
-    i = torch.arange(num_queries, dtype=torch.float64).unsqueeze(1) + _checks.integer("offset", offset)  # (q, 1)
+    offset = _checks.checked_integer("offset", offset)
+    i = torch.arange(num_queries, dtype=torch.float64).unsqueeze(1) + offset                          # (q, 1)
     j = torch.arange(num_keys, dtype=torch.float64)                                                   # (k,)
     slopes = alibi_slopes(num_heads).double()[:, None, None]                                          # (heads, 1, 1)
     return (-slopes * (i - j).abs()).float()                                                          # (heads, q, k)
@@ -56,15 +57,16 @@ class RotaryPositionalEncoding(nn.Module):
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
         super().__init__()
-        self.head_size = _checks.head_size(head_size)
-        theta = _checks.positive_number("base", base) ** (-torch.arange(0, head_size, 2, dtype=torch.float64)
+        self.head_size = _checks.checked_head_size(head_size)
+        theta = _checks.checked_positive_number("base", base) ** (-torch.arange(0, head_size, 2, dtype=torch.float64)
                                                           / head_size)
         self.register_buffer("theta", theta, persistent=False)                # (head_size / 2,), float64
         self.interleaved = bool(interleaved)
 
     def forward(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
-        _checks.features("X", X.shape, self.head_size, "the head_size")
-        position = torch.arange(X.shape[-2], dtype=torch.float64, device=X.device) + _checks.integer("offset", offset)
+        _checks.check_features("X", X.shape, self.head_size, "the head_size")
+        offset = _checks.checked_integer("offset", offset)
+        position = torch.arange(X.shape[-2], dtype=torch.float64, device=X.device) + offset
         angles = position.unsqueeze(1) * self.theta                           # (T, head_size / 2)
         cos, sin = angles.cos().to(X.dtype), angles.sin().to(X.dtype)
         if self.interleaved:

@@ -82,20 +82,23 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def lengths(valid_lens, scores_shape, device=None):
+    """`valid_lens` as integers shaped to broadcast against scores (b, ..., q, k)."""
+    lens = torch.as_tensor(valid_lens, device=device)
+    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    if not torch.compiler.is_compiling():  # values are unknown while compiling
+        _checks.check_lens_values(to_numpy(lens))                 # whole numbers, none negative
+    return lens.long() if _checks.lens_need_cast(lens.dtype) else lens  # a float length counts like an integer
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None, device=None):
     """Boolean tensor broadcastable to the scores: True where a query may attend, or None."""
     keep = None
     if valid_lens is not None:
-        lens = torch.as_tensor(valid_lens, device=device)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if not torch.compiler.is_compiling():  # values are unknown while compiling
-            _checks.lens_values(to_numpy(lens))                 # whole numbers, none negative
-        if _checks.lens_dtype(lens.dtype):
-            lens = lens.long()                                  # a float length counts like an integer
-        keep = torch.arange(scores_shape[-1], device=device) < lens
+        keep = torch.arange(scores_shape[-1], device=device) < lengths(valid_lens, scores_shape, device)
     if mask is not None:
         mask = torch.as_tensor(mask, device=device)
-        _checks.mask(mask.shape, scores_shape, mask.dtype)
+        _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else keep & mask
     return keep
 
@@ -112,7 +115,7 @@ def masked_softmax(X, valid_lens=None, *, mask=None):
 
 def causal_mask(num_queries, num_keys=None, *, offset=0, window=None):
     num_keys = num_queries if num_keys is None else num_keys
-    offset, window = _checks.integer("offset", offset), _checks.window(window)
+    offset, window = _checks.checked_integer("offset", offset), _checks.checked_window(window)
     i = torch.arange(num_queries).unsqueeze(1) + offset           # (q, 1): the queries' positions
     j = torch.arange(num_keys)                                    # (k,): the keys' positions
     keep = j <= i                                                 # (q, k)

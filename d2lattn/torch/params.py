@@ -7,7 +7,7 @@ from torch import nn
 from d2lattn import _checks, checkpoint
 
 
-class Layout:
+class _Layout:
     """Where one canonical parameter sits in a stored tensor `p`.
 
     It is rows `rows` of `p` (all of them by default), transposed when `p` is an
@@ -48,15 +48,15 @@ def _gru(prefix, gru):
     for i in range(gru.num_layers):
         w_ih, w_hh, b_ih, b_hh = (getattr(gru, f"{n}_l{i}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         layer = f"{prefix}l{i}."
-        named.update({f"{layer}W_x{g}": (w_ih, Layout(r, transpose=True)) for g, r in rows.items()})
-        named.update({f"{layer}W_h{g}": (w_hh, Layout(r, transpose=True)) for g, r in rows.items()})
-        named.update({f"{layer}b_{g}": (b_ih, Layout(rows[g], partner=b_hh)) for g in "rz"})
-        named.update({f"{layer}b_xh": (b_ih, Layout(rows["h"])), f"{layer}b_hh": (b_hh, Layout(rows["h"]))})
+        named.update({f"{layer}W_x{g}": (w_ih, _Layout(r, transpose=True)) for g, r in rows.items()})
+        named.update({f"{layer}W_h{g}": (w_hh, _Layout(r, transpose=True)) for g, r in rows.items()})
+        named.update({f"{layer}b_{g}": (b_ih, _Layout(rows[g], partner=b_hh)) for g in "rz"})
+        named.update({f"{layer}b_xh": (b_ih, _Layout(rows["h"])), f"{layer}b_hh": (b_hh, _Layout(rows["h"]))})
     return named
 
 
 def _named(module):
-    """{canonical name: (parameter, Layout)}.
+    """{canonical name: (parameter, _Layout)}.
 
     nn.Linear keeps its weight as (out, in): canonical `W_x` is its transpose,
     and the bias of `W_x` is `b_x`. An nn.Embedding's table (vocab, embed) is
@@ -67,16 +67,16 @@ def _named(module):
     for path, sub in module.named_modules():  # an nn.ModuleList's children are `blocks.0`, `blocks.1`, ...
         prefix = f"{path}." if path else ""
         if isinstance(sub, nn.Linear):
-            named[path] = (sub.weight, Layout(transpose=True))
+            named[path] = (sub.weight, _Layout(transpose=True))
             if sub.bias is not None:
                 head, _, leaf = path.rpartition(".")
-                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, Layout())
+                named[f"{head}.b{leaf[1:]}" if head else f"b{leaf[1:]}"] = (sub.bias, _Layout())
         elif isinstance(sub, nn.Embedding):
-            named[path] = (sub.weight, Layout())
+            named[path] = (sub.weight, _Layout())
         elif isinstance(sub, nn.GRU):
             named.update(_gru(prefix, sub))
         else:
-            named.update({prefix + n: (p, Layout()) for n, p in sub.named_parameters(recurse=False)})
+            named.update({prefix + n: (p, _Layout()) for n, p in sub.named_parameters(recurse=False)})
     return named
 
 
@@ -86,7 +86,7 @@ def get_params(module):
 
 def set_params(module, params):
     named = _named(module)
-    _checks.param_shapes({name: tuple(layout(p).shape) for name, (p, layout) in named.items()}, params)
+    _checks.check_param_shapes({name: tuple(layout(p).shape) for name, (p, layout) in named.items()}, params)
     with torch.no_grad():
         for name, (p, layout) in named.items():
             layout.set(p, torch.as_tensor(np.asarray(params[name]), dtype=p.dtype))

@@ -15,13 +15,13 @@ class GRU(nn.GRU):
     `training` switches the dropout between layers (the only place it acts)."""
 
     def __init__(self, input_size, num_hiddens, num_layers=1, dropout=0.0):
-        layers, rate = _checks.positive_int("num_layers", num_layers), _checks.dropout_rate(dropout)
-        super().__init__(_checks.positive_int("input_size", input_size),
-                         _checks.positive_int("num_hiddens", num_hiddens), layers,
+        layers, rate = _checks.checked_positive_int("num_layers", num_layers), _checks.checked_dropout_rate(dropout)
+        super().__init__(_checks.checked_positive_int("input_size", input_size),
+                         _checks.checked_positive_int("num_hiddens", num_hiddens), layers,
                          batch_first=True, dropout=rate if layers > 1 else 0.0)  # one layer: nothing to drop
 
     def forward(self, X, state=None, *, training=None):
-        _checks.recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
+        _checks.check_recurrent_input(X.shape, self.input_size, None if state is None else state.shape,
                                 self.num_layers, self.hidden_size)
         if training is None or training == self.training or not self.dropout:
             return super().forward(X, state)                    # (b, T, h), (layers, b, h)
@@ -36,13 +36,13 @@ class GRU(nn.GRU):
 class Seq2SeqEncoder(nn.Module):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
-                                      _checks.positive_int("embed_size", embed_size))
+        self.embedding = nn.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
+                                      _checks.checked_positive_int("embed_size", embed_size))
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
     def forward(self, X, *, training=None):
         X = torch.as_tensor(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         embs = self.embedding(X)                                    # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
 
@@ -53,10 +53,10 @@ class Seq2SeqAttentionDecoder(nn.Module):
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
-        h = _checks.positive_int("num_hiddens", num_hiddens)
+        h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.attention = AdditiveAttention(h, h, h, dropout)
-        self.embedding = nn.Embedding(_checks.positive_int("vocab_size", vocab_size),
-                                      _checks.positive_int("embed_size", embed_size))
+        self.embedding = nn.Embedding(_checks.checked_positive_int("vocab_size", vocab_size),
+                                      _checks.checked_positive_int("embed_size", embed_size))
         self.rnn = GRU(embed_size + h, h, num_layers, dropout)
         self.W_out = nn.Linear(h, vocab_size)
         self.attention_weights = None
@@ -67,7 +67,7 @@ class Seq2SeqAttentionDecoder(nn.Module):
     def forward(self, X, state, *, training=None):
         enc_outputs, H, enc_valid_lens = state                      # (b, S, h), (layers, b, h), (b,)
         X = torch.as_tensor(X)
-        _checks.tokens(X.shape)
+        _checks.check_tokens(X.shape)
         outputs, weights = [], []
         for x in self.embedding(X).unbind(1):                       # (b, embed), one step at a time
             query = H[-1].unsqueeze(1)                              # (b, 1, h): the top layer's state

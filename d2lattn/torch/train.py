@@ -11,7 +11,7 @@ from d2lattn.torch.seq2seq import sequence_loss
 def _fit(name, model, batches, batch_loss, epochs, lr, clip, progress):
     """Adam on `batch_loss(batch of tensors)` for each batch, clipped to global norm `clip`;
     returns each epoch's mean batch loss, for plotting."""
-    epochs = _checks.positive_int("epochs", epochs)
+    epochs = _checks.checked_positive_int("epochs", epochs)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = next(model.parameters()).device
     losses = []

@@ -29,7 +29,8 @@ nox.options.sessions = [
     *(f"tests-{b}" for b in BACKENDS), "crosscheck", *(f"chapters-{b}" for b in FRAMEWORKS), "book", "book-test",
     "lint",
 ]
-BOOK = ["sphinx", "myst-parser", "sphinx-design", "sphinxcontrib-bibtex", "furo", "django-static-mathjax"]  # pinned in constraints/book.txt
+# pinned in constraints/book.txt
+BOOK = ["sphinx", "myst-parser", "sphinx-design", "sphinxcontrib-bibtex", "furo", "django-static-mathjax"]
 CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")  # where Debian's chromium package puts the browser
 
 

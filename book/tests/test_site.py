@@ -181,13 +181,17 @@ def test_api_links_from_chapters_land_on_their_entries(visit):
         assert anchor.rsplit(".", 1)[1] in signatures[anchor], (anchor, signatures[anchor])
     href = "api.html#d2lattn.api.RotaryPositionalEncoding"
     page = v.goto(targets[href])
-    page.locator(f"a[href='{href}']").first.click()
+    link = page.locator(f"a[href='{href}']").first
+    link.scroll_into_view_if_needed()
+    page.wait_for_load_state("networkidle")  # the figures around it have loaded before the page is left
+    link.click()
     page.wait_for_url(f"**/{href}")
+    page.wait_for_load_state("load")
     anchor = href.split("#", 1)[1]
     entry = page.locator(f"[id='{anchor}']")
     assert entry.is_visible() and "head_size" in entry.inner_text()
-    top = page.evaluate("id => document.getElementById(id).getBoundingClientRect().top", anchor)
-    assert 0 <= top < 200, top  # scrolled to the entry
+    page.wait_for_function("id => Math.abs(document.getElementById(id).getBoundingClientRect().top) < 200",
+                           arg=anchor, timeout=5000)  # the browser scrolled to the entry
     page.screenshot(path=SHOTS / "api.png")
     v.assert_clean()
 

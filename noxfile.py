@@ -5,7 +5,7 @@
     nox -s crosscheck        compare every backend's results with each other
     nox -s bench-torch       ours against the framework's own attention
     nox -s book              the chapters that have run, every framework's in tabs: build/html/index.html
-    nox -s book-test         the book in headless Chromium (Debian's chromium package)
+    nox -s book-test         the book in headless Chromium (Debian's chromium package, installed if missing)
 """
 
 import functools
@@ -33,7 +33,9 @@ nox.options.sessions = [
     *(f"tests-{b}" for b in BACKENDS), "crosscheck", *(f"chapters-{b}" for b in FRAMEWORKS), "book", "book-test",
     "lint",
 ]
-BOOK = ["sphinx", "myst-parser", "sphinx-design", "furo", "django-static-mathjax"]  # pinned in constraints/book.txt
+# pinned in constraints/book.txt
+BOOK = ["sphinx", "myst-parser", "sphinx-design", "sphinxcontrib-bibtex", "furo", "django-static-mathjax"]
+CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")  # where Debian's chromium package puts the browser
 
 
 def install(session, backend, *extras):
@@ -96,9 +98,24 @@ def book(session):
     session.log("open build/html/index.html")
 
 
+def install_chromium(session):
+    """Debian's chromium through apt where it is missing: as root, or an error that gives the command."""
+    if any(os.access(path, os.X_OK) for path in CHROMIUM):
+        return
+    command = "apt-get update && apt-get install -y chromium"
+    if shutil.which("apt-get") is None:
+        session.error(f"book-test needs Chromium at {' or '.join(CHROMIUM)} (Debian's chromium package)")
+    if os.geteuid() != 0:
+        session.error(f"book-test needs Debian's chromium package: run `sudo sh -c '{command}'`, then book-test again")
+    session.run_install("apt-get", "update", "-q", external=True)
+    session.run_install("apt-get", "install", "-y", "-q", "chromium", external=True,
+                        env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
 @nox.session(name="book-test", python="3.11")
 def book_test(session):
     """The built book in headless Chromium through Playwright; screenshots go to build/book-test/."""
+    install_chromium(session)
     session.install("-c", "constraints/book.txt", "playwright", "pytest")
     session.run("pytest", "book/tests", *session.posargs)
 

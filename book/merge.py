@@ -9,6 +9,8 @@ build/book/, the Sphinx source that book/conf.py builds into build/html/:
   `?backend=jax` preselects one). Cells whose outputs are the same on all four show them once,
   cells with no output on any run show none.
 - index.md: the chapter list, which framework ran which chapter, how to choose a framework.
+- api.md and references.md, copied from book/: the API reference (autodoc of d2lattn/api.py)
+  and the bibliography of the chapters' citations (book/references.bib).
 - _extra/: figures as PNG files, each run's notebook and each chapter's MyST source, copied
   as they are into the site.
 """
@@ -28,6 +30,7 @@ from d2lattn import _backend  # noqa: E402
 BUILD = ROOT / "build"
 OUT = BUILD / "book"
 FRAMEWORKS = {b: _backend.DISPLAY_NAMES[b] for b in _backend.BOOK_TABS}  # {backend: tab title}, d2l's order
+PAGES = ["api", "references"]  # book/<page>.md, after the chapters
 SYNC_GROUP = "backend"  # the address parameter: ?backend=jax
 
 
@@ -174,11 +177,14 @@ runs them on JAX and rebuilds this site.
 |---|{"---|" * len(FRAMEWORKS)}
 {rows}
 
+The [API reference](api.md) lists every name with its parameters, and the
+[references](references.md) the works the chapters cite.
+
 ```{{toctree}}
 :hidden:
 :maxdepth: 1
 
-{chr(10).join(chapters)}
+{chr(10).join([*chapters, *PAGES])}
 ```
 """)
 
@@ -192,6 +198,8 @@ def main():
         raise SystemExit("no executed chapters under build/<backend>/: run `nox -s chapters-torch` first")
     chapters = {stem: chapter(stem) for stem in stems}
     index(chapters)
+    for page in PAGES:
+        shutil.copy(ROOT / "book" / f"{page}.md", OUT)
     print(f"merged {len(chapters)} chapters into {OUT}:",
           ", ".join(f"{FRAMEWORKS[b]} {sum(b in ran for _, ran in chapters.values())}" for b in FRAMEWORKS))
 

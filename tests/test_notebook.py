@@ -35,3 +35,21 @@ def test_show_source_shows_the_active_backends_code(d2l, backend_name, capsys):
     assert source == inspect.getsource(d2l.MultiHeadAttention)
     printed = capsys.readouterr().out                                          # no notebook: printed
     assert printed.startswith(f"# d2lattn/{backend_name}/attention.py") and "class MultiHeadAttention" in printed
+
+
+@pytest.mark.parametrize("name, computation", [
+    ("DotProductAttention", ["sqrt", "softmax"]),  # the scores and their softmax, even beside a fused kernel
+    ("PositionalEncoding", ["sin(", "cos("]),      # the sinusoids, wherever they are computed
+    ("blockwise_attention", ["exp(", "lse"]),      # the online softmax and the saved log-sum-exp
+])
+def test_show_source_shows_the_computation_with_its_files_helpers(d2l, capsys, name, computation):
+    source = d2l.show_source(getattr(d2l, name))
+    printed = capsys.readouterr().out
+    assert printed.startswith("# d2lattn/") and source in printed
+    for word in computation:
+        assert word in printed, f"show_source({name}) shows no {word!r}"
+
+
+def test_show_source_leaves_public_names_to_their_own_call(d2l, capsys):
+    d2l.show_source(d2l.MultiHeadAttention)                                    # it uses DotProductAttention
+    assert "class DotProductAttention" not in capsys.readouterr().out

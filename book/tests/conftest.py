@@ -59,7 +59,7 @@ def server(site):
 
 @pytest.fixture(scope="session")
 def browser():
-    assert CHROMIUM, "no Chromium at /usr/lib/chromium/chromium or /usr/bin/chromium: apt-get install chromium"
+    assert CHROMIUM, "no Chromium at /usr/lib/chromium/chromium or /usr/bin/chromium: `nox -s book-test` installs it"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         yield browser

@@ -1,8 +1,10 @@
-"""The book as a reader uses it: every chapter page in a real browser, the framework tabs, search."""
+"""The book as a reader uses it: every chapter page in a real browser, the framework tabs, search,
+the links to the API page and to the references."""
 
+import html.parser
 import re
 
-from conftest import FRAMEWORKS, SHOTS, chapter_pages
+from conftest import FRAMEWORKS, SHOTS, SITE, chapter_pages
 
 CHECKED = """() => [...document.querySelectorAll('.sd-tab-set')]
     .map(set => set.querySelector(':scope > input:checked + label').dataset.syncId)"""
@@ -17,6 +19,23 @@ MATH = """() => {
             errors: [...document.querySelectorAll('mjx-merror, [data-mjx-error], [data-mml-node=merror]')]
                 .map(e => e.getAttribute('data-mjx-error') || e.textContent)};
 }"""
+
+
+class Links(html.parser.HTMLParser):
+    """Collects the hrefs of <a> elements inside <article> (the page's text) that contain `fragment`."""
+
+    def __init__(self, fragment):
+        super().__init__()
+        self.fragment, self.depth, self.found = fragment, 0, set()
+
+    def handle_starttag(self, tag, attrs):
+        self.depth += tag == "article"
+        href = dict(attrs).get("href") or ""
+        if tag == "a" and self.depth and self.fragment in href:
+            self.found.add(href)
+
+    def handle_endtag(self, tag):
+        self.depth -= tag == "article"
 
 
 def load_figures(page):
@@ -138,4 +157,53 @@ def test_search_finds_a_chapter(visit):
     word = max(re.findall(r"[A-Za-z]+", title), key=len)
     page = v.goto(f"search.html?q={word}")
     page.wait_for_selector(f"#search-results a[href*='{chapter.removesuffix('.html')}']")
+    v.assert_clean()
+
+
+def links(page_name, fragment):
+    """The hrefs in the text of the built page `page_name` that contain `fragment`."""
+    finder = Links(fragment)
+    finder.feed((SITE / page_name).read_text())
+    return finder.found
+
+
+def test_api_links_from_chapters_land_on_their_entries(visit):
+    """A chapter's link to a name goes to that name's entry on the API page, and the browser gets there."""
+    targets = {href: chapter for chapter in chapter_pages() for href in links(chapter, "api.html#")}
+    assert targets, "no chapter links to the API page"
+    v = visit()
+    page = v.goto("api.html")
+    entries = page.eval_on_selector_all("dt.sig[id]", "ds => ds.map(d => [d.id, d.innerText])")
+    signatures = {anchor: text for anchor, text in entries}
+    for href, chapter in targets.items():
+        anchor = href.split("#", 1)[1]
+        assert anchor in signatures, f"{chapter} links to {href}, which the API page does not have"
+        assert anchor.rsplit(".", 1)[1] in signatures[anchor], (anchor, signatures[anchor])
+    href = "api.html#d2lattn.api.RotaryPositionalEncoding"
+    page = v.goto(targets[href])
+    link = page.locator(f"a[href='{href}']").first
+    link.scroll_into_view_if_needed()
+    page.wait_for_load_state("networkidle")  # the figures around it have loaded before the page is left
+    link.click()
+    page.wait_for_url(f"**/{href}")
+    page.wait_for_load_state("load")
+    anchor = href.split("#", 1)[1]
+    entry = page.locator(f"[id='{anchor}']")
+    assert entry.is_visible() and "head_size" in entry.inner_text()
+    page.wait_for_function("id => Math.abs(document.getElementById(id).getBoundingClientRect().top) < 200",
+                           arg=anchor, timeout=5000)  # the browser scrolled to the entry
+    page.screenshot(path=SHOTS / "api.png")
+    v.assert_clean()
+
+
+def test_citations_link_to_their_bibliography_entries(visit):
+    """Every citation in a chapter links to an entry of the references page; the list holds the cited works."""
+    cited = {href for chapter in chapter_pages() for href in links(chapter, "references.html#")}
+    assert cited, "no chapter cites a work"
+    v = visit()
+    page = v.goto("references.html")
+    entries = dict(page.eval_on_selector_all("[role=doc-biblioentry][id]", "es => es.map(e => [e.id, e.innerText])"))
+    assert {href.split("#", 1)[1] for href in cited} == set(entries)
+    assert any("Attention Is All You Need".lower() in text.lower() for text in entries.values())
+    page.screenshot(path=SHOTS / "references.png", full_page=True)
     v.assert_clean()

@@ -82,26 +82,7 @@ def test_backend_folder_mirrors_the_others(backend_name):
 # the same names in the same order in every backend; private helpers (_x) are not compared. A
 # name only some backends define is declared here, ONCE, with the reason: {(backend, module): {name: why}}.
 MIRROR_EXCEPTIONS = {
-    ("numpy", "ops"): {"lengths": "the reference's valid_lens reshaper; the frameworks keep theirs private "
-                                  "(_lengths in blockwise.py)"},
-    ("mxnet", "ops"): {"train_mode": "Gluon reads training from autograd's mode, so a call's training=True/False "
-                                     "switches that mode (the other frameworks pass a flag on)",
-                       "lower_masked": "np.where is slow in MXNet 1.9 and its gradient wrong with a scalar, so "
-                                       "masked scores are lowered with one minimum, shared by attention.py"},
-    ("tensorflow", "attention"): {"dense": "a Keras Dense layer is built lazily; this one builds it at once so "
-                                           "its weights exist for set_params",
-                                  "AttentionLayer": "Keras treats a `mask=` argument as a padding mask to "
-                                                    "propagate; this base layer takes it as the attention mask"},
-    ("numpy", "seq2seq"): {"GRULayer": "the reference writes one GRU layer out (no framework cell to wrap)"},
-    ("jax", "seq2seq"): {"GRULayer": "nnx.GRUCell holds one bias per map; this layer holds the canonical "
-                                     "W_xr ... b_hh"},
-    ("tensorflow", "seq2seq"): {"embedding": "a Keras Embedding built at once, so its table exists for "
-                                             "set_params (as attention.dense)"},
     ("numpy", "params"): {"Module": "the reference's own module base (parameters as a dict): it has no framework"},
-    ("torch", "params"): {"Layout": "where a canonical parameter sits in a stored tensor (rows of it, transposed "
-                                    "for (out, in) weights); JAX's nnx parameters are the canonical arrays"},
-    ("tensorflow", "params"): {"Layout": "as torch's, for a Keras variable"},
-    ("mxnet", "params"): {"Layout": "as torch's, for a Gluon parameter (and the GRU's split r, z biases)"},
 }
 
 

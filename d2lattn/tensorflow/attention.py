@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.ops import masked_softmax
+from d2lattn.tensorflow.ops import Layer, masked_softmax
 
 
 def dense(in_size, out_size, bias=False):
@@ -16,7 +16,7 @@ def dense(in_size, out_size, bias=False):
     return layer
 
 
-class AttentionLayer(keras.layers.Layer):
+class AttentionLayer(Layer):
     """A Keras layer whose `mask=` says which keys each query may attend to.
 
     Keras takes a `mask` argument for a padding mask to hand on to the output,

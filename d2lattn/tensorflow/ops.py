@@ -1,5 +1,8 @@
-"""Tensor helpers and the masked softmax in TensorFlow."""
+"""Tensor helpers, the Keras layer every module builds on, and the masked softmax in TensorFlow."""
 
+import inspect
+
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -68,6 +71,45 @@ def exp(x):
 
 def tanh(x):
     return tf.tanh(x)
+
+# --- Keras layers --------------------------------------------------------------
+
+
+class Layer(keras.layers.Layer):
+    """A Keras layer that Keras saves and loads by its constructor's arguments.
+
+    `get_config` holds the arguments the layer was made with (and Keras' own name,
+    trainable and dtype); `from_config` calls the constructor with them, so the layers
+    it holds are made again by their own constructors, and a `.keras` file stores each
+    weight once, in its weights file. Every subclass is registered as
+    "d2lattn>ClassName", the name `keras.models.load_model` looks it up by.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        keras.saving.register_keras_serializable(package="d2lattn")(cls)
+
+    def __new__(cls, *args, **kwargs):
+        layer = super().__new__(cls, *args, **kwargs)
+        bound = inspect.signature(cls.__init__).bind(layer, *args, **kwargs)  # the outermost constructor's
+        bound.apply_defaults()
+        layer._arguments = dict(list(bound.arguments.items())[1:])           # without self
+        return layer
+
+    def get_config(self):
+        return {**super().get_config(), **self._arguments}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name, trainable = config.pop("name", None), config.pop("trainable", True)
+        config.pop("dtype", None)                                           # float32 throughout
+        layer = cls(**config)
+        layer.trainable = trainable
+        if name is not None:
+            layer.name = name
+        return layer
+
 
 # --- masking -------------------------------------------------------------------
 

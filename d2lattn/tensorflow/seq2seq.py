@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from d2lattn import _checks
 from d2lattn.tensorflow.attention import AdditiveAttention, dense
+from d2lattn.tensorflow.ops import Layer
 
 
 def embedding(vocab_size, embed_size):
@@ -17,7 +18,7 @@ def embedding(vocab_size, embed_size):
     return layer
 
 
-class GRU(keras.layers.Layer):
+class GRU(Layer):
     """One keras.layers.GRU per layer (l0, l1, ...; reset_after=True, the canonical candidate
     r * (h W_hh + b_hh)), batch first, with the shared call: `state=None` starts from zeros
     and `training` switches the dropout between layers (the only place it acts)."""
@@ -47,7 +48,7 @@ class GRU(keras.layers.Layer):
         return X, tf.stack(last)                                        # (b, T, h), (layers, b, h)
 
 
-class Seq2SeqEncoder(keras.layers.Layer):
+class Seq2SeqEncoder(Layer):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         self.embedding = embedding(vocab_size, embed_size)
@@ -61,7 +62,7 @@ class Seq2SeqEncoder(keras.layers.Layer):
         return self.rnn(embs, training=training)                        # (b, S, h), (layers, b, h)
 
 
-class Seq2SeqAttentionDecoder(keras.layers.Layer):
+class Seq2SeqAttentionDecoder(Layer):
     """At each step the top layer's state queries the encoder's outputs; the GRU's
     input is [context; embedded token], context first (num_hiddens + embed_size)."""
 
@@ -93,7 +94,7 @@ class Seq2SeqAttentionDecoder(keras.layers.Layer):
         return self.W_out(tf.concat(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
 
 
-class Seq2Seq(keras.layers.Layer):
+class Seq2Seq(Layer):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)

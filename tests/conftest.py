@@ -49,6 +49,14 @@ def d2l(backend_name):
     return _backend.load(backend_name)
 
 
+@pytest.fixture(scope="session")
+def adapter(backend_name):
+    """The backend's framework-specific test code (tests/adapters/)."""
+    from tests import adapters
+
+    return adapters.load(backend_name)
+
+
 def pytest_ignore_collect(collection_path, config):
     """tests/native/test_<backend>.py compares one framework with its own attention, and
     tests/distributed/test_<backend>.py runs ring attention on its distributed engine: the

@@ -1,0 +1,24 @@
+"""Framework-specific test code, one module per backend, the same function names in the same order.
+
+A test that must do something the framework's own way (enter its training mode, build an array
+with its own constructor, stop a gradient) asks the `adapter` fixture (tests/conftest.py), never
+`if backend_name == ...`. Each module here defines, in this order:
+
+- `call_in_mode(module, train, *inputs, **kwargs)`: call `module` with training=None after
+  putting the framework in its training (train=True) or evaluation (False) state, the way a user
+  of that framework does;
+- `array(values)`: the framework's own array constructor applied to a Python list (what a
+  learner writes, with whatever dtype the framework gives it);
+- `stop_gradient(x)`: the framework's own stop-gradient.
+
+tests/test_api.py checks that the modules mirror one another.
+"""
+
+import importlib
+
+from d2lattn import _backend
+
+
+def load(backend_name):
+    """The adapter module of `backend_name` (imports that framework)."""
+    return importlib.import_module(f"tests.adapters.{_backend.canonical(backend_name)}")

@@ -1,0 +1,16 @@
+"""The NumPy reference: forward only, always in evaluation (see tests/adapters/__init__.py)."""
+
+import numpy as np
+
+
+def call_in_mode(module, train, *inputs, **kwargs):
+    # The reference has no training state (_backend.LACKS): training=None is evaluation.
+    return module(*inputs, **kwargs)
+
+
+def array(values):
+    return np.array(values)
+
+
+def stop_gradient(x):
+    return x  # no autodiff, so no gradient to stop

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.ops import Layer, masked_softmax
+from d2lattn.tensorflow.ops import Layer, RecordedWeights, masked_softmax
 
 
 def dense(in_size, out_size, bias=False):
@@ -33,6 +33,8 @@ class AttentionLayer(Layer):
 
 
 class DotProductAttention(AttentionLayer):
+    attention_weights = RecordedWeights()
+
     def __init__(self, dropout=0.0):
         super().__init__()
         self.dropout = keras.layers.Dropout(_checks.dropout_rate(dropout))
@@ -53,6 +55,8 @@ class DotProductAttention(AttentionLayer):
 
 
 class AdditiveAttention(AttentionLayer):
+    attention_weights = RecordedWeights()
+
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
         h = _checks.positive_int("num_hiddens", num_hiddens)
@@ -127,6 +131,8 @@ class MultiHeadAttention(AttentionLayer):
 
 class ConcatAttention(AttentionLayer):
     """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    attention_weights = RecordedWeights()
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()

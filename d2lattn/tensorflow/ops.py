@@ -81,13 +81,15 @@ class Layer(keras.layers.Layer):
     `get_config` holds the arguments the layer was made with (and Keras' own name,
     trainable and dtype); `from_config` calls the constructor with them, so the layers
     it holds are made again by their own constructors, and a `.keras` file stores each
-    weight once, in its weights file. Every subclass is registered as
-    "d2lattn>ClassName", the name `keras.models.load_model` looks it up by.
+    weight once, in its weights file. Every subclass defined in d2lattn is registered as
+    "d2lattn>ClassName", the name `keras.models.load_model` looks it up by (your own
+    subclass registers under your package, as any Keras layer does).
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        keras.saving.register_keras_serializable(package="d2lattn")(cls)
+        if cls.__module__.startswith("d2lattn."):
+            keras.saving.register_keras_serializable(package="d2lattn")(cls)
 
     def __new__(cls, *args, **kwargs):
         layer = super().__new__(cls, *args, **kwargs)
@@ -109,6 +111,34 @@ class Layer(keras.layers.Layer):
         if name is not None:
             layer.name = name
         return layer
+
+
+class RecordedWeights:
+    """`.attention_weights` of the layers that compute them: what the last call recorded.
+
+    A call traced inside a tf.function records a graph tensor that only that trace can
+    use (a parent layer in the same trace reads it, e.g. to return it): read from
+    outside, `.attention_weights` are those of the last eager call (None before one),
+    so a tf.function of your own returns them as an output to see its weights.
+    """
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        recorded, eager = layer.__dict__.get(self.slot, (None, None))
+        return eager if tf.executing_eagerly() and tf.is_symbolic_tensor(recorded) else recorded
+
+    def __set__(self, layer, weights):
+        eager = layer.__dict__.get(self.slot, (None, None))[1] if tf.is_symbolic_tensor(weights) else weights
+        layer.__dict__[self.slot] = (weights, eager)   # past Keras' attribute tracking: tensors, not state
+
+
+def records_weights(layer):
+    """Whether `layer` records its own `.attention_weights` (rather than reading a child's)."""
+    return isinstance(getattr(type(layer), "attention_weights", None), RecordedWeights)
 
 
 # --- masking -------------------------------------------------------------------

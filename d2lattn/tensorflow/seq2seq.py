@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from d2lattn import _checks
 from d2lattn.tensorflow.attention import AdditiveAttention, dense
-from d2lattn.tensorflow.ops import Layer
+from d2lattn.tensorflow.ops import Layer, RecordedWeights
 
 
 def embedding(vocab_size, embed_size):
@@ -65,6 +65,8 @@ class Seq2SeqEncoder(Layer):
 class Seq2SeqAttentionDecoder(Layer):
     """At each step the top layer's state queries the encoder's outputs; the GRU's
     input is [context; embedded token], context first (num_hiddens + embed_size)."""
+
+    attention_weights = RecordedWeights()
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
@@ -146,6 +148,6 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
         if int(token[0, 0]) == eos:
             break
         tokens.append(int(token[0, 0]))
-    if weights:  # the traces left graph tensors on the layers: the last step's weights, as values
+    if weights:  # a traced step keeps no weights readable from outside: the last step's, as values
         model.decoder.attention_weights = model.decoder.attention.attention_weights = attention
     return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])

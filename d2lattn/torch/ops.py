@@ -82,14 +82,20 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def _readable(x):
+    """Whether x's values can be read: not while torch.compile or torch.export traces, nor when x
+    is a torch.func transform's own tensor (an argument mapped by vmap, or one it computed)."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None, device=None):
     """Boolean tensor broadcastable to the scores: True where a query may attend, or None."""
     keep = None
     if valid_lens is not None:
-        lens = torch.as_tensor(valid_lens, device=device)
-        lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))
-        if not torch.compiler.is_compiling():  # values are unknown while compiling
-            _checks.lens_values(to_numpy(lens))                 # whole numbers, none negative
+        given = torch.as_tensor(valid_lens, device=device)
+        lens = given.reshape(_checks.lens_view(given.shape, scores_shape, given.dtype))
+        if _readable(given):  # the reshaped copy of a constant is torch.func's own tensor
+            _checks.lens_values(to_numpy(given))                # whole numbers, none negative
         if _checks.lens_dtype(lens.dtype):
             lens = lens.long()                                  # a float length counts like an integer
         keep = torch.arange(scores_shape[-1], device=device) < lens

@@ -1,0 +1,152 @@
+"""Every module of the contract under the framework's own transformations, as its users apply them.
+
+A closure over a module (or the module passed in, where the framework lifts its state) goes
+through each transformation the backend's test adapter lists (tests/adapters/: jax.jit,
+torch.compile, torch.export, the vmaps, the grads, ...), and must give what the eager call gives:
+the same outputs, one eager call's outputs per mapped example, the same gradients with respect
+to every float input as `value_and_grads`. Afterwards `.attention_weights` still reads: the
+weights of the eager call, or of each mapped example, or nothing (None) where the transformation
+lets the module keep nothing. A module is covered by its entry in MODULES; a module of the
+contract without one fails test_every_module_is_listed.
+"""
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+
+from d2lattn import api
+from tests import harness
+from tests.cases import B, Case
+
+# float32 on both sides, the same operations, compiled or not
+TOLERANCE = 1e-5
+
+# Seq2SeqAttentionDecoder, called on the encoder's outputs and state directly (see _from_state)
+DECODER = Case("decoder-from-state", "Seq2SeqAttentionDecoder", ((B, 4, 4), (2, B, 4)),
+               {"vocab_size": 5, "embed_size": 3, "num_hiddens": 4, "num_layers": 2},
+               tokens=(("X", (B, 3), 5),), valid_lens=(2, 9), lens_arg="enc_valid_lens", seed=60)
+
+# One entry per module of the contract: the case that builds and calls it (tests/cases.py),
+# chosen for its lengths, masks, keyword inputs and caches.
+MODULES = [harness.CASE_BY_NAME[name] for name in (
+    "dot-bias-broadcast-lens-mask", "additive-lens2d-mask", "mha-cross-mask", "posenc-even", "rope-halves-offset",
+    "concat-lens2d", "layernorm", "ffn", "rmsnorm", "swiglu", "addnorm", "encoder-block", "decoder-block",
+    "gru-2layers-state", "seq2seq-encoder", "seq2seq-lens", "csa-cache-pieces", "lm-gqa-window-pieces",
+)] + [DECODER]
+IDS = [case.component for case in MODULES]
+
+
+def _from_state(cls):
+    """The decoder's class with a call that takes (enc_outputs, enc_state) first and builds its
+    state with init_state, returning the logits: one call of arrays, like every other module."""
+
+    def __call__(self, enc_outputs, enc_state, X, enc_valid_lens=None, **kwargs):
+        state = self.init_state(enc_outputs, enc_state, enc_valid_lens)
+        return super(adapted, self).__call__(X, state, **kwargs)[0]           # (b, T, vocab)
+
+    adapted = type(cls.__name__, (cls,), {"__call__": __call__})
+    return adapted
+
+
+def _build(d2l, case):
+    """(module, float inputs, token inputs, a function `call(module, *floats, *tokens)`), in the
+    backend's own arrays; lengths, masks and `training` are bound in the function."""
+    inputs, kwargs, params = harness.make_call(case)
+    cls = _from_state(d2l.Seq2SeqAttentionDecoder) if case.name == DECODER.name else harness.module_class(d2l, case.name)
+    module = cls(**case.args)
+    d2l.set_params(module, params)
+    names = [name for name, _, _ in case.tokens]
+    tokens = [d2l.tensor(kwargs.pop(name)) for name in names]
+    kwargs = {k: v if v is None or isinstance(v, bool) else d2l.tensor(v) for k, v in kwargs.items()}
+
+    def call(module, *arrays):
+        split = len(arrays) - len(names)
+        return module(*arrays[:split], **dict(zip(names, arrays[split:])), **kwargs)
+
+    return module, [d2l.tensor(x) for x in inputs], tokens, call
+
+
+def _numpy(d2l, out):
+    return [d2l.to_numpy(leaf) for leaf in harness._leaves(out)]
+
+
+def _transforms(adapter, capability):
+    found = {name: transform for name, (kind, transform) in adapter.transforms().items() if kind == capability}
+    assert found, f"the adapter lists no {capability} transformation; a backend without one declares so in LACKS"
+    return found
+
+
+def _close(got, want, what):
+    assert len(got) == len(want), f"{what}: {len(got)} arrays, the eager call gives {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape, f"{what}, array {i}: shape {g.shape}, the eager call gives {w.shape}"
+        gap = float(np.max(np.abs(g - w), initial=0.0))
+        assert gap <= TOLERANCE, f"{what}, array {i}: max abs difference {gap:.2e} from the eager call"
+
+
+def _weights(d2l, module):
+    weights = getattr(module, "attention_weights", None)
+    return None if weights is None else d2l.to_numpy(weights)
+
+
+def test_every_module_is_listed():
+    modules = {name for name in api.__all__ if inspect.isclass(getattr(api, name))}
+    assert set(IDS) == modules and len(IDS) == len(modules), "MODULES holds one entry per module of the contract"
+
+
+@pytest.mark.needs("compiled")
+@pytest.mark.parametrize("case", MODULES, ids=IDS)
+def test_compiled_call_equals_eager(d2l, adapter, case):
+    module, floats, tokens, call = _build(d2l, case)
+    want = _numpy(d2l, call(module, *floats, *tokens))
+    weights = _weights(d2l, module)
+    for name, transform in _transforms(adapter, "compiled").items():
+        _close(_numpy(d2l, transform(call, module)(*floats, *tokens)), want, f"{case.component} under {name}")
+        if weights is not None:  # kept from the eager call, or recorded again from the same inputs
+            _close([_weights(d2l, module)], [weights], f"{case.component}.attention_weights after {name}")
+
+
+@pytest.mark.needs("vmap")
+@pytest.mark.parametrize("case", MODULES, ids=IDS)
+def test_mapped_call_equals_eager_per_example(d2l, adapter, case):
+    """Two examples of the inputs, the second drawn with another seed; lengths and masks shared."""
+    _, floats, tokens, _ = _build(d2l, case)
+    _, other_floats, other_tokens, _ = _build(d2l, dataclasses.replace(case, seed=case.seed + 1))
+    examples = [floats + tokens, other_floats + other_tokens]
+    stacked = [d2l.stack(pair) for pair in zip(*examples)]                 # (2, ...) each
+    for name, transform in _transforms(adapter, "vmap").items():
+        module, _, _, call = _build(d2l, case)                             # with no weights kept yet
+        got = _numpy(d2l, transform(call, module)(*stacked))
+        mapped_weights = _weights(d2l, module)                             # None, or (2, ...) stacked
+        for i, arrays in enumerate(examples):
+            want = _numpy(d2l, call(module, *arrays))
+            _close([g[i] for g in got], want, f"{case.component} under {name}, example {i}")
+            if mapped_weights is not None:
+                _close([mapped_weights[i]], [_weights(d2l, module)],
+                       f"{case.component}.attention_weights after {name}, example {i}")
+
+
+@pytest.mark.needs("autodiff")
+@pytest.mark.parametrize("case", [c for c in MODULES if c.inputs], ids=[c.component for c in MODULES if c.inputs])
+def test_gradients_equal_eager(d2l, adapter, case):
+    """d/d every float input of sum(output * projection); token models have no float input."""
+    module, floats, tokens, call = _build(d2l, case)
+    rng = np.random.default_rng(case.seed + 1000)
+    projections = [d2l.tensor(rng.normal(size=o.shape)) for o in _numpy(d2l, call(module, *floats, *tokens))]
+
+    def objective(module, *floats):
+        leaves = harness._leaves(call(module, *floats, *tokens))
+        return sum((leaf * p).sum() for leaf, p in zip(leaves, projections))
+
+    inputs, kwargs, _ = harness.make_call(case)
+    several = len(projections) > 1
+    _, want, _ = d2l.value_and_grads(module, inputs, [d2l.to_numpy(p) for p in projections] if several else
+                                     d2l.to_numpy(projections[0]), **kwargs)
+    weights = _weights(d2l, module)
+    for name, transform in _transforms(adapter, "autodiff").items():
+        _close([d2l.to_numpy(g) for g in transform(objective, module)(*floats)], want,
+               f"d/d inputs of {case.component} under {name}")
+        if weights is not None:
+            _close([_weights(d2l, module)], [weights], f"{case.component}.attention_weights after {name}")

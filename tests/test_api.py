@@ -87,7 +87,16 @@ MIRROR_EXCEPTIONS = {
     ("mxnet", "ops"): {"train_mode": "Gluon reads training from autograd's mode, so a call's training=True/False "
                                      "switches that mode (the other frameworks pass a flag on)",
                        "lower_masked": "np.where is slow in MXNet 1.9 and its gradient wrong with a scalar, so "
-                                       "masked scores are lowered with one minimum, shared by attention.py"},
+                                       "masked scores are lowered with one minimum, shared by attention.py",
+                       "traced": "a Gluon block called inside a parent's hybridized graph sees symbols without "
+                                 "shapes; this says so, and refuses the lengths and caches whose masks need shapes",
+                       "graph_keep": "there, the masks such a block can make come from positions, in the graph"},
+    ("tensorflow", "ops"): {"Layer": "Keras saves a layer by its config: this base layer records its constructor's "
+                                     "arguments as the config and registers every layer",
+                            "RecordedWeights": "a call traced in a tf.function records a graph tensor that only "
+                                               "that trace can read; this keeps the eager call's weights readable",
+                            "records_weights": "the layers that keep such weights (the harness returns them from "
+                                               "a trace)"},
     ("tensorflow", "attention"): {"dense": "a Keras Dense layer is built lazily; this one builds it at once so "
                                            "its weights exist for set_params",
                                   "AttentionLayer": "Keras treats a `mask=` argument as a padding mask to "

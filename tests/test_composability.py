@@ -138,7 +138,9 @@ def test_gradients_equal_eager(d2l, adapter, case):
 
     def objective(module, *floats):
         leaves = harness._leaves(call(module, *floats, *tokens))
-        return sum((leaf * p).sum() for leaf, p in zip(leaves, projections))
+        # sum(leaf * p) as a dot product of the contract's own ops (a TensorFlow tensor has no .sum())
+        return sum(d2l.reshape(d2l.matmul(d2l.reshape(leaf, (1, -1)), d2l.reshape(p, (-1, 1))), ())
+                   for leaf, p in zip(leaves, projections))
 
     inputs, kwargs, _ = harness.make_call(case)
     several = len(projections) > 1
@@ -150,3 +152,43 @@ def test_gradients_equal_eager(d2l, adapter, case):
                f"d/d inputs of {case.component} under {name}")
         if weights is not None:
             _close([_weights(d2l, module)], [weights], f"{case.component}.attention_weights after {name}")
+
+
+def _own_call(d2l, case):
+    """(module, arrays, call) for `case` without lengths, masks or pieces, with the component's own
+    class (and a dropout rate where it takes one, which a container must keep) and call: keyword
+    inputs (a score bias) and tokens by name, the seq2seq decoder's state made by init_state
+    inside the call, its lengths kept (they ride in the state it returns, where
+    Keras takes no None; its Python loop over time runs outside any graph). The harness's derived
+    classes (module_class, _from_state) read their arguments their own way, which a container that
+    replays the calls it recorded (a loaded Keras model) would not follow."""
+    lengths = case.valid_lens if case.name == DECODER.name else None
+    inputs, kwargs, params = harness.make_call(dataclasses.replace(case, valid_lens=lengths, mask=None, pieces=()))
+    cls = getattr(d2l, case.component)
+    rate = {"dropout": 0.25} if "dropout" in inspect.signature(cls).parameters else {}  # inactive here, but saved
+    module = cls(**case.args, **rate)
+    d2l.set_params(module, params)
+    split = len(inputs) - len(case.keywords)
+    named = {**{name: kwargs.pop(name) for name, _, _ in case.tokens}, **dict(zip(case.keywords, inputs[split:])),
+             **({case.lens_arg: kwargs.pop(case.lens_arg)} if lengths else {})}
+    flags = {**kwargs, **case.call}                                          # training=False, a RoPE offset
+
+    def call(module, *arrays):
+        own, by_name = arrays[:split], dict(zip(named, arrays[split:]))
+        if case.name == DECODER.name:                                       # from the encoder's outputs and state
+            return module(by_name.pop("X"), module.init_state(*own, by_name.pop(case.lens_arg)), **flags)[0]
+        return module(*own, **by_name, **flags)
+
+    return module, [d2l.tensor(x) for x in [*inputs[:split], *named.values()]], call
+
+
+@pytest.mark.needs("container")
+@pytest.mark.parametrize("case", MODULES, ids=IDS)
+def test_inside_the_frameworks_own_container(d2l, adapter, case):
+    """Inside the framework's own container (a Keras model saved to .keras and loaded back, a
+    user's hybridized Gluon block), called without lengths, masks or a cache (a Gluon graph being
+    traced has no shapes to make masks from; README), a module gives the eager call's outputs."""
+    module, arrays, call = _own_call(d2l, case)
+    want = _numpy(d2l, call(module, *arrays))
+    for name, transform in _transforms(adapter, "container").items():
+        _close(_numpy(d2l, transform(call, module)(*arrays)), want, f"{case.component} in a {name}")

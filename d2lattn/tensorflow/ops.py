@@ -93,7 +93,10 @@ class Layer(keras.layers.Layer):
 
     def __new__(cls, *args, **kwargs):
         layer = super().__new__(cls, *args, **kwargs)
-        bound = inspect.signature(cls.__init__).bind(layer, *args, **kwargs)  # the outermost constructor's
+        try:
+            bound = inspect.signature(cls.__init__).bind(layer, *args, **kwargs)  # the outermost constructor's
+        except TypeError:  # made without arguments (copy.deepcopy): the attributes copied next hold them
+            return layer
         bound.apply_defaults()
         layer._arguments = dict(list(bound.arguments.items())[1:])           # without self
         return layer

@@ -57,7 +57,12 @@ LACKS = {
         "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
         "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
         "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",
+        "vmap": "the NumPy reference has no function transformations: nothing maps a function over an axis",
         "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
+    },
+    "torch": {
+        "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
+                    "so torch.func.vmap cannot map any module built on it",
     },
     "mxnet": {
         "bfloat16": "MXNet 1.9's NumPy interface has no bfloat16 arrays (only AMP's legacy graphs cast to it)",

@@ -57,6 +57,7 @@ LACKS = {
         "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
         "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
         "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",
+        "vmap": "the NumPy reference has no function transformations: nothing maps a function over an axis",
         "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
         "container": "the NumPy reference is plain Python objects: no framework container saves, loads or traces them",
     },
@@ -68,6 +69,10 @@ LACKS = {
     "jax": {
         "container": ("Flax NNX's containers (nnx.Sequential, a module of your own) call their modules eagerly, "
                       "as the eager call does; jax.jit and nnx.jit, which trace them, are its compiled transforms"),
+    },
+    "torch": {
+        "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
+                    "so torch.func.vmap cannot map any module built on it",
     },
     "mxnet": {
         "vmap": "MXNet 1.9 has no vectorizing map (neither mxnet.np nor Gluon maps a function over an axis)",

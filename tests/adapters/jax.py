@@ -20,34 +20,28 @@ def stop_gradient(x):
     return jax.lax.stop_gradient(x)
 
 
-def _closure(transform):
-    """A transformation of the closure over the module, as a JAX tutorial writes it."""
-    return lambda fn, module: transform(functools.partial(fn, module))
-
-
-def _every_argument(grad):
-    """`grad` with respect to every argument of the function, however many it takes."""
-    return lambda fn: lambda *xs: grad(fn, argnums=tuple(range(len(xs))))(*xs)
-
-
-def _nnx_grad(fn, module):
-    """nnx.grad with the module as an argument (its state lifted in), d/d the arrays after it."""
-    return lambda *xs: nnx.grad(fn, argnums=tuple(range(1, len(xs) + 1)))(module, *xs)
-
-
-def _nnx_vmap(fn, module):
-    """nnx.vmap with the module's parameters shared and its attention weights mapped (one set per
-    example comes back stacked); a module that has kept weights of its own cannot go in that way."""
-    axes = nnx.StateAxes({nnx.Intermediate: 0, ...: None})
-    return lambda *xs: nnx.vmap(fn, in_axes=(axes, *[0] * len(xs)))(module, *xs)
-
 
 def transforms():
+    def closure(transform):  # over the module, as a JAX tutorial writes it
+        return lambda fn, module: transform(functools.partial(fn, module))
+
+    def every_argument(grad):  # d/d every argument, however many the function takes
+        return lambda fn: lambda *xs: grad(fn, argnums=tuple(range(len(xs))))(*xs)
+
+    def nnx_grad(fn, module):  # the module passed in, its state lifted; d/d the arrays after it
+        return lambda *xs: nnx.grad(fn, argnums=tuple(range(1, len(xs) + 1)))(module, *xs)
+
+    def nnx_vmap(fn, module):
+        # The parameters shared, the attention weights mapped: each example's come back stacked
+        # (so the module must not hold weights of its own from an earlier call going in).
+        axes = nnx.StateAxes({nnx.Intermediate: 0, ...: None})
+        return lambda *xs: nnx.vmap(fn, in_axes=(axes, *[0] * len(xs)))(module, *xs)
+
     return {
-        "jax.jit": ("compiled", _closure(jax.jit)),
+        "jax.jit": ("compiled", closure(jax.jit)),
         "nnx.jit": ("compiled", lambda fn, module: functools.partial(nnx.jit(fn), module)),
-        "jax.vmap": ("vmap", _closure(jax.vmap)),
-        "nnx.vmap": ("vmap", _nnx_vmap),
-        "jax.grad": ("autodiff", _closure(_every_argument(jax.grad))),
-        "nnx.grad": ("autodiff", _nnx_grad),
+        "jax.vmap": ("vmap", closure(jax.vmap)),
+        "nnx.vmap": ("vmap", nnx_vmap),
+        "jax.grad": ("autodiff", closure(every_argument(jax.grad))),
+        "nnx.grad": ("autodiff", nnx_grad),
     }

@@ -18,49 +18,41 @@ def stop_gradient(x):
     return x.detach()
 
 
-def _closure(transform):
-    """A transformation of the closure over the module, as a PyTorch tutorial writes it."""
-    return lambda fn, module: transform(functools.partial(fn, module))
-
-
-def _grad(fn):
-    """torch.func.grad with respect to every argument of the function, however many it takes."""
-    return lambda *xs: torch.func.grad(fn, argnums=tuple(range(len(xs))))(*xs)
-
-
-def _compile(fn):
-    """fullgraph=True: a graph break is an error. A module built anew recompiles its class's forward,
-    and past dynamo's recompile limit it would run eagerly, so the caches are cleared first.
-    Dynamo traces nn.GRU (under d2lattn's GRU) only with its experimental allow_rnn."""
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
-
-    def run(*xs):
-        with torch._dynamo.config.patch(allow_rnn=True):
-            return compiled(*xs)
-
-    return run
-
-
-class _Call(torch.nn.Module):
-    """fn(module, *arrays) as a module of its own, for torch.export (which exports modules)."""
-
-    def __init__(self, fn, module):
-        super().__init__()
-        self.fn, self.module = fn, module
-
-    def forward(self, *arrays):
-        return self.fn(self.module, *arrays)
-
-
-def _export(fn, module):
-    return lambda *xs: torch.export.export(_Call(fn, module), xs).module()(*xs)
-
 
 def transforms():
+    def closure(transform):  # over the module, as a PyTorch tutorial writes it
+        return lambda fn, module: transform(functools.partial(fn, module))
+
+    def grad(fn):  # d/d every argument, however many the function takes
+        return lambda *xs: torch.func.grad(fn, argnums=tuple(range(len(xs))))(*xs)
+
+    def fullgraph(fn):
+        # fullgraph=True: a graph break is an error. A module built anew recompiles its class's
+        # forward, and past dynamo's recompile limit it would run eagerly: the caches are cleared.
+        # Dynamo traces nn.GRU (under d2lattn's GRU) only with its experimental allow_rnn.
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
+
+        def run(*xs):
+            with torch._dynamo.config.patch(allow_rnn=True):
+                return compiled(*xs)
+
+        return run
+
+    class Call(torch.nn.Module):  # fn(module, *arrays) as a module, which is what torch.export exports
+        def __init__(self, fn, module):
+            super().__init__()
+            self.fn, self.module = fn, module
+
+        def forward(self, *arrays):
+            return self.fn(self.module, *arrays)
+
+    def export(fn, module):
+        return lambda *xs: torch.export.export(Call(fn, module), xs).module()(*xs)
+
     return {
-        "torch.compile": ("compiled", _closure(_compile)),
-        "torch.export": ("compiled", _export),
-        "torch.func.vmap": ("vmap", _closure(torch.func.vmap)),
-        "torch.func.grad": ("autodiff", _closure(_grad)),
+        "torch.compile": ("compiled", closure(fullgraph)),
+        "torch.export": ("compiled", export),
+        "torch.func.vmap": ("vmap", closure(torch.func.vmap)),
+        "torch.func.grad": ("autodiff", closure(grad)),
     }

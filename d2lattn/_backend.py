@@ -65,17 +65,17 @@ LACKS = {
         "container": ("PyTorch's containers (nn.Sequential, a module of your own) call their modules eagerly, "
                       "as the eager call does; torch.compile and torch.export, which trace them, are its compiled "
                       "transforms"),
+        "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
+                    "so torch.func.vmap cannot map any module built on it",
     },
     "jax": {
         "container": ("Flax NNX's containers (nnx.Sequential, a module of your own) call their modules eagerly, "
                       "as the eager call does; jax.jit and nnx.jit, which trace them, are its compiled transforms"),
     },
-    "torch": {
-        "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
-                    "so torch.func.vmap cannot map any module built on it",
-    },
     "mxnet": {
         "vmap": "MXNet 1.9 has no vectorizing map (neither mxnet.np nor Gluon maps a function over an axis)",
+        "container cache": ("a block traced inside a user's hybridized graph knows positions, not shapes, so it "
+                            "refuses a cache there (a TypeError); the model hybridized itself takes one"),
         "bfloat16": "MXNet 1.9's NumPy interface has no bfloat16 arrays (only AMP's legacy graphs cast to it)",
         "compiled blockwise_attention": (
             "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "

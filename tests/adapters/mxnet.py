@@ -20,61 +20,50 @@ def stop_gradient(x):
     return x.detach()
 
 
-def _hybridized(fn, module):
-    """The module's own hybridize(): its graph is traced on the first call (a plain Block
-    hybridizes its children)."""
-    module.hybridize()
-    return functools.partial(fn, module)
-
-
-class _Container(nn.HybridBlock):
-    """A user's HybridBlock whose graph calls fn(module, *arrays), the module its child."""
-
-    def __init__(self, fn, module):
-        super().__init__()
-        self.fn, self.module = fn, module
-
-    def hybrid_forward(self, F, *arrays):
-        return self.fn(self.module, *arrays)
-
-
-class _PlainContainer(nn.Block):
-    """Gluon lets a HybridBlock hold HybridBlocks only: a plain Block (the seq2seq decoder, which
-    steps through time in Python) goes in a plain Block, whose hybridize() reaches the children."""
-
-    def __init__(self, fn, module):
-        super().__init__()
-        self.fn, self.module = fn, module
-
-    def forward(self, *arrays):
-        return self.fn(self.module, *arrays)
-
-
-def _contained(fn, module):
-    """fn(module, *arrays) inside a user's container, hybridized, as a Gluon user composes blocks."""
-    container = (_Container if isinstance(module, nn.HybridBlock) else _PlainContainer)(fn, module)
-    container.hybridize()
-    return container
-
-
-def _autograd(call):
-    """autograd's gradients of call(*arrays) (a scalar) with respect to every array."""
-    def grads(*xs):
-        xs = [x.copy() for x in xs]
-        for x in xs:
-            x.attach_grad()
-        with autograd.record():
-            value = call(*xs)
-        value.backward()
-        return [x.grad for x in xs]
-
-    return grads
-
 
 def transforms():
+    def hybridized(fn, module):  # the module's own graph, traced on its first call
+        module.hybridize()  # (a plain Block hybridizes its children)
+        return functools.partial(fn, module)
+
+    def record(call):  # autograd's gradients of call(*arrays) with respect to every array
+        def grads(*xs):
+            xs = [x.copy() for x in xs]
+            for x in xs:
+                x.attach_grad()
+            with autograd.record():
+                value = call(*xs)
+            value.backward()
+            return [x.grad for x in xs]
+
+        return grads
+
+    class Container(nn.HybridBlock):  # a user's HybridBlock whose graph calls fn(module, *arrays)
+        def __init__(self, fn, module):
+            super().__init__()
+            self.fn, self.module = fn, module
+
+        def hybrid_forward(self, F, *arrays):
+            return self.fn(self.module, *arrays)
+
+    class PlainContainer(nn.Block):
+        # Gluon lets a HybridBlock hold HybridBlocks only: a plain Block (the seq2seq decoder, which
+        # steps through time in Python) goes in a plain Block, whose hybridize() reaches the children.
+        def __init__(self, fn, module):
+            super().__init__()
+            self.fn, self.module = fn, module
+
+        def forward(self, *arrays):
+            return self.fn(self.module, *arrays)
+
+    def contained(fn, module):  # inside a user's container, hybridized, as a Gluon user composes blocks
+        container = (Container if isinstance(module, nn.HybridBlock) else PlainContainer)(fn, module)
+        container.hybridize()
+        return container
+
     return {
-        "hybridize": ("compiled", _hybridized),
-        "autograd.record": ("autodiff", lambda fn, module: _autograd(functools.partial(fn, module))),
-        "autograd.record(hybridize)": ("autodiff", lambda fn, module: _autograd(_hybridized(fn, module))),
-        "hybridized gluon container": ("container", _contained),
+        "hybridize": ("compiled", hybridized),
+        "autograd.record": ("autodiff", lambda fn, module: record(functools.partial(fn, module))),
+        "autograd.record(hybridize)": ("autodiff", lambda fn, module: record(hybridized(fn, module))),
+        "hybridized Gluon container": ("container", contained),
     }

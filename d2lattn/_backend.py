@@ -57,9 +57,25 @@ LACKS = {
         "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
         "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
         "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",
+        "vmap": "the NumPy reference has no function transformations: nothing maps a function over an axis",
         "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
+        "container": "the NumPy reference is plain Python objects: no framework container saves, loads or traces them",
+    },
+    "torch": {
+        "container": ("PyTorch's containers (nn.Sequential, a module of your own) call their modules eagerly, "
+                      "as the eager call does; torch.compile and torch.export, which trace them, are its compiled "
+                      "transforms"),
+        "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
+                    "so torch.func.vmap cannot map any module built on it",
+    },
+    "jax": {
+        "container": ("Flax NNX's containers (nnx.Sequential, a module of your own) call their modules eagerly, "
+                      "as the eager call does; jax.jit and nnx.jit, which trace them, are its compiled transforms"),
     },
     "mxnet": {
+        "vmap": "MXNet 1.9 has no vectorizing map (neither mxnet.np nor Gluon maps a function over an axis)",
+        "container cache": ("a block traced inside a user's hybridized graph knows positions, not shapes, so it "
+                            "refuses a cache there (a TypeError); the model hybridized itself takes one"),
         "bfloat16": "MXNet 1.9's NumPy interface has no bfloat16 arrays (only AMP's legacy graphs cast to it)",
         "compiled blockwise_attention": (
             "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "

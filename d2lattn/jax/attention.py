@@ -10,7 +10,7 @@ training mode, as nnx.Dropout does); True/False override it for one call.
 import math
 
 import jax.numpy as jnp
-from flax import nnx
+from flax import errors, nnx
 
 from d2lattn import _checks
 from d2lattn.jax.ops import masked_softmax
@@ -21,18 +21,31 @@ def _deterministic(training):
     return None if training is None else not training
 
 
+def _record(variable, weights):
+    """Keep `weights` in `variable` (an nnx.Intermediate) where the module's state may change at
+    this trace level: in an eager call, and inside nnx transforms, which lift the module's state
+    into their trace. Under a plain JAX transformation of a closure over the module the state
+    belongs to an outer trace, nnx refuses the write, and the call keeps nothing."""
+    try:
+        variable.set_value(weights)
+    except errors.TraceContextError:  # raised before anything is written, at trace time only
+        pass
+
+
 class DotProductAttention(nnx.Module):
     """Scaled dot-product attention: softmax(Q K^T / sqrt(d)) V.
 
-    `.attention_weights` is the latest call's weights (before dropout), a jax
-    array, None before the first call. They live in `self.last_weights`, an
+    `.attention_weights` is the latest recorded call's weights (before dropout),
+    a jax array, None before the first. They live in `self.last_weights`, an
     `nnx.Intermediate` variable, so they are part of the module's state: after
-    a call under `nnx.jit` (or `nnx.value_and_grad`) nnx writes them back, and
-    `.attention_weights` holds them as it does after an eager call. Under plain
-    `jax.jit`, a module closed over cannot be updated (nnx raises
-    TraceContextError): pass `state` from `graphdef, state = nnx.split(module)`,
-    `nnx.merge(graphdef, state)` inside, and return its `.attention_weights`.
-    They are not parameters: `nnx.state(module, nnx.Param)` leaves them out.
+    a call under `nnx.jit` (or `nnx.grad`, `nnx.vmap`) nnx writes them back, and
+    `.attention_weights` holds them as it does after an eager call. A closure
+    over the module under plain `jax.jit`, `jax.grad` or `jax.vmap` computes the
+    same outputs and gradients but cannot update the module, so that call records
+    nothing; to get its weights out, pass `state` from `graphdef, state =
+    nnx.split(module)`, `nnx.merge(graphdef, state)` inside, and return the
+    merged module's `.attention_weights`. They are not parameters:
+    `nnx.state(module, nnx.Param)` leaves them out.
     """
 
     def __init__(self, dropout=0.0, *, rngs=None):
@@ -49,7 +62,7 @@ class DotProductAttention(nnx.Module):
             _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                      # before masking: masked stays 0
         weights = masked_softmax(scores, valid_lens, mask=mask)
-        self.last_weights.set_value(weights)
+        _record(self.last_weights, weights)
         weights = self.dropout(weights, deterministic=_deterministic(training))
         return weights @ values                                               # (b, q, dv)
 
@@ -71,15 +84,20 @@ class AdditiveAttention(nnx.Module):
         self.last_weights = nnx.Intermediate(None)
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        return self._call_with_weights(queries, keys, values, valid_lens, mask=mask, training=training)[0]
+
+    def _call_with_weights(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        """The output and the weights it recorded (if it could): the seq2seq decoder keeps every
+        step's weights, also where the module cannot record them (see _record)."""
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         q, k = self.W_q(queries), self.W_k(keys)                          # (b, q, h), (b, k, h)
         features = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])          # (b, q, k, h)
         scores = self.w_v(features)[..., 0]                               # (b, q, k)
         weights = masked_softmax(scores, valid_lens, mask=mask)
-        self.last_weights.set_value(weights)
-        weights = self.dropout(weights, deterministic=_deterministic(training))
-        return weights @ values                                           # (b, q, dv)
+        _record(self.last_weights, weights)
+        dropped = self.dropout(weights, deterministic=_deterministic(training))
+        return dropped @ values, weights                                  # (b, q, dv), (b, q, k)
 
     @property
     def attention_weights(self):
@@ -154,7 +172,7 @@ class ConcatAttention(nnx.Module):
         _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(jnp.concatenate([queries, keys], -1))               # (b, q, num_values)
         weights = masked_softmax(scores, valid_lens, mask=mask)
-        self.last_weights.set_value(weights)
+        _record(self.last_weights, weights)
         context = weights @ values                                               # (b, q, value_size)
         return self.W_combine(jnp.concatenate([queries, context], -1))           # (b, q, output_size)
 

@@ -15,9 +15,10 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     are integers, passed by name and not differentiated. A tuple output takes a list
     of projections, one per element.
 
-    `fn` is an nnx.Module or a pure function: JAX transforms reach a module's
-    state only through their arguments, so a plain object that holds a module
-    cannot be differentiated here (nnx raises TraceContextError).
+    `fn` is an nnx.Module, passed in so that nnx lifts its state: gradients with
+    respect to its inputs and its nnx.Params, and its attention weights come back.
+    Any other function (a closure over a module too) is differentiated with respect
+    to its inputs; a module it closes over keeps no attention weights from the call.
     """
     xs = [tensor(x) for x in inputs]
     several = isinstance(projection, (list, tuple))  # one projection per element of a tuple output
@@ -31,7 +32,7 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
         outs = out if several else (out,)
         return sum(jnp.sum(o * p) for o, p in zip(outs, projections)), out
 
-    # d/d the module's nnx.Params (a State) and d/d each input; a plain function is a static argument
+    # d/d the module's nnx.Params (a State) and d/d each input; any other function is a static argument
     step = nnx.value_and_grad(objective, argnums=(0, 1) if is_module else 1, has_aux=True)
     if compiled:
         step = nnx.jit(step, static_argnums=() if is_module else 0)

@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from d2lattn import _checks
-from d2lattn.jax.attention import AdditiveAttention, _deterministic
+from d2lattn.jax.attention import AdditiveAttention, _deterministic, _record
 
 
 class _GRULayer(nnx.Module):
@@ -116,11 +116,12 @@ class Seq2SeqAttentionDecoder(nnx.Module):
         outputs, weights = [], []
         for x in jnp.unstack(self.embedding(X), axis=1):            # (b, embed), one step at a time
             query = H[-1][:, None]                                  # (b, 1, h): the top layer's state
-            context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
+            context, step_weights = self.attention._call_with_weights(        # (b, 1, h), (b, 1, S)
+                query, enc_outputs, enc_outputs, enc_valid_lens, training=training)
             out, H = self.rnn(jnp.concatenate([context, x[:, None]], -1), H, training=training)  # (b, 1, h)
             outputs.append(out)
-            weights.append(self.attention.attention_weights)       # (b, 1, S)
-        self.last_weights.set_value(jnp.concatenate(weights, 1))   # (b, T, S)
+            weights.append(step_weights)
+        _record(self.last_weights, jnp.concatenate(weights, 1))    # (b, T, S)
         return self.W_out(jnp.concatenate(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
 
     @property

@@ -1,10 +1,11 @@
 """Scaled dot-product, additive and multi-head attention as hybridizable Gluon blocks."""
 
+import mxnet as mx
 from mxnet import init, np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, _lower_masked, _train_mode, keep_mask, tensor
+from d2lattn.mxnet.ops import _F, LENS_IN_GRAPH, _graph_keep, _lower_masked, _train_mode, keep_mask, tensor
 
 # Uniform in +-1/sqrt(fan_in), the reference's default for a dense map.
 DENSE_INIT = init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1)
@@ -39,8 +40,8 @@ class _Attention(nn.HybridBlock):
     boolean `keep` array (`self.keep`), then runs `hybrid_forward(F, queries, keys,
     values, keep, *extra) -> (output, weights, live)` in the requested mode and saves the
     weights (`extra`: the score bias of the blocks that take one). Called inside a graph
-    being traced, it takes `mask` as that `keep` array; a parent that made `keep` itself
-    calls `with_keep`.
+    being traced, it takes `mask` as that `keep` array (None: every key); a parent that made
+    `keep` itself calls `with_keep`.
     """
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
@@ -51,6 +52,8 @@ class _Attention(nn.HybridBlock):
             mask = self.keep(queries, keys, values, valid_lens, mask)
         elif valid_lens is not None:
             raise TypeError(f"{type(self).__name__}: {LENS_IN_GRAPH}")
+        elif mask is None:
+            mask = _graph_keep(queries)                                       # traced in a parent's graph: all keys
         with _train_mode(training):
             return self.with_keep(queries, keys, values, mask, *extra)
 
@@ -65,9 +68,10 @@ class _Attention(nn.HybridBlock):
 
     @property
     def attention_weights(self):
-        """(b, q, k): the weights of the last call, before dropout (an empty row: zeros)."""
+        """(b, q, k): the weights of the last call, before dropout (an empty row: zeros). None after a
+        call traced inside a parent's graph, whose graph does not hand them out."""
         saved = getattr(self, "_saved", None)
-        return None if saved is None else saved[0] * saved[1]
+        return None if saved is None or isinstance(saved[0], mx.sym.Symbol) else saved[0] * saved[1]
 
 
 class _Biased(_Attention):

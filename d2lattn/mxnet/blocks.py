@@ -6,7 +6,7 @@ from mxnet.gluon import nn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
-from d2lattn.mxnet.ops import _train_mode, causal_mask
+from d2lattn.mxnet.ops import _F, _graph_keep, _traced, _train_mode, causal_mask
 
 
 class LayerNorm(nn.HybridBlock):
@@ -109,15 +109,11 @@ class _Block(nn.HybridBlock):
     graph (`self.keep`), then `graph` runs `hybrid_forward` in the requested mode.
     The graph also returns the attention children's weights (traced, a child only
     sees graph symbols) and `graph` hands them back, so `.attention_weights` hold
-    arrays after a hybridized call too.
+    arrays after a hybridized call too. Traced inside a parent's graph, the call makes
+    `keep` from positions (`graph_keep`), which serves calls without lengths.
     """
 
     attentions = ()                                                        # the MultiHeadAttention children
-
-    def concrete(self, X):
-        if not isinstance(X, np.ndarray):
-            raise TypeError(f"{type(self).__name__} builds its masks from arrays, so it cannot be called inside "
-                            "a graph being traced: hybridize the block itself, or a plain Block around it")
 
     def graph(self, training, *arrays):
         with _train_mode(training):
@@ -142,8 +138,10 @@ class TransformerEncoderBlock(_Block):
         self.addnorm2 = AddNorm(num_hiddens, dropout)
 
     def __call__(self, X, valid_lens=None, *, training=None):
-        self.concrete(X)
-        keep = self.attention.keep(X, X, X, valid_lens, None)              # broadcasts to (b, heads, T, T)
+        if _traced(self, X, valid_lens=valid_lens):
+            keep = _graph_keep(X)                                           # every key
+        else:
+            keep = self.attention.keep(X, X, X, valid_lens, None)          # broadcasts to (b, heads, T, T)
         return self.graph(training, X, keep)
 
     def hybrid_forward(self, F, X, keep):
@@ -172,15 +170,16 @@ class TransformerDecoderBlock(_Block):
         return self.graph(training, X, key_values, enc_outputs, keep1, keep2)
 
     def __call__(self, X, enc_outputs, enc_valid_lens=None, *, training=None):
-        self.concrete(X)
+        if _traced(self, X, enc_valid_lens=enc_valid_lens):
+            return self.graph(training, X, X, enc_outputs, _graph_keep(X, causal=True), _graph_keep(X))
         mask = causal_mask(X.shape[1]).as_in_ctx(X.ctx)                            # position t sees 0..t
         return self._decode(X, X, enc_outputs, enc_valid_lens, mask, training)
 
     def step(self, X, enc_outputs, enc_valid_lens=None, cache=None, *, training=None):
-        self.concrete(X)
-        key_values = X if cache is None else np.concatenate([cache, X], axis=1)    # (b, t + 1, h)
-        Y = self._decode(X, key_values, enc_outputs, enc_valid_lens, None, training)   # the newest sees all so far
-        return Y, key_values
+        key_values = X if cache is None else _F(X).np.concatenate([cache, X], axis=1)  # (b, t + 1, h)
+        if _traced(self, X, enc_valid_lens=enc_valid_lens):                         # the newest sees all so far
+            return self.graph(training, X, key_values, enc_outputs, _graph_keep(X), _graph_keep(X)), key_values
+        return self._decode(X, key_values, enc_outputs, enc_valid_lens, None, training), key_values
 
     def hybrid_forward(self, F, X, key_values, enc_outputs, keep1, keep2):
         Y = self.addnorm1(X, self.attention1.with_keep(X, key_values, key_values, keep1))   # (b, T, h)

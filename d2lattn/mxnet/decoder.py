@@ -1,11 +1,12 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate.
 
 As everywhere in this backend, what needs shapes is made from concrete arrays before a
-(possibly hybridized) graph runs: the lower-right causal mask, the rotary tables of the new
-positions, and an empty cache (b, kv_heads, 0, dh) at the start, so the graph always
+(possibly hybridized) graph runs: the lower-right causal mask, the positions of the new
+tokens for the rotary encoding, and an empty cache (b, kv_heads, 0, dh) at the start, so the graph always
 concatenates and keeps one input structure from the first token to the last.
 """
 
+import mxnet as mx
 import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
@@ -14,15 +15,9 @@ from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
-from d2lattn.mxnet.ops import _train_mode, causal_mask, tensor, to_numpy
+from d2lattn.mxnet.ops import _graph_keep, _traced, _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
 from d2lattn.sampling import next_tokens
-
-
-def _concrete(block, X):
-    if not isinstance(X, np.ndarray):
-        raise TypeError(f"{type(block).__name__} builds its mask and cache from arrays, so it cannot be called "
-                        "inside a graph being traced: hybridize the block itself, or a plain Block around it")
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -30,7 +25,7 @@ class CausalSelfAttention(MultiHeadAttention):
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far.
 
     The call makes the graph's other inputs (`inputs`) and runs `with_keep`; a parent's graph
-    calls `with_keep` with the inputs it made (one mask and one set of tables for every layer).
+    calls `with_keep` with the inputs it made (one mask and one set of rotary positions for every layer).
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
@@ -46,33 +41,43 @@ class CausalSelfAttention(MultiHeadAttention):
         return tuple(cache or 2 * (np.zeros((batch, self.num_kv_heads, 0, self.head_size), ctx=ctx),))
 
     def positions(self, T, t, ctx):
-        """(keep (T, t + T), rotary tables or ()) for T new positions after t cached ones."""
+        """(keep (T, t + T), (rotary positions,) or ()) for T new positions after t cached ones."""
         keep = causal_mask(T, t + T, offset=t, window=self.window).as_in_ctx(ctx)   # lower right
-        return keep, () if self.rope is None else self.rope.tables(t, T, ctx)       # at t .. t + T - 1
+        return keep, () if self.rope is None else (self.rope.positions(t, T, ctx),)  # t .. t + T - 1
+
+    def graph_positions(self, X):
+        """As `positions`, traced inside a parent's graph for a call without a cache: the causal mask
+        of X's positions (axis 1), and those positions for the rotary block."""
+        keep = _graph_keep(X, causal=True, window=self.window)                       # (T, T)
+        return keep, () if self.rope is None else (mx.sym.npx.arange_like(X, axis=1),)
 
     def __call__(self, X, *, cache=None, training=None):
-        _concrete(self, X)
-        _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])           # Dense: (out, in)
-        keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
-        keep, tables = self.positions(X.shape[1], keys.shape[2], X.ctx)
+        if _traced(self, X, cache=cache):
+            keys = values = None                                            # nothing cached
+            keep, rotary = self.graph_positions(X)
+        else:
+            _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])       # Dense: (out, in)
+            keys, values = self.cache_inputs(X.shape[0], cache, X.ctx)
+            keep, rotary = self.positions(X.shape[1], keys.shape[2], X.ctx)
         with _train_mode(training):
-            return self.with_keep(X, keys, values, keep, *tables)
+            return self.with_keep(X, keys, values, keep, *rotary)
 
-    def with_keep(self, X, keys, values, keep, *tables):
+    def with_keep(self, X, keys, values, keep, *rotary):
         """The graph on ready inputs, as a parent's graph calls it: -> (Y, (keys, values))."""
-        Y, keys, values, weights, live = nn.HybridBlock.__call__(self, X, keys, values, keep, *tables)
+        Y, keys, values, weights, live = nn.HybridBlock.__call__(self, X, keys, values, keep, *rotary)
         self.save_weights(weights, live)
         return Y, (keys, values)
 
-    def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        q = self._split_heads(F, self.W_q(X))                              # (b, heads, T, dh)
-        k = self._split_heads(F, self.W_k(X))                              # (b, kv_heads, T, dh)
-        v = self._split_heads(F, self.W_v(X))                              # (b, kv_heads, T, dh)
+    def hybrid_forward(self, F, X, keys, values, keep, *rotary):
+        q = self._split_heads(F, self.W_q(X))               # (b, heads, T, dh)
+        k = self._split_heads(F, self.W_k(X))            # (b, kv_heads, T, dh)
+        v = self._split_heads(F, self.W_v(X))            # (b, kv_heads, T, dh)
         if self.rope is not None:
-            q, k = self.rope(q, offset=tables), self.rope(k, offset=tables)  # rotated at their positions
-        k = F.np.concatenate([keys, k], axis=2)                             # (b, kv_heads, t + T, dh)
-        v = F.np.concatenate([values, v], axis=2)                           # (b, kv_heads, t + T, dh)
-        Y, weights, live = self._attend(F, q, k, v, keep)                   # (b, T, num_hiddens), ...
+            q, k = self.rope(q, offset=rotary), self.rope(k, offset=rotary)  # rotated at their positions
+        if keys is not None:                                                # None: traced without a cache
+            k = F.np.concatenate([keys, k], axis=2)                         # (b, kv_heads, t + T, dh)
+            v = F.np.concatenate([values, v], axis=2)                       # (b, kv_heads, t + T, dh)
+        Y, weights, live = self._attend(F, q, k, v, keep)              # (b, T, num_hiddens), ...
         return Y, k, v, weights, live
 
 
@@ -93,8 +98,8 @@ class TransformerLMBlock(nn.HybridBlock):
     def dropout(self, F, X):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
 
-    def hybrid_forward(self, F, X, keys, values, keep, *tables):
-        Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *tables)
+    def hybrid_forward(self, F, X, keys, values, keep, *rotary):
+        Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *rotary)
         X = X + self.dropout(F, Y)                                          # (b, T, h)
         X = X + self.dropout(F, self.ffn(self.norm2(X)))
         return (X, keys, values, *self.attention.attention._saved)
@@ -103,7 +108,7 @@ class TransformerLMBlock(nn.HybridBlock):
 class TransformerLM(nn.HybridBlock):
     """Embedding, pre-norm blocks `blocks.{i}`, a final RMSNorm and an untied W_out, as one graph.
 
-    The call makes the inputs every block shares (mask, rotary tables) and each block's
+    The call makes the inputs every block shares (mask, rotary positions) and each block's
     cache, flat, before the graph; the graph hands back each block's cache and attention
     weights (`blocks[i].attention.attention_weights` hold arrays after a hybridized call too).
     """
@@ -124,25 +129,28 @@ class TransformerLM(nn.HybridBlock):
         self.W_out.initialize(DENSE_INIT)
 
     def __call__(self, tokens, *, cache=None, training=None):
-        _concrete(self, tokens)
-        tokens = tensor(tokens)
-        _checks.check_tokens(tokens.shape, "tokens")
-        _checks.check_lm_cache(cache, len(self.blocks))
-        (b, T), ctx = tokens.shape, tokens.ctx
-        caches = [block.attention.cache_inputs(b, c, ctx)
-                  for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
-        keep, tables = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)   # shared by every block
+        if _traced(self, tokens, cache=cache):
+            caches = [(None, None)] * len(self.blocks)                      # nothing cached
+            keep, rotary = self.blocks[0].attention.graph_positions(tokens)
+        else:
+            tokens = tensor(tokens)
+            _checks.check_tokens(tokens.shape, "tokens")
+            _checks.check_lm_cache(cache, len(self.blocks))
+            (b, T), ctx = tokens.shape, tokens.ctx
+            caches = [block.attention.cache_inputs(b, c, ctx)
+                      for block, c in zip(self.blocks, cache or [None] * len(self.blocks))]
+            keep, rotary = self.blocks[0].attention.positions(T, caches[0][0].shape[2], ctx)  # shared by every block
         with _train_mode(training):
-            logits, *rest = super().__call__(tokens, keep, *tables, *(a for c in caches for a in c))
+            logits, *rest = super().__call__(tokens, keep, *rotary, *(a for c in caches for a in c))
         for i, block in enumerate(self.blocks):
             block.attention.save_weights(*rest[4 * i + 2: 4 * i + 4])          # (weights, live) of each
         return logits, [tuple(rest[4 * i: 4 * i + 2]) for i in range(len(self.blocks))]
 
     def hybrid_forward(self, F, tokens, keep, *args):
-        tables, caches = args[:len(args) - 2 * len(self.blocks)], args[len(args) - 2 * len(self.blocks):]
+        rotary, caches = args[:len(args) - 2 * len(self.blocks)], args[len(args) - 2 * len(self.blocks):]
         X, out = self.embedding(tokens), []                                 # (b, T, h)
         for i, block in enumerate(self.blocks):
-            X, *saved = block(X, caches[2 * i], caches[2 * i + 1], keep, *tables)
+            X, *saved = block(X, caches[2 * i], caches[2 * i + 1], keep, *rotary)
             out += saved                                                    # keys, values, weights, live
         return (self.W_out(self.norm(X)), *out)                             # (b, T, vocab), then per block
 

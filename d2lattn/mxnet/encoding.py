@@ -1,11 +1,12 @@
 """Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
+import mxnet as mx
 import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
-from d2lattn.mxnet.ops import _train_mode, tensor
+from d2lattn.mxnet.ops import _traced, _train_mode, tensor
 
 
 def sinusoids(max_len, num_hiddens):
@@ -70,9 +71,11 @@ class RotaryPositionalEncoding(nn.HybridBlock):
     (x[i], x[i + d/2]) or, interleaved, neighbours (x[2i], x[2i + 1]).
 
     Both conventions are one formula, X cos + X[partner] sin with a signed sin, the pairs in a
-    constant index array, so one graph serves any number of leading axes. The cos and sin
-    tables are made outside the graph (`tables`, in float64, then float32), so a hybridized
-    call serves every offset; a parent's graph passes the tables (cos, sin) it made as `offset`.
+    constant index array, so one graph serves any number of leading axes. The graph takes the
+    positions p (T,) as an input and makes the angles in float64 (then cos and sin in float32),
+    so a hybridized call serves every offset, and a call traced inside a parent's graph, which
+    knows no shapes, counts its positions there; a parent passes the positions it made as
+    `offset=(positions,)`.
     """
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):
@@ -83,22 +86,27 @@ class RotaryPositionalEncoding(nn.HybridBlock):
         theta = self.base ** (-2 * onp.arange(d // 2) / d)                        # (d/2,)
         a, b = (onp.arange(0, d, 2), onp.arange(1, d, 2)) if self.interleaved else (
             onp.arange(d // 2), onp.arange(d // 2, d))                            # each pair's features
-        self.freq, self.sign, partner = onp.zeros(d), onp.zeros(d), onp.zeros(d, dtype=onp.int32)
-        self.freq[a], self.freq[b], self.sign[a], self.sign[b] = theta, theta, -1, 1  # a cos - b sin, b cos + a sin
+        freq, sign, partner = onp.zeros(d), onp.zeros(d), onp.zeros(d, dtype=onp.int32)
+        freq[a], freq[b], sign[a], sign[b] = theta, theta, -1, 1                  # a cos - b sin, b cos + a sin
         partner[a], partner[b] = b, a
+        self.freq = self.params.get_constant("freq", np.array(freq, dtype="float64"))      # (d,)
+        self.sign = self.params.get_constant("sign", np.array(sign, dtype="float64"))      # (d,)
         self.partner = self.params.get_constant("partner", np.array(partner, dtype="int32"))  # (d,)
         self.initialize()
 
-    def tables(self, offset, steps, ctx):
-        """cos and signed sin (T, d) of the angles p theta at positions p = offset, ..., offset + T - 1."""
-        angles = (_checks.checked_integer("offset", offset) + onp.arange(steps))[:, None] * self.freq   # (T, d)
-        return tensor(onp.cos(angles)).as_in_ctx(ctx), tensor(self.sign * onp.sin(angles)).as_in_ctx(ctx)
+    def positions(self, offset, steps, ctx):
+        """p = offset, ..., offset + T - 1, (T,) float64."""
+        return tensor(_checks.checked_integer("offset", offset) + onp.arange(steps), "float64").as_in_ctx(ctx)
 
     def __call__(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
-        if not isinstance(offset, tuple):                                          # an offset, not tables
-            _checks.check_features("X", X.shape, self.head_size, "the head_size")
-            offset = self.tables(offset, X.shape[-2], X.ctx)
-        return super().__call__(X, *offset)
+        if isinstance(offset, tuple):                                              # a parent's positions
+            return super().__call__(X, *offset)
+        if _traced(self, X):
+            return super().__call__(X, mx.sym.npx.arange_like(X, axis=-2) + _checks.checked_integer("offset", offset))
+        _checks.check_features("X", X.shape, self.head_size, "the head_size")
+        return super().__call__(X, self.positions(offset, X.shape[-2], X.ctx))
 
-    def hybrid_forward(self, F, X, cos, sin, partner):
+    def hybrid_forward(self, F, X, positions, freq, sign, partner):
+        angles = F.np.expand_dims(positions.astype("float64"), 1) * freq          # (T, d)
+        cos, sin = F.np.cos(angles).astype("float32"), (sign * F.np.sin(angles)).astype("float32")
         return X * cos + F.np.take(X, partner, axis=-1) * sin                      # (..., T, d)

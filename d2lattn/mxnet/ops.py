@@ -96,6 +96,33 @@ def lengths(valid_lens, scores_shape, ctx=None):
     return lens.astype(onp.int32)                       # a float length counts like an integer
 
 
+def _traced(block, X, **needs_arrays):
+    """Whether `block` is being traced inside a parent's hybridized graph (X is a graph symbol).
+
+    There only positions are known, not shapes: the arguments in `needs_arrays` (lengths,
+    a cache), from which the block builds its masks before its graph, are then a TypeError
+    when they are given.
+    """
+    if not isinstance(X, mx.sym.Symbol):
+        return False
+    given = [name for name, value in needs_arrays.items() if value is not None]
+    if given:
+        raise TypeError(f"{type(block).__name__} builds its masks from arrays, so it cannot take {given[0]} inside "
+                        "a graph being traced: hybridize the block itself, or call it from a plain Block")
+    return True
+
+
+def _graph_keep(X, causal=False, window=None):
+    """The `keep` array of a call traced inside a parent's graph, where X's positions (axis 1) are
+    all that is known: every key ((1,)), or the causal mask (T, T) of those positions."""
+    if not causal:
+        return mx.sym.np.ones((1,), dtype=bool)
+    positions = mx.sym.npx.arange_like(X, axis=1)                                # (T,)
+    i, j = mx.sym.np.expand_dims(positions, 1), mx.sym.np.expand_dims(positions, 0)  # (T, 1), (1, T)
+    keep = (j <= i).astype("float32")                                            # (T, T), 1 = may attend
+    return keep if window is None else keep * (i - j < window)
+
+
 def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
     """Boolean array broadcastable to the scores: True where a query may attend.
 

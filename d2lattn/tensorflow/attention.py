@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.ops import masked_softmax
+from d2lattn.tensorflow.ops import _Layer, _RecordedWeights, masked_softmax
 
 
 def _dense_layer(in_size, out_size, bias=False):
@@ -16,7 +16,7 @@ def _dense_layer(in_size, out_size, bias=False):
     return layer
 
 
-class _Attention(keras.layers.Layer):
+class _Attention(_Layer):
     """A Keras layer whose `mask=` says which keys each query may attend to.
 
     Keras takes a `mask` argument for a padding mask to hand on to the output,
@@ -33,6 +33,8 @@ class _Attention(keras.layers.Layer):
 
 
 class DotProductAttention(_Attention):
+    attention_weights = _RecordedWeights()
+
     def __init__(self, dropout=0.0):
         super().__init__()
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -53,6 +55,8 @@ class DotProductAttention(_Attention):
 
 
 class AdditiveAttention(_Attention):
+    attention_weights = _RecordedWeights()
+
     def __init__(self, query_size, key_size, num_hiddens, dropout=0.0):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
@@ -127,6 +131,8 @@ class MultiHeadAttention(_Attention):
 
 class ConcatAttention(_Attention):
     """Scores from Linear([q; k]) over `num_values` fixed slots (see d2lattn.api for its limits)."""
+
+    attention_weights = _RecordedWeights()
 
     def __init__(self, query_size, key_size, num_values, value_size, output_size):
         super().__init__()

@@ -6,10 +6,10 @@ import tensorflow as tf
 
 from d2lattn import _checks
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
-from d2lattn.tensorflow.ops import causal_mask
+from d2lattn.tensorflow.ops import _Layer, causal_mask
 
 
-class LayerNorm(keras.layers.Layer):
+class LayerNorm(_Layer):
     def __init__(self, normalized_size, eps=1e-5):
         super().__init__()
         n = _checks.checked_positive_int("normalized_size", normalized_size)
@@ -26,7 +26,7 @@ class LayerNorm(keras.layers.Layer):
         return X_hat * self.gamma + self.beta
 
 
-class PositionWiseFFN(keras.layers.Layer):
+class PositionWiseFFN(_Layer):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs):
         super().__init__()
         n_in, n_h, n_out = (_checks.checked_positive_int(name, n) for name, n in (
@@ -40,7 +40,7 @@ class PositionWiseFFN(keras.layers.Layer):
         return self.W_2(tf.nn.relu(self.W_1(X)))                          # (b, T, ffn_num_outputs)
 
 
-class RMSNorm(keras.layers.Layer):
+class RMSNorm(_Layer):
     def __init__(self, normalized_size, eps=1e-6):
         super().__init__()
         n = _checks.checked_positive_int("normalized_size", normalized_size)
@@ -54,7 +54,7 @@ class RMSNorm(keras.layers.Layer):
         return X / rms * self.gamma                                        # (..., n)
 
 
-class SwiGLUFFN(keras.layers.Layer):
+class SwiGLUFFN(_Layer):
     def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
         super().__init__()
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
@@ -70,7 +70,7 @@ class SwiGLUFFN(keras.layers.Layer):
         return self.W_down(tf.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
 
 
-class AddNorm(keras.layers.Layer):
+class AddNorm(_Layer):
     def __init__(self, normalized_size, dropout=0.0):
         super().__init__()
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -81,7 +81,7 @@ class AddNorm(keras.layers.Layer):
         return self.norm(self.dropout(Y, training=training) + X)          # (b, T, h)
 
 
-class TransformerEncoderBlock(keras.layers.Layer):
+class TransformerEncoderBlock(_Layer):
     def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
         super().__init__()
         self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)
@@ -95,7 +95,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         return self.addnorm2(Y, self.ffn(Y), training=training)           # (b, T, h)
 
 
-class TransformerDecoderBlock(keras.layers.Layer):
+class TransformerDecoderBlock(_Layer):
     def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout=0.0, bias=False):
         super().__init__()
         self.attention1 = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)

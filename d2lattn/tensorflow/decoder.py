@@ -8,7 +8,7 @@ from d2lattn import _checks, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
-from d2lattn.tensorflow.ops import causal_mask
+from d2lattn.tensorflow.ops import _Layer, causal_mask
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
@@ -48,7 +48,7 @@ class CausalSelfAttention(MultiHeadAttention):
         return self._attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
 
 
-class TransformerLMBlock(keras.layers.Layer):
+class TransformerLMBlock(_Layer):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
@@ -69,7 +69,7 @@ class TransformerLMBlock(keras.layers.Layer):
         return X, cache
 
 
-class TransformerLM(keras.layers.Layer):
+class TransformerLM(_Layer):
     """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step)."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,

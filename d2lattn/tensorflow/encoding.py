@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks
+from d2lattn.tensorflow.ops import _Layer
 
 
 def sinusoids(max_len, num_hiddens):
@@ -17,7 +18,7 @@ def sinusoids(max_len, num_hiddens):
     return tf.cast(P, tf.float32)
 
 
-class PositionalEncoding(keras.layers.Layer):
+class PositionalEncoding(_Layer):
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         super().__init__()
         self.P = sinusoids(_checks.checked_positive_int("max_len", max_len),
@@ -46,7 +47,7 @@ def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
     return -alibi_slopes(num_heads)[:, None, None] * tf.cast(distance, tf.float32)   # (heads, q, k)
 
 
-class RotaryPositionalEncoding(keras.layers.Layer):
+class RotaryPositionalEncoding(_Layer):
     """`offset` may be an int32 tensor (a position known only at run time under tf.function)."""
 
     def __init__(self, head_size, base=10000.0, *, interleaved=False):

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from d2lattn.tensorflow.ops import tensor, to_numpy
+from d2lattn.tensorflow.ops import _records_weights, tensor, to_numpy
 from d2lattn.tensorflow.params import _named, _submodules
 
 
@@ -19,14 +19,14 @@ def value_and_grads(fn, inputs, projection, *, compiled=False, **kwargs):
     (a score_bias) as an input. A tuple output takes one projection per element; one that nests
     a cache, (Y, (keys, values)), counts as the flat tuple of its arrays.
 
-    A traced call leaves graph tensors in `.attention_weights`: the traced function
-    returns them, and they are set on their layers again, as values, after it ran.
+    A traced call records graph tensors in `.attention_weights`: the traced function
+    returns them, and they are set on their layers, as values, after it ran.
     """
     xs = [tensor(x) for x in inputs]
     layers = [sub for _, sub in _submodules(fn)] if isinstance(fn, keras.layers.Layer) else []
     named = _named(fn) if layers else {}
     params = [v for v, _ in named.values()]
-    recorders = [sub for sub in layers if "attention_weights" in vars(sub)]  # the layers that set them
+    recorders = [sub for sub in layers if _records_weights(sub)]
     arrays = {k: tensor(v) for k, v in kwargs.items() if v is not None and not isinstance(v, bool)}
     flags = {k: v for k, v in kwargs.items() if k not in arrays}  # None, training=True/False
 

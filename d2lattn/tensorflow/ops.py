@@ -1,5 +1,8 @@
-"""Tensor helpers and the masked softmax in TensorFlow."""
+"""Tensor helpers, the Keras layer every module builds on, and the masked softmax in TensorFlow."""
 
+import inspect
+
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -68,6 +71,78 @@ def exp(x):
 
 def tanh(x):
     return tf.tanh(x)
+
+# --- Keras layers --------------------------------------------------------------
+
+
+class _Layer(keras.layers.Layer):
+    """A Keras layer that Keras saves and loads by its constructor's arguments.
+
+    `get_config` holds the arguments the layer was made with (and Keras' own name,
+    trainable and dtype); `from_config` calls the constructor with them, so the layers
+    it holds are made again by their own constructors, and a `.keras` file stores each
+    weight once, in its weights file. Every subclass defined in d2lattn is registered as
+    "d2lattn>ClassName", the name `keras.models.load_model` looks it up by (your own
+    subclass registers under your package, as any Keras layer does).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("d2lattn."):
+            keras.saving.register_keras_serializable(package="d2lattn")(cls)
+
+    def __new__(cls, *args, **kwargs):
+        layer = super().__new__(cls, *args, **kwargs)
+        try:
+            bound = inspect.signature(cls.__init__).bind(layer, *args, **kwargs)  # the outermost constructor's
+        except TypeError:  # made without arguments (copy.deepcopy): the attributes copied next hold them
+            return layer
+        bound.apply_defaults()
+        layer._arguments = dict(list(bound.arguments.items())[1:])           # without self
+        return layer
+
+    def get_config(self):
+        return {**super().get_config(), **self._arguments}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name, trainable = config.pop("name", None), config.pop("trainable", True)
+        config.pop("dtype", None)                                           # float32 throughout
+        layer = cls(**config)
+        layer.trainable = trainable
+        if name is not None:
+            layer.name = name
+        return layer
+
+
+class _RecordedWeights:
+    """`.attention_weights` of the layers that compute them: what the last call recorded.
+
+    A call traced inside a tf.function records a graph tensor that only that trace can
+    use (a parent layer in the same trace reads it, e.g. to return it): read from
+    outside, `.attention_weights` are those of the last eager call (None before one),
+    so a tf.function of your own returns them as an output to see its weights.
+    """
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        recorded, eager = layer.__dict__.get(self.slot, (None, None))
+        return eager if tf.executing_eagerly() and tf.is_symbolic_tensor(recorded) else recorded
+
+    def __set__(self, layer, weights):
+        eager = layer.__dict__.get(self.slot, (None, None))[1] if tf.is_symbolic_tensor(weights) else weights
+        layer.__dict__[self.slot] = (weights, eager)   # past Keras' attribute tracking: tensors, not state
+
+
+def _records_weights(layer):
+    """Whether `layer` records its own `.attention_weights` (rather than reading a child's)."""
+    return isinstance(getattr(type(layer), "attention_weights", None), _RecordedWeights)
+
 
 # --- masking -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from d2lattn import _checks
 from d2lattn.tensorflow.attention import AdditiveAttention, _dense_layer
+from d2lattn.tensorflow.ops import _Layer, _RecordedWeights
 
 
 def _embedding_layer(vocab_size, embed_size):
@@ -17,7 +18,7 @@ def _embedding_layer(vocab_size, embed_size):
     return layer
 
 
-class GRU(keras.layers.Layer):
+class GRU(_Layer):
     """One keras.layers.GRU per layer (l0, l1, ...; reset_after=True, the canonical candidate
     r * (h W_hh + b_hh)), batch first, with the shared call: `state=None` starts from zeros
     and `training` switches the dropout between layers (the only place it acts)."""
@@ -47,7 +48,7 @@ class GRU(keras.layers.Layer):
         return X, tf.stack(last)                                        # (b, T, h), (layers, b, h)
 
 
-class Seq2SeqEncoder(keras.layers.Layer):
+class Seq2SeqEncoder(_Layer):
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         self.embedding = _embedding_layer(vocab_size, embed_size)
@@ -61,9 +62,11 @@ class Seq2SeqEncoder(keras.layers.Layer):
         return self.rnn(embs, training=training)                        # (b, S, h), (layers, b, h)
 
 
-class Seq2SeqAttentionDecoder(keras.layers.Layer):
+class Seq2SeqAttentionDecoder(_Layer):
     """At each step the top layer's state queries the encoder's outputs; the GRU's
     input is [context; embedded token], context first (num_hiddens + embed_size)."""
+
+    attention_weights = _RecordedWeights()
 
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
@@ -93,7 +96,7 @@ class Seq2SeqAttentionDecoder(keras.layers.Layer):
         return self.W_out(tf.concat(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
 
 
-class Seq2Seq(keras.layers.Layer):
+class Seq2Seq(_Layer):
     def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         super().__init__()
         self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
@@ -145,6 +148,6 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
         if int(token[0, 0]) == eos:
             break
         tokens.append(int(token[0, 0]))
-    if weights:  # the traces left graph tensors on the layers: the last step's weights, as values
+    if weights:  # a traced step keeps no weights readable from outside: the last step's, as values
         model.decoder.attention_weights = model.decoder.attention.attention_weights = attention
     return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])

@@ -5,6 +5,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from d2lattn import _checks
+from d2lattn.tensorflow.ops import _records_weights
 from d2lattn.tensorflow.params import _submodules
 from d2lattn.tensorflow.seq2seq import sequence_loss
 
@@ -52,8 +53,8 @@ def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
             raise ValueError(f"{name}: `batches` gave no batch")
         losses.append(total / count)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    for _, layer in _submodules(model):  # the trace left graph tensors there: no weights until the next call
-        if "attention_weights" in vars(layer):
+    for _, layer in _submodules(model):  # weights from before training are stale: none until the next call
+        if _records_weights(layer):
             layer.attention_weights = None
     return losses
 

@@ -10,6 +10,16 @@ from d2lattn import _checks
 from d2lattn.torch.ops import keep_mask, masked_softmax
 
 
+def _record(module, like, **attributes):
+    """Set `attributes` on `module` (what its `.attention_weights` reads) unless `like` is a tensor
+    of a torch.func transformation (vmap, grad), which does not outlive it: such a call keeps
+    nothing. torch.compile and torch.export trace with tensors of their own that they replace
+    when they run, so a compiled call keeps its weights as an eager one does."""
+    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(like):
+        for name, value in attributes.items():
+            setattr(module, name, value)
+
+
 class DotProductAttention(nn.Module):
     """softmax(Q K^T / sqrt(d) + bias) V, with the output from PyTorch's fused kernel.
 
@@ -36,9 +46,10 @@ class DotProductAttention(nn.Module):
             score_bias = torch.as_tensor(score_bias, dtype=queries.dtype, device=queries.device)
             _checks.check_score_bias(score_bias.shape, scores_shape)
             attn_mask = score_bias if keep is None else torch.where(keep, score_bias, -math.inf)
-        self._saved, self._weights = (queries, keys, keep, score_bias), None
-        return F.scaled_dot_product_attention(                                # (b, q, dv)
+        out = F.scaled_dot_product_attention(                                 # (b, q, dv)
             queries, keys, values, attn_mask=attn_mask, dropout_p=self.rate if training else 0.0)
+        _record(self, out, _saved=(queries, keys, keep, score_bias), _weights=None)   # out: from all of them
+        return out
 
     @property
     def attention_weights(self):
@@ -61,15 +72,20 @@ class AdditiveAttention(nn.Module):
         self.attention_weights = None
 
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        return self._call_with_weights(queries, keys, values, valid_lens, mask=mask, training=training)[0]
+
+    def _call_with_weights(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):
+        """The output and the weights it recorded (if it could): the seq2seq decoder keeps every
+        step's weights, also where the module cannot record them (see _record)."""
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape,
                                  sizes={"queries": self.W_q.in_features, "keys": self.W_k.in_features})
         training = self.training if training is None else training
         q, k = self.W_q(queries), self.W_k(keys)                  # (b, q, h), (b, k, h)
         features = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))    # (b, q, k, h)
         scores = self.w_v(features).squeeze(-1)                   # (b, q, k)
-        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
-        weights = F.dropout(self.attention_weights, self.rate, training)
-        return weights @ values                                   # (b, q, dv)
+        weights = masked_softmax(scores, valid_lens, mask=mask)
+        _record(self, weights, attention_weights=weights)
+        return F.dropout(weights, self.rate, training) @ values, weights   # (b, q, dv), (b, q, k)
 
 
 class MultiHeadAttention(nn.Module):
@@ -140,6 +156,7 @@ class ConcatAttention(nn.Module):
     def forward(self, queries, keys, values, valid_lens=None, *, mask=None, training=None):  # no dropout
         _checks.check_concat_inputs(queries.shape, keys.shape, values.shape, self.sizes)
         scores = self.W_attn(torch.cat([queries, keys], -1))                     # (b, q, num_values)
-        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
-        context = self.attention_weights @ values                                # (b, q, value_size)
+        weights = masked_softmax(scores, valid_lens, mask=mask)
+        _record(self, weights, attention_weights=weights)
+        context = weights @ values                                               # (b, q, value_size)
         return self.W_combine(torch.cat([queries, context], -1))                 # (b, q, output_size)

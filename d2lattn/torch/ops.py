@@ -82,12 +82,18 @@ def tanh(x):
 # --- masking -------------------------------------------------------------------
 
 
+def _readable(x):
+    """Whether x's values can be read: not while torch.compile or torch.export traces, nor when x
+    is a torch.func transform's own tensor (an argument mapped by vmap, or one it computed)."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def lengths(valid_lens, scores_shape, device=None):
     """`valid_lens` as integers shaped to broadcast against scores (b, ..., q, k)."""
-    lens = torch.as_tensor(valid_lens, device=device)
-    lens = lens.reshape(_checks.lens_view(lens.shape, scores_shape, lens.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
-    if not torch.compiler.is_compiling():  # values are unknown while compiling
-        _checks.check_lens_values(to_numpy(lens))                 # whole numbers, none negative
+    given = torch.as_tensor(valid_lens, device=device)
+    lens = given.reshape(_checks.lens_view(given.shape, scores_shape, given.dtype))  # (b, 1.., 1) or (b, 1.., q, 1)
+    if _readable(given):  # the reshaped copy of a constant is torch.func's own tensor
+        _checks.check_lens_values(to_numpy(given))               # whole numbers, none negative
     return lens.long() if _checks.lens_need_cast(lens.dtype) else lens  # a float length counts like an integer
 
 

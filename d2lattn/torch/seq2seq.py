@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2lattn import _checks
-from d2lattn.torch.attention import AdditiveAttention
+from d2lattn.torch.attention import AdditiveAttention, _record
 
 
 class GRU(nn.GRU):
@@ -71,11 +71,13 @@ class Seq2SeqAttentionDecoder(nn.Module):
         outputs, weights = [], []
         for x in self.embedding(X).unbind(1):                       # (b, embed), one step at a time
             query = H[-1].unsqueeze(1)                              # (b, 1, h): the top layer's state
-            context = self.attention(query, enc_outputs, enc_outputs, enc_valid_lens, training=training)  # (b, 1, h)
+            context, step_weights = self.attention._call_with_weights(        # (b, 1, h), (b, 1, S)
+                query, enc_outputs, enc_outputs, enc_valid_lens, training=training)
             out, H = self.rnn(torch.cat((context, x.unsqueeze(1)), -1), H, training=training)  # (b, 1, h)
             outputs.append(out)
-            weights.append(self.attention.attention_weights)       # (b, 1, S)
-        self.attention_weights = torch.cat(weights, 1)             # (b, T, S)
+            weights.append(step_weights)
+        all_weights = torch.cat(weights, 1)                         # (b, T, S)
+        _record(self, all_weights, attention_weights=all_weights)
         return self.W_out(torch.cat(outputs, 1)), (enc_outputs, H, enc_valid_lens)  # (b, T, vocab)
 
 

@@ -10,6 +10,14 @@ with its own constructor, stop a gradient) asks the `adapter` fixture (tests/con
 - `array(values)`: the framework's own array constructor applied to a Python list (what a
   learner writes, with whatever dtype the framework gives it);
 - `stop_gradient(x)`: the framework's own stop-gradient.
+- `transforms()`: the framework's own transformations, `{name: (capability, transform)}`.
+  `transform(fn, module)` turns `fn(module, *arrays)` into a function of the arrays alone, as the
+  framework's users apply it (to a closure over the module, or with the module passed in where
+  the framework lifts its state); the capability (what `_backend.LACKS` names) says what comes
+  back: "compiled" fn's outputs, "vmap" fn mapped over a new leading axis of every array,
+  "autodiff" the gradients of fn (a scalar) with respect to every array, "container" fn's outputs
+  with the module inside the framework's own container of modules, as its users compose them (a
+  keras.Model saved to a .keras file and loaded back, a user's hybridized Gluon block).
 
 tests/test_api.py checks that the modules mirror one another.
 """

@@ -1,7 +1,10 @@
 """JAX and Flax nnx's own ways (see tests/adapters/__init__.py)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 def call_in_mode(module, train, *inputs, **kwargs):
@@ -15,3 +18,30 @@ def array(values):
 
 def stop_gradient(x):
     return jax.lax.stop_gradient(x)
+
+
+
+def transforms():
+    def closure(transform):  # over the module, as a JAX tutorial writes it
+        return lambda fn, module: transform(functools.partial(fn, module))
+
+    def every_argument(grad):  # d/d every argument, however many the function takes
+        return lambda fn: lambda *xs: grad(fn, argnums=tuple(range(len(xs))))(*xs)
+
+    def nnx_grad(fn, module):  # the module passed in, its state lifted; d/d the arrays after it
+        return lambda *xs: nnx.grad(fn, argnums=tuple(range(1, len(xs) + 1)))(module, *xs)
+
+    def nnx_vmap(fn, module):
+        # The parameters shared, the attention weights mapped: each example's come back stacked
+        # (so the module must not hold weights of its own from an earlier call going in).
+        axes = nnx.StateAxes({nnx.Intermediate: 0, ...: None})
+        return lambda *xs: nnx.vmap(fn, in_axes=(axes, *[0] * len(xs)))(module, *xs)
+
+    return {
+        "jax.jit": ("compiled", closure(jax.jit)),
+        "nnx.jit": ("compiled", lambda fn, module: functools.partial(nnx.jit(fn), module)),
+        "jax.vmap": ("vmap", closure(jax.vmap)),
+        "nnx.vmap": ("vmap", nnx_vmap),
+        "jax.grad": ("autodiff", closure(every_argument(jax.grad))),
+        "nnx.grad": ("autodiff", nnx_grad),
+    }

@@ -14,3 +14,7 @@ def array(values):
 
 def stop_gradient(x):
     return x  # no autodiff, so no gradient to stop
+
+
+def transforms():
+    return {}  # no compiler, no vmap, no autodiff (_backend.LACKS)

@@ -432,3 +432,42 @@ def test_one_hybridized_block_takes_plain_length_and_mask_calls():
                                    atol=1e-6)
     plain = imperative(q, k, v).asnumpy()
     assert not np.allclose(imperative(q, k, v, valid_lens=lens).asnumpy(), plain)  # the lengths did mask
+
+
+class _Graph(mx.gluon.nn.HybridBlock):
+    """A user's HybridBlock whose graph calls `fn(block, *inputs)`."""
+
+    def __init__(self, block, fn):
+        super().__init__()
+        self.block, self.fn = block, fn
+
+    def hybrid_forward(self, F, *inputs):
+        return self.fn(self.block, *inputs)
+
+
+def test_blocks_compose_in_a_users_hybridized_sequential():
+    """README: an encoder as a Gluon user stacks one, positions then blocks, hybridized as a whole,
+    gives the imperative stack's outputs (the blocks make their masks from positions there)."""
+    X = mx.np.array(np.random.default_rng(10).normal(size=(2, 5, 8)).astype(np.float32))
+    net = mx.gluon.nn.HybridSequential()
+    net.add(d2l.PositionalEncoding(8), d2l.TransformerEncoderBlock(8, 12, 2), d2l.TransformerEncoderBlock(8, 12, 2))
+    want = net(X).asnumpy()
+    net.hybridize()
+    for _ in range(2):  # the traced call, then the cached graph
+        np.testing.assert_allclose(net(X).asnumpy(), want, atol=1e-6)
+    assert net[1].attention.attention_weights is None  # the user's graph does not hand them out
+
+
+@pytest.mark.parametrize("make, call", [
+    (lambda: d2l.TransformerEncoderBlock(8, 12, 2), lambda block, X: block(X, mx.sym.np.ones((2,)))),
+    (lambda: d2l.TransformerDecoderBlock(8, 12, 2), lambda block, X: block(X, X, mx.sym.np.ones((2,)))),
+    (lambda: d2l.TransformerDecoderBlock(8, 12, 2), lambda block, X: block.step(X, X, mx.sym.np.ones((2,)))),
+    (lambda: d2l.MultiHeadAttention(8, 2), lambda block, X: block(X, X, X, mx.sym.np.ones((2,)))),
+    (lambda: d2l.CausalSelfAttention(8, 2), lambda block, X: block(X, cache=(X, X))[0]),
+], ids=["encoder-lens", "decoder-lens", "decoder-step-lens", "mha-lens", "csa-cache"])
+def test_lengths_or_a_cache_inside_a_users_graph_raise_a_type_error(make, call):
+    """README: masks from lengths or a cache need shapes, which a graph being traced lacks."""
+    graph = _Graph(make(), call)
+    graph.hybridize()
+    with pytest.raises(TypeError, match="inside a graph being traced|cannot enter a hybridized graph"):
+        graph(mx.np.ones((2, 5, 8)))

@@ -487,3 +487,20 @@ def test_dot_product_matches_float64_math_with_distinct_keys_and_values():
     theirs = keras.ops.dot_product_attention(*(x[:, :, None] for x in (q, k, v)), mask=keep[:, None])
     live = keep.any(-1)                                   # Keras gives an empty row uniform weights; ours zeros
     np.testing.assert_allclose(np.asarray(theirs)[:, :, 0][live], want[live], atol=1e-5)
+
+
+def test_a_keras_sequential_of_d2lattn_layers_round_trips_through_a_keras_file(tmp_path):
+    """README: an encoder stacked as a Keras user stacks one, positions then two blocks with
+    dropout, saved to a .keras file and loaded back, gives the same outputs, and its blocks (and
+    the layers they hold) are made again with the same settings."""
+    model = keras.Sequential([keras.Input((5, 8)), d2l.PositionalEncoding(8, dropout=0.1),
+                              d2l.TransformerEncoderBlock(8, 12, 2, dropout=0.2),
+                              d2l.TransformerEncoderBlock(8, 12, 4, dropout=0.3, bias=True)])
+    X = np.random.default_rng(11).normal(size=(2, 5, 8)).astype(np.float32)
+    model.save(tmp_path / "encoder.keras")
+    loaded = keras.models.load_model(tmp_path / "encoder.keras")
+    np.testing.assert_array_equal(loaded(X).numpy(), model(X).numpy())
+    rates = [[layer.rate for layer in m._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+             for m in (model, loaded)]
+    assert rates[1] == rates[0] and set(rates[0]) == {0.1, 0.2, 0.3}
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]

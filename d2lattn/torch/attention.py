@@ -11,10 +11,13 @@ from d2lattn.torch.ops import keep_mask, masked_softmax
 
 
 def _record(module, like, **attributes):
-    """Set `attributes` on `module` (what its `.attention_weights` reads) unless `like` is a tensor
-    of a torch.func transformation (vmap, grad), which does not outlive it: such a call keeps
-    nothing. torch.compile and torch.export trace with tensors of their own that they replace
-    when they run, so a compiled call keeps its weights as an eager one does."""
+    """Set `attributes` on `module` (what its `.attention_weights` reads), except where they would
+    not outlive the call: under torch.export (an exported program changes no module), or when
+    `like` is a tensor of a torch.func transformation (vmap, grad). Such a call keeps nothing.
+    torch.compile replays the assignment with the tensors it computes, so a compiled call keeps
+    its weights as an eager one does (the functorch check, which dynamo cannot trace, is skipped)."""
+    if torch.compiler.is_exporting():
+        return
     if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(like):
         for name, value in attributes.items():
             setattr(module, name, value)

@@ -62,15 +62,8 @@ LACKS = {
         "container": "the NumPy reference is plain Python objects: no framework container saves, loads or traces them",
     },
     "torch": {
-        "container": ("PyTorch's containers (nn.Sequential, a module of your own) call their modules eagerly, "
-                      "as the eager call does; torch.compile and torch.export, which trace them, are its compiled "
-                      "transforms"),
         "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
                     "so torch.func.vmap cannot map any module built on it",
-    },
-    "jax": {
-        "container": ("Flax NNX's containers (nnx.Sequential, a module of your own) call their modules eagerly, "
-                      "as the eager call does; jax.jit and nnx.jit, which trace them, are its compiled transforms"),
     },
     "mxnet": {
         "vmap": "MXNet 1.9 has no vectorizing map (neither mxnet.np nor Gluon maps a function over an axis)",

@@ -16,8 +16,9 @@ with its own constructor, stop a gradient) asks the `adapter` fixture (tests/con
   the framework lifts its state); the capability (what `_backend.LACKS` names) says what comes
   back: "compiled" fn's outputs, "vmap" fn mapped over a new leading axis of every array,
   "autodiff" the gradients of fn (a scalar) with respect to every array, "container" fn's outputs
-  with the module inside the framework's own container of modules, as its users compose them (a
-  keras.Model saved to a .keras file and loaded back, a user's hybridized Gluon block).
+  with the module inside the framework's own container of modules, as its users compose and keep
+  them (a keras.Model saved to a .keras file and loaded back, a user's hybridized Gluon block, a
+  module of one's own through torch.save and torch.load, nnx.split and nnx.merge).
 
 tests/test_api.py checks that the modules mirror one another.
 """

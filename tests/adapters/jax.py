@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -37,6 +38,22 @@ def transforms():
         axes = nnx.StateAxes({nnx.Intermediate: 0, ...: None})
         return lambda *xs: nnx.vmap(fn, in_axes=(axes, *[0] * len(xs)))(module, *xs)
 
+    def as_stored(a):  # an array as a checkpoint holds it: NumPy, a random key as its key data
+        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(a))) \
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a)
+
+    def split_and_merged(fn, module):
+        # nnx.split into a graph definition and a state, the state's arrays through NumPy (as a
+        # checkpoint holds them) into a copy of it, and nnx.merge of the two: a module whose call
+        # needs something outside its graph and state, or that breaks on the way, fails here
+        def run(*xs):
+            graphdef, state = nnx.split(module)
+            restored = jax.tree.map(lambda a: a, state)
+            nnx.replace_by_pure_dict(restored, jax.tree.map(as_stored, nnx.to_pure_dict(state)))
+            return fn(nnx.merge(graphdef, restored), *xs)
+
+        return run
+
     return {
         "jax.jit": ("compiled", closure(jax.jit)),
         "nnx.jit": ("compiled", lambda fn, module: functools.partial(nnx.jit(fn), module)),
@@ -44,4 +61,5 @@ def transforms():
         "nnx.vmap": ("vmap", nnx_vmap),
         "jax.grad": ("autodiff", closure(every_argument(jax.grad))),
         "nnx.grad": ("autodiff", nnx_grad),
+        "nnx.split and nnx.merge": ("container", split_and_merged),
     }

@@ -1,6 +1,7 @@
 """PyTorch's own ways (see tests/adapters/__init__.py)."""
 
 import functools
+import io
 
 import torch
 
@@ -50,9 +51,21 @@ def transforms():
     def export(fn, module):
         return lambda *xs: torch.export.export(Call(fn, module), xs).module()(*xs)
 
+    def saved_and_loaded(fn, module):
+        # the module saved whole with torch.save and loaded back, then called as fn calls it (a
+        # module that does not pickle, or loses state on the way, fails here)
+        def run(*xs):
+            buffer = io.BytesIO()
+            torch.save(module, buffer)
+            buffer.seek(0)
+            return fn(torch.load(buffer, weights_only=False), *xs)
+
+        return run
+
     return {
         "torch.compile": ("compiled", closure(fullgraph)),
         "torch.export": ("compiled", export),
         "torch.func.vmap": ("vmap", closure(torch.func.vmap)),
         "torch.func.grad": ("autodiff", closure(grad)),
+        "torch.save and torch.load": ("container", saved_and_loaded),
     }

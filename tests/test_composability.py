@@ -215,7 +215,8 @@ def _own_call(d2l, case):
                                   else c for c in MODULES], ids=IDS)
 def test_inside_the_frameworks_own_container(d2l, adapter, case):
     """Inside the framework's own container (a Keras model saved to .keras and loaded back, a
-    user's hybridized Gluon block, torch.save and torch.load, nnx.split and nnx.merge), called without lengths or masks (a Gluon graph being traced
+    user's hybridized Gluon block, torch.save and torch.load, nnx.split and nnx.merge), called
+    without lengths or masks (a Gluon graph being traced
     has no shapes to make masks from; README), a module gives the eager call's outputs."""
     module, arrays, call = _own_call(d2l, case)
     want = _numpy(d2l, call(module, *arrays))

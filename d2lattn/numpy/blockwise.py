@@ -11,6 +11,18 @@ from d2lattn import _checks
 from d2lattn.numpy.ops import lengths
 
 
+def _block_scores(queries, keys, lens, causal, offset, start):
+    """Scaled scores of the queries against one block of keys starting at `start`; -inf where masked."""
+    scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(queries.shape[-1])  # (..., q, block)
+    j = np.arange(start, start + keys.shape[-2])                       # (block,): these keys' positions
+    keep = np.ones(scores.shape, dtype=bool)
+    if lens is not None:
+        keep = keep & (j < lens)                                       # valid_lens
+    if causal:
+        keep = keep & (j <= offset + np.arange(queries.shape[-2])[:, None])  # causal_mask(q, k, offset=offset)
+    return np.where(keep, scores, -np.inf)
+
+
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
     """One block of keys at a time, each query keeps a running max m of its kept scores, a running
@@ -21,23 +33,15 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     _checks.block_inputs(queries.shape, keys.shape, values.shape)
     block_size = _checks.positive_int("block_size", block_size)
     offset = _checks.integer("offset", offset)
-    *lead, num_queries, d = queries.shape                              # (..., q, d)
+    *lead, num_queries, _ = queries.shape                              # (..., q, d)
     num_keys = keys.shape[-2]
     lens = None if valid_lens is None else lengths(valid_lens, (*lead, num_queries, num_keys))
-    i = offset + np.arange(num_queries)[:, None]                       # (q, 1): the queries' positions
     m = np.full((*lead, num_queries, 1), -np.inf)                      # (..., q, 1): running max
     total = np.zeros((*lead, num_queries, 1))                          # (..., q, 1): running sum
     o = np.zeros((*lead, num_queries, values.shape[-1]))               # (..., q, dv): running output
     for start in range(0, num_keys, block_size):
         stop = min(start + block_size, num_keys)
-        j = np.arange(start, stop)                                     # (block,): these keys' positions
-        scores = queries @ np.swapaxes(keys[..., start:stop, :], -1, -2) / math.sqrt(d)  # (..., q, block)
-        keep = np.ones(scores.shape, dtype=bool)
-        if lens is not None:
-            keep = keep & (j < lens)                                   # valid_lens
-        if causal:
-            keep = keep & (j <= i)                                     # causal_mask(q, k, offset=offset)
-        scores = np.where(keep, scores, -np.inf)
+        scores = _block_scores(queries, keys[..., start:stop, :], lens, causal, offset, start)  # (..., q, block)
         m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))      # (..., q, 1)
         shift = np.where(np.isfinite(m_new), m_new, 0.0)               # nothing kept so far: no shift
         p = np.exp(scores - shift)                                     # (..., q, block): 0 where not kept

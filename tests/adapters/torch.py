@@ -1,5 +1,7 @@
 """PyTorch's own ways (see tests/adapters/__init__.py)."""
 
+import contextlib
+
 import torch
 
 
@@ -14,3 +16,12 @@ def array(values):
 
 def stop_gradient(x):
     return x.detach()
+
+
+def run_left_in_mode(module, train, fn):
+    module.train(train)
+    return fn()
+
+
+def eagerly():
+    return contextlib.nullcontext()  # PyTorch runs eagerly

@@ -1,10 +1,10 @@
 """Planted bugs, one at a time, against the suite: `python -m tests.mutants --backend torch`.
 
 Each mutant is a source patch (file, old text, new text) that a user would notice and some tests
-might not. The script copies the library and the tests to a scratch directory, applies one patch
-at a time, runs pytest there (the whole suite, or the files given with --tests, stopping at the
-first failure) and prints, for each mutant, whether the suite caught it and the first test that
-failed. A mutant whose old text is gone from its file is reported as stale, never as caught.
+might not. The script copies the tree to a scratch directory, applies one patch at a time, runs
+pytest there (the whole suite, or the files given with --tests, and any other pytest arguments,
+stopping at the first failure) and prints, for each mutant, whether the suite caught it and the
+first test that failed. A mutant whose old text is gone from its file is reported as stale, never as caught.
 Slow (one pytest run per mutant), so not in the default nox sessions: `nox -s mutants`.
 """
 
@@ -141,7 +141,7 @@ def main(argv=None):
     parser.add_argument("--tests", nargs="*", default=["tests"], help="test files or directories (default: all)")
     parser.add_argument("--only", nargs="*", help="mutant names to run (default: every one for the backend)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter with the backend's framework")
-    args = parser.parse_args(argv)
+    args, pytest_args = parser.parse_known_args(argv)  # the rest (--ignore=..., -k ...) goes to pytest
     chosen = [m for m in MUTANTS if m.backend in (args.backend, "any") and (not args.only or m.name in args.only)]
     caught = 0
     with tempfile.TemporaryDirectory(prefix="d2lattn-mutants-") as tmp:
@@ -149,7 +149,7 @@ def main(argv=None):
         shutil.copytree(ROOT, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIPPED))
         print(f"{len(chosen)} mutants on {args.backend}, tests: {' '.join(args.tests)}")
         for mutant in chosen:
-            verdict, detail = run(mutant, scratch, args.backend, args.tests, args.python)
+            verdict, detail = run(mutant, scratch, args.backend, [*args.tests, *pytest_args], args.python)
             caught += verdict == "caught"
             print(f"{verdict:9} {mutant.name:34} {detail or mutant.breaks}", flush=True)
     print(f"{caught} of {len(chosen)} caught")

@@ -40,6 +40,9 @@ MUTANTS = [
     Mutant("one-draw-per-batch", "any", "d2lattn/sampling.py",
            "u = rng.random(len(logits))[:, None]", "u = np.full((len(logits), 1), rng.random())",
            "every row of a batch gets the same uniform draw"),
+    Mutant("show-source-truncated", "any", "d2lattn/notebook.py",
+           'f"# {where}\\n{source}")', 'f"# {where}\\n{source[:len(source) // 2]}")',
+           "show_source prints only the first half of the code"),
     # --- torch
     Mutant("cache-unused", "torch", "d2lattn/torch/decoder.py",
            "logits, cache = model(new, cache=cache, training=False)", "logits, cache = model(tokens, training=False)",

@@ -47,7 +47,7 @@ def constant(d2l):
 
 
 def test_the_constant_model_has_the_known_logits(d2l, constant):
-    logits, _ = constant(np.zeros((2, 3), np.int32), training=False)
+    logits, _ = constant(d2l.tensor(np.zeros((2, 3), np.int32)), training=False)
     np.testing.assert_allclose(d2l.to_numpy(logits), np.broadcast_to(LOGITS, (2, 3, len(LOGITS))), atol=1e-5)
 
 
@@ -140,8 +140,8 @@ def test_generate_runs_the_model_in_evaluation_mode_whatever_mode_it_was_left_in
         got = adapter.run_left_in_mode(model, True, lambda c=use_cache: d2l.generate(model, PROMPT, NEW, use_cache=c))
         np.testing.assert_array_equal(got, expected)
     # and the mode it was left in would matter: in training the same model gives other logits
-    train = adapter.call_in_mode(model, True, PROMPT)[0]
-    evaluation = adapter.call_in_mode(model, False, PROMPT)[0]
+    train = adapter.call_in_mode(model, True, d2l.tensor(PROMPT))[0]
+    evaluation = adapter.call_in_mode(model, False, d2l.tensor(PROMPT))[0]
     assert not np.allclose(d2l.to_numpy(train), d2l.to_numpy(evaluation), atol=1e-3)
 
 
@@ -166,7 +166,7 @@ def test_dropout_on_each_residual_branch(d2l, branch, zeroed):
     """The embedding's first half is zero, so there the logits are the branch alone (normalized):
     in training some of those entries of a row are dropped and others kept; in evaluation none is."""
     model, params = branch_model(d2l, zeroed, 0.5)
-    tokens = np.tile(np.arange(H, dtype=np.int32), 4)[:, None]                  # (32, 1)
+    tokens = d2l.tensor(np.tile(np.arange(H, dtype=np.int32), 4)[:, None])      # (32, 1)
     plain, _ = branch_model(d2l, zeroed, 0.0)
     evaluation = d2l.to_numpy(model(tokens, training=False)[0])[:, 0, :H // 2]  # (32, H / 2)
     np.testing.assert_allclose(evaluation, d2l.to_numpy(plain(tokens)[0])[:, 0, :H // 2], atol=1e-6)

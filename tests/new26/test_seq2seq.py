@@ -42,7 +42,7 @@ def test_greedy_decode_runs_the_model_in_evaluation_mode_whatever_mode_it_was_le
     assert left_training[0] == tokens
     np.testing.assert_allclose(left_training[1], weights, atol=1e-6)
     # and the mode it was left in would matter: in training the same model gives other logits
-    args = src[None], np.array([[1, 5, 6]], np.int32), np.array([4], np.int32)
+    args = [d2l.tensor(a) for a in (src[None], np.array([[1, 5, 6]], np.int32), np.array([4], np.int32))]
     train = d2l.to_numpy(adapter.call_in_mode(model, True, *args))
     evaluation = d2l.to_numpy(adapter.call_in_mode(model, False, *args))
     assert not np.allclose(train, evaluation, atol=1e-3)

@@ -36,9 +36,9 @@ def seq2seq(d2l):
 
 # each trainer: its model, its batch, and the model's logits on that batch in evaluation
 TRAINERS = {
-    "train_lm": (lm, (INPUTS, LABELS, LENS), lambda model: model(INPUTS, training=False)[0]),
+    "train_lm": (lm, (INPUTS, LABELS, LENS), lambda d2l, model: model(d2l.tensor(INPUTS), training=False)[0]),
     "train_seq2seq": (seq2seq, (SRC, SRC_LENS, INPUTS, LABELS, LENS),
-                      lambda model: model(SRC, INPUTS, SRC_LENS, training=False)),
+                      lambda d2l, model: model(*map(d2l.tensor, (SRC, INPUTS, SRC_LENS)), training=False)),
 }
 
 
@@ -59,7 +59,7 @@ def start_and_loss(d2l, trainer):
     start = {name: np.ones(p.shape) if name.endswith("gamma") else draw.normal(size=p.shape)
              for name, p in d2l.get_params(model).items()}
     d2l.set_params(model, start)
-    return start, masked_loss(d2l.to_numpy(logits(model)), LABELS, LENS)
+    return start, masked_loss(d2l.to_numpy(logits(d2l, model)), LABELS, LENS)
 
 
 def steps(before, after):
@@ -72,7 +72,7 @@ def test_the_reported_loss_is_the_masked_loss(d2l, trainer):
     make, _, logits = TRAINERS[trainer]
     model = make(d2l)
     d2l.set_params(model, start)
-    counted = masked_loss(d2l.to_numpy(logits(model)), LABELS, np.full(4, 6))
+    counted = masked_loss(d2l.to_numpy(logits(d2l, model)), LABELS, np.full(4, 6))
     assert abs(counted - expected) > 1e-3 * expected  # counting the padding would show, 100 times the tolerance
     losses, _, _ = fit(d2l, trainer, start, epochs=1, lr=LR)
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)  # one batch: the loss before its step
@@ -86,7 +86,7 @@ def test_epochs_is_the_number_of_passes(d2l, trainer):
     assert len(two) == 2 and len(one) == 1
     np.testing.assert_allclose(two[0], one[0], rtol=1e-6)
     # the second pass starts where one step left the model
-    np.testing.assert_allclose(two[1], masked_loss(d2l.to_numpy(TRAINERS[trainer][2](model)), LABELS, LENS),
+    np.testing.assert_allclose(two[1], masked_loss(d2l.to_numpy(TRAINERS[trainer][2](d2l, model)), LABELS, LENS),
                                rtol=1e-5)
     assert two[1] < two[0]
 

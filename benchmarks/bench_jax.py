@@ -17,43 +17,7 @@ from flax import nnx
 
 from benchmarks import common, memory
 from d2lattn import jax as d2l
-
-GQA_KV_HEADS = 2
-
-
-def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS, kv_heads=None):
-    """flax.nnx.MultiHeadAttention holding the canonical weights, in eval mode.
-
-    Its q/k/v kernels are (in, heads, head_dim) and its out kernel (heads, head_dim, out):
-    head i owns columns i*dh:(i+1)*dh of W_q, W_k, W_v and rows i*dh:(i+1)*dh of W_o.
-    With `kv_heads` (grouped-query) its k/v kernels are (in, kv_heads, head_dim).
-    """
-    bias = "b_q" in params
-    mha = nnx.MultiHeadAttention(num_heads=heads, in_features=hidden, qkv_features=hidden, out_features=hidden,
-                                 num_kv_heads=kv_heads, dropout_rate=0.0, use_bias=bias, decode=False,
-                                 rngs=nnx.Rngs(0))
-    dh = hidden // heads
-    for name, layer in (("q", mha.query), ("k", mha.key), ("v", mha.value)):
-        layer.kernel[...] = jnp.asarray(params[f"W_{name}"]).reshape(-1, layer.kernel.shape[1], dh)  # (in, heads, dh)
-        if bias:
-            layer.bias[...] = jnp.asarray(params[f"b_{name}"]).reshape(-1, dh)                       # (heads, dh)
-    mha.out.kernel[...] = jnp.asarray(params["W_o"]).reshape(heads, dh, hidden)        # (heads, dh, out)
-    if bias:
-        mha.out.bias[...] = jnp.asarray(params["b_o"])
-    mha.eval()
-    return mha
-
-
-def gqa_weights(params, kv_heads, hidden=common.HIDDEN, heads=common.HEADS):
-    """Grouped-query canonical weights from common.mha_weights: W_k, W_v (and b_k, b_v) keep the
-    columns of their first kv_heads heads, (in, kv_heads * head_size)."""
-    width = kv_heads * (hidden // heads)
-    return {n: p[..., :width] if n[2] in "kv" else p for n, p in params.items()}
-
-
-def padding_mask(lens, num_keys):
-    """(b, 1, 1, k), True = may attend: nnx.MultiHeadAttention's mask for key-padding lengths."""
-    return (jnp.arange(num_keys) < lens[:, None])[:, None, None, :]
+from tests.native.peers_jax import native_mha, padding_mask
 
 
 @nnx.jit
@@ -80,13 +44,13 @@ def run_sdpa(q, lens):
 def grouped_query(tokens):
     """Our MultiHeadAttention(num_kv_heads=2) against nnx.MultiHeadAttention(num_kv_heads=2), key padding."""
     X, lens = (jnp.asarray(a) for a in common.inputs(tokens))
-    params = gqa_weights(common.mha_weights(bias=True), GQA_KV_HEADS)
-    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=GQA_KV_HEADS)
+    params = common.gqa_weights(common.mha_weights(bias=True))
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=common.GQA_KV_HEADS)
     ours.eval()
     d2l.set_params(ours, params)
-    native = native_mha(params, kv_heads=GQA_KV_HEADS)
+    native = native_mha(params, common.HIDDEN, common.HEADS, kv_heads=common.GQA_KV_HEADS)
     np.testing.assert_allclose(run_ours(ours, X, lens), run_native(native, X, lens), atol=1e-4)
-    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs nnx.MultiHeadAttention",
+    return (f"GQA {common.HEADS} heads / {common.GQA_KV_HEADS} kv, {tokens} tokens vs nnx.MultiHeadAttention",
             *common.compare(lambda: run_ours(ours, X, lens), lambda: run_native(native, X, lens),
                             sync=jax.block_until_ready))
 
@@ -100,7 +64,7 @@ def main():
         ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True)
         ours.eval()
         d2l.set_params(ours, params)
-        native = native_mha(params)
+        native = native_mha(params, common.HIDDEN, common.HEADS)
         np.testing.assert_allclose(run_ours(ours, X, lens), run_native(native, X, lens), atol=1e-4)
         rows.append((f"MHA {tokens} tokens vs nnx.MultiHeadAttention", *common.compare(
             lambda: run_ours(ours, X, lens), lambda: run_native(native, X, lens),

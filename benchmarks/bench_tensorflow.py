@@ -21,75 +21,21 @@ from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow wh
 import keras
 import tensorflow as tf
 
-
-def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
-    """keras.layers.MultiHeadAttention holding the canonical weights.
-
-    Its query/key/value kernels are (in, heads, head_dim) and its output kernel
-    (heads, head_dim, out): head i owns columns i*dh:(i+1)*dh of W_q, W_k, W_v and
-    rows i*dh:(i+1)*dh of W_o, so each is the canonical matrix reshaped.
-    """
-    bias, dh = "b_q" in params, hidden // heads
-    mha = keras.layers.MultiHeadAttention(heads, key_dim=dh, use_bias=bias)
-    mha.build((None, None, params["W_q"].shape[0]), (None, None, params["W_v"].shape[0]),
-              (None, None, params["W_k"].shape[0]))
-    for x, layer in (("q", mha.query_dense), ("k", mha.key_dense), ("v", mha.value_dense)):
-        layer.kernel.assign(params[f"W_{x}"].reshape(-1, heads, dh))          # (in, heads, dh)
-        if bias:
-            layer.bias.assign(params[f"b_{x}"].reshape(heads, dh))            # (heads, dh)
-    mha.output_dense.kernel.assign(params["W_o"].reshape(heads, dh, hidden))  # (heads, dh, out)
-    if bias:
-        mha.output_dense.bias.assign(params["b_o"])
-    return mha
-
-
-GQA_KV_HEADS = 2
-
-
-def gqa_weights(params, kv_heads, hidden=common.HIDDEN, heads=common.HEADS):
-    """Grouped-query canonical weights from common.mha_weights: W_k, W_v (and b_k, b_v) keep the
-    columns of their first kv_heads heads, (in, kv_heads * head_size)."""
-    width = kv_heads * (hidden // heads)
-    return {n: p[..., :width] if n[2] in "kv" else p for n, p in params.items()}
-
-
-def native_gqa(params, hidden, heads, kv_heads, sliding_window=None):
-    """keras.layers.GroupQueryAttention holding the canonical weights (its dense maps are the
-    private _query_dense ... _output_dense). Query kernel (in, heads, dh), key and value kernels
-    (in, kv_heads, dh), output kernel (heads, dh, out): the canonical matrices reshaped. It repeats
-    each key/value head for its group (keras.ops.repeat), so query head h uses h // group, as ours."""
-    bias, dh = "b_q" in params, hidden // heads
-    gqa = keras.layers.GroupQueryAttention(dh, heads, kv_heads, use_bias=bias, sliding_window=sliding_window)
-    gqa.build((None, None, params["W_q"].shape[0]), (None, None, params["W_v"].shape[0]),
-              (None, None, params["W_k"].shape[0]))
-    for x, layer in (("q", gqa._query_dense), ("k", gqa._key_dense), ("v", gqa._value_dense)):
-        layer.kernel.assign(params[f"W_{x}"].reshape(layer.kernel.shape))           # (in, heads or kv_heads, dh)
-        if bias:
-            layer.bias.assign(params[f"b_{x}"].reshape(layer.bias.shape))           # (heads or kv_heads, dh)
-    gqa._output_dense.kernel.assign(params["W_o"].reshape(heads, dh, hidden))       # (heads, dh, out)
-    if bias:
-        gqa._output_dense.bias.assign(params["b_o"])
-    return gqa
-
-
-def padding_mask(lens, num_queries, num_keys):
-    """(b, q, k), True = may attend: Keras' attention_mask for key-padding lengths."""
-    keep = tf.range(num_keys) < lens[:, None]                                  # (b, k)
-    return tf.repeat(keep[:, None, :], num_queries, axis=1)
+from tests.native.peers_tensorflow import native_gqa, native_mha, padding_mask
 
 
 def grouped_query(tokens):
     """Our MultiHeadAttention(num_kv_heads=2) against keras.layers.GroupQueryAttention, key padding."""
     X, lens = (tf.constant(a) for a in common.inputs(tokens))
-    params = gqa_weights(common.mha_weights(bias=True), GQA_KV_HEADS)
-    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=GQA_KV_HEADS)
+    params = common.gqa_weights(common.mha_weights(bias=True))
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True, num_kv_heads=common.GQA_KV_HEADS)
     d2l.set_params(ours, params)
-    native = native_gqa(params, common.HIDDEN, common.HEADS, GQA_KV_HEADS)
+    native = native_gqa(params, common.HIDDEN, common.HEADS, common.GQA_KV_HEADS)
     run_ours = tf.function(lambda X, lens: ours(X, X, X, lens, training=False))
     run_native = tf.function(lambda X, lens: native(X, X, X, attention_mask=padding_mask(
         lens, tf.shape(X)[1], tf.shape(X)[1]), training=False))
     np.testing.assert_allclose(run_ours(X, lens), run_native(X, lens), atol=1e-4)
-    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs GroupQueryAttention",
+    return (f"GQA {common.HEADS} heads / {common.GQA_KV_HEADS} kv, {tokens} tokens vs GroupQueryAttention",
             *common.compare(lambda: run_ours(X, lens), lambda: run_native(X, lens)))
 
 
@@ -101,7 +47,7 @@ def main():
         params = common.mha_weights(bias=True)
         ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True)
         d2l.set_params(ours, params)
-        native = native_mha(params)
+        native = native_mha(params, common.HIDDEN, common.HEADS)
         run_ours = tf.function(lambda X, lens: ours(X, X, X, lens, training=False))
         run_ours_weights = tf.function(lambda X, lens: (ours(X, X, X, lens, training=False), ours.attention_weights))
 

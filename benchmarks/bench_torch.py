@@ -11,61 +11,25 @@ growing contexts.
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from benchmarks import common, memory
 from d2lattn import torch as d2l
-
-GQA_KV_HEADS = 2
-
-
-def native_mha(params, hidden=common.HIDDEN, heads=common.HEADS):
-    """nn.MultiheadAttention holding the canonical weights (it stores W as (out, in))."""
-    mha = nn.MultiheadAttention(hidden, heads, bias="b_q" in params, batch_first=True)
-    t = {name: torch.from_numpy(value) for name, value in params.items()}
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([t["W_q"].T, t["W_k"].T, t["W_v"].T]))
-        mha.out_proj.weight.copy_(t["W_o"].T)
-        if "b_q" in t:
-            mha.in_proj_bias.copy_(torch.cat([t["b_q"], t["b_k"], t["b_v"]]))
-            mha.out_proj.bias.copy_(t["b_o"])
-    return mha.eval()
-
-
-def gqa_weights(rng, hidden, heads, kv_heads):
-    """Canonical grouped-query weights drawn by NumPy: W_k, W_v (hidden, kv_heads * head_size)."""
-    kv_hidden = hidden // heads * kv_heads
-    shapes = {"W_q": (hidden, hidden), "W_k": (hidden, kv_hidden), "W_v": (hidden, kv_hidden), "W_o": (hidden, hidden)}
-    return {n: (rng.uniform(-1, 1, s) / np.sqrt(hidden)).astype(np.float32) for n, s in shapes.items()}
-
-
-def native_gqa(params, heads, kv_heads):
-    """PyTorch's own grouped-query path between the canonical projections:
-    F.scaled_dot_product_attention(..., enable_gqa=True) on (b, kv_heads, k, dh) keys and values."""
-    t = {name: torch.from_numpy(value) for name, value in params.items()}
-
-    def attend(queries, keys, values, attn_mask=None):
-        b, n, m = queries.shape[0], queries.shape[1], keys.shape[1]
-        q = (queries @ t["W_q"]).reshape(b, n, heads, -1).transpose(1, 2)      # (b, heads, q, dh)
-        k = (keys @ t["W_k"]).reshape(b, m, kv_heads, -1).transpose(1, 2)      # (b, kv_heads, k, dh)
-        v = (values @ t["W_v"]).reshape(b, m, kv_heads, -1).transpose(1, 2)    # (b, kv_heads, k, dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)  # (b, heads, q, dh)
-        return out.transpose(1, 2).reshape(b, n, -1) @ t["W_o"]                  # (b, q, hidden)
-    return attend
+from tests.native import weights
+from tests.native.peers_torch import native_gqa, native_mha
 
 
 def grouped_query(tokens):
     """Our GQA MultiHeadAttention against SDPA's enable_gqa between the same projections."""
     X, lens = common.inputs(tokens)
     X, lens = torch.from_numpy(X), torch.from_numpy(lens)
-    params = gqa_weights(np.random.default_rng(3), common.HIDDEN, common.HEADS, GQA_KV_HEADS)
-    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, num_kv_heads=GQA_KV_HEADS).eval()
+    params = weights.random_gqa_weights(np.random.default_rng(3), common.HIDDEN, common.HEADS, common.GQA_KV_HEADS)
+    ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, num_kv_heads=common.GQA_KV_HEADS).eval()
     d2l.set_params(ours, params)
-    native = native_gqa(params, common.HEADS, GQA_KV_HEADS)
+    native = native_gqa(params, common.HEADS, common.GQA_KV_HEADS)
     keep = (torch.arange(tokens) < lens[:, None])[:, None, None, :]         # (b, 1, 1, k), True = attend
     np.testing.assert_allclose(ours(X, X, X, lens).numpy(), native(X, X, X, attn_mask=keep).numpy(), atol=1e-4)
-    return (f"GQA {common.HEADS} heads / {GQA_KV_HEADS} kv, {tokens} tokens vs SDPA enable_gqa",
+    return (f"GQA {common.HEADS} heads / {common.GQA_KV_HEADS} kv, {tokens} tokens vs SDPA enable_gqa",
             *common.compare(lambda: ours(X, X, X, lens), lambda: native(X, X, X, attn_mask=keep)))
 
 
@@ -79,7 +43,7 @@ def main():
         params = common.mha_weights(bias=True)
         ours = d2l.MultiHeadAttention(common.HIDDEN, common.HEADS, bias=True).eval()
         d2l.set_params(ours, params)
-        native = native_mha(params)
+        native = native_mha(params, common.HIDDEN, common.HEADS)
         expected = native(X, X, X, key_padding_mask=padding, need_weights=False)[0]
         np.testing.assert_allclose(ours(X, X, X, lens).numpy(), expected.numpy(), atol=1e-4)
         for need_weights in (False, True):

@@ -10,7 +10,10 @@ import time
 
 import numpy as np
 
+from tests.native import weights
+
 BATCH, HIDDEN, HEADS = 8, 256, 8
+GQA_KV_HEADS = 2
 TOKENS = (128, 512)
 
 
@@ -22,15 +25,14 @@ def inputs(tokens, seed=0):
     return X, lens
 
 
-def mha_weights(bias, rng=None, hidden=HIDDEN):
-    """Canonical MultiHeadAttention weights (W (in, out)) drawn by NumPy, uniform in +-1/sqrt(hidden);
-    the native-parity tests use them too."""
-    rng = np.random.default_rng(1) if rng is None else rng
-    scale = 1 / np.sqrt(hidden)
-    params = {f"W_{x}": rng.uniform(-scale, scale, (hidden, hidden)).astype(np.float32) for x in "qkvo"}
-    if bias:
-        params.update({f"b_{x}": rng.uniform(-scale, scale, hidden).astype(np.float32) for x in "qkvo"})
-    return params
+def mha_weights(bias):
+    """Canonical MultiHeadAttention weights at the benchmark's size (tests/native/weights.py)."""
+    return weights.mha_weights(bias, np.random.default_rng(1), HIDDEN)
+
+
+def gqa_weights(params):
+    """Grouped-query weights (GQA_KV_HEADS key/value heads) cut from mha_weights' (tests/native/weights.py)."""
+    return weights.gqa_weights(params, GQA_KV_HEADS, HIDDEN, HEADS)
 
 
 def compare(ours, native, *, sync=lambda out: out, repeats=30, warmup=3):

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from benchmarks import common
+from d2lattn import _backend
 
 SIZES = (2048, 4096, 8192, 16384)
 TIMED = (2048, 4096)           # time is measured at these sizes (dense at 16k takes long on a CPU)
@@ -142,7 +143,7 @@ def write(backend, table, sizes, rows, title):
     fig.savefig(OUT / f"memory_{backend}.png", dpi=120)
 
 
-def summary(frameworks=("torch", "jax", "tensorflow", "mxnet"), path="docs/blockwise_memory.png"):
+def summary(frameworks=_backend.FRAMEWORK_BACKENDS, path="docs/blockwise_memory.png"):
     """README's figure: every framework's measured table (build/bench/memory_<framework>.md), one
     panel each, dense against blockwise. `python -m benchmarks.memory --summary` after the benches."""
     import matplotlib

@@ -19,12 +19,22 @@ import pathlib
 import re
 import shutil
 import struct
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # d2lattn._backend, which imports no framework
+from d2lattn import _backend  # noqa: E402
+
 BUILD = ROOT / "build"
 OUT = BUILD / "book"
-FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": "TensorFlow"}
+FRAMEWORKS = {b: _backend.DISPLAY_NAMES[b] for b in _backend.BOOK_TABS}  # {backend: tab title}, d2l's order
 SYNC_GROUP = "backend"  # the address parameter: ?backend=jax
+
+
+def listed(items, last="and"):
+    """'a, b, c and d': the items in prose."""
+    items = list(items)
+    return f"{', '.join(items[:-1])} {last} {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 def fenced(text, info="text"):
@@ -148,14 +158,14 @@ def index(chapters):
                      for stem, (title, ran) in chapters.items())
     (OUT / "index.md").write_text(f"""# d2lattn: attention, on the framework you use
 
-Each chapter runs unchanged on PyTorch, MXNet, JAX and TensorFlow. Its text and code appear
+Each chapter runs unchanged on {listed(FRAMEWORKS.values())}. Its text and code appear
 once; under every code cell, one tab per framework holds that framework's own outputs: its
 numbers, its figures, its source code where a cell shows it.
 
 **Choosing a framework.** Click a framework's tab under any cell: every cell of the page
 switches to it, and the choice is remembered on every other page (in your browser's local
-storage). To link to one directly, add `?{SYNC_GROUP}=` and `torch`, `mxnet`, `jax` or
-`tensorflow` to a chapter's address, for example `{next(iter(chapters))}.html?{SYNC_GROUP}=jax`. At the top of each
+storage). To link to one directly, add `?{SYNC_GROUP}=` and {listed([f"`{b}`" for b in FRAMEWORKS], "or")}
+to a chapter's address, for example `{next(iter(chapters))}.html?{SYNC_GROUP}=jax`. At the top of each
 chapter, the same tabs link that framework's executed notebook and the chapter's MyST source, to
 run in Jupyter. A framework's tabs fill in once it has run the chapters: `nox -s chapters-jax book`
 runs them on JAX and rebuilds this site.

@@ -1,8 +1,11 @@
 """The one place that knows the backends by name.
 
 Everything that depends on *which* framework is selected goes through here:
-the list of names, their aliases, how to install each, and the import that
-turns a missing framework into an ImportError a learner can act on.
+the list of names, their aliases and display names, the book's tab order, how to
+install each, what each cannot do (LACKS), and the import that turns a missing
+framework into an ImportError a learner can act on. Adding or dropping a backend is
+a change to this file and its folder d2lattn/<name>/. Importing this module imports
+no framework (noxfile.py, book/ and benchmarks/ read it too).
 """
 
 import contextlib
@@ -15,6 +18,14 @@ ENV_VAR = "D2LATTN_BACKEND"
 DEFAULT = "torch"
 BACKENDS = ("torch", "jax", "tensorflow", "mxnet", "numpy")
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "flax": "jax", "np": "numpy"}
+# The float64, forward-only backend every other one is held to; the rest are the frameworks.
+REFERENCE = "numpy"
+FRAMEWORK_BACKENDS = tuple(b for b in BACKENDS if b != REFERENCE)
+DISPLAY_NAMES = {"torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow", "mxnet": "MXNet", "numpy": "NumPy"}
+# The floating-point dtype each backend computes in (d2l.tensor's default).
+FLOAT_DTYPE = {b: "float64" if b == REFERENCE else "float32" for b in BACKENDS}
+# The book's framework tabs, in d2l.ai's order.
+BOOK_TABS = ("torch", "mxnet", "jax", "tensorflow")
 
 # The top-level modules each backend needs, and how to get them.
 FRAMEWORKS = {
@@ -37,6 +48,29 @@ DISTRIBUTIONS = {
 # define every name of the contract (d2lattn/api.py).
 MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "blockwise", "params", "grads", "train")
 SHARED = ("d2lattn.plotting", "d2lattn.notebook")
+# What a backend cannot do, with the reason. A test that needs a capability says so with
+# @pytest.mark.needs("capability") and is skipped with this reason where it is missing
+# (tests/conftest.py); "compiled <name>" is one component's compiled mode (tests/harness.py).
+LACKS = {
+    "numpy": {
+        "training": "the NumPy reference is forward-only: it refuses train_lm, train_seq2seq and training=True",
+        "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
+        "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
+        "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",
+        "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
+    },
+    "mxnet": {
+        "bfloat16": "MXNet 1.9's NumPy interface has no bfloat16 arrays (only AMP's legacy graphs cast to it)",
+        "compiled blockwise_attention": (
+            "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "
+            "which records on NDArrays and cannot enter a hybridized graph, and a graph symbol has no shape to "
+            "count the key blocks by"),
+    },
+}
+# Where each framework's Adam adds epsilon: to sqrt(v) after the bias correction (PyTorch, optax)
+# or before it (Keras, Gluon); no framework lets us choose. tests/crosscheck.py holds frameworks
+# that place it alike to a tighter bound.
+EPSILON_AFTER_CORRECTION = {"torch": True, "jax": True, "tensorflow": False, "mxnet": False}
 INSTALL = {
     name: f"pip install 'd2lattn[{name}]' -c constraints/{name}.txt"
     for name in BACKENDS
@@ -55,6 +89,11 @@ def canonical(name):
             f"(aliases: {aliases}); set {ENV_VAR} to one of them"
         )
     return key
+
+
+def lacks(name, capability):
+    """Why backend `name` cannot do `capability` (a key of LACKS[name]), or None where it can."""
+    return LACKS.get(canonical(name), {}).get(capability)
 
 
 def selected():

@@ -41,7 +41,7 @@ def sources(name, backends=_backend.BACKENDS):
     return found
 
 
-def show_sources(name, backends=("torch", "jax", "tensorflow", "mxnet")):
+def show_sources(name, backends=_backend.FRAMEWORK_BACKENDS):
     """Show `name` as every backend writes it, one after another, read from the source files."""
     found = sources(name, backends)
     _display("\n\n".join(f"**{b}**\n\n```python\n{src}\n```" for b, src in found.items()),

@@ -24,15 +24,27 @@ def pytest_configure(config):
 # tests that compare with it, the mutants) proves nothing on numpy itself: it would compare the
 # reference with itself. There it is skipped with this reason; the reference has checks of its own.
 SELF_COMPARISON = ("compares the backend under test with the NumPy reference, so on numpy it would compare the "
-                   "reference with itself; the reference is checked independently by tests/test_reference.py "
-                   "and tests/test_oracles.py (closed forms, values and gradients worked out by hand)")
+                   "reference with itself; the reference is checked independently by tests/test_oracles.py "
+                   "(closed forms, values and gradients worked out by hand)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.backend_name == "numpy":
-        for item in items:
-            if item.get_closest_marker("against_reference"):
-                item.add_marker(pytest.mark.skip(reason=SELF_COMPARISON))
+    """Turn the capability markers into skips with their declared reasons (d2lattn/_backend.py)."""
+    name = config.backend_name
+    display = _backend.DISPLAY_NAMES[name]
+    for item in items:
+        if name == _backend.REFERENCE and item.get_closest_marker("against_reference"):
+            item.add_marker(pytest.mark.skip(reason=SELF_COMPARISON))
+        for marker in item.iter_markers("needs"):
+            lacking = [c for c in marker.args if _backend.lacks(name, c)]
+            if lacking:
+                item.add_marker(pytest.mark.skip(reason=f"{display} lacks {lacking[0]}: "
+                                                        f"{_backend.lacks(name, lacking[0])}"))
+        for marker in item.iter_markers("without"):
+            (capability,) = marker.args
+            if not _backend.lacks(name, capability):
+                item.add_marker(pytest.mark.skip(reason=f"checks how a backend without {capability} refuses it; "
+                                                        f"{display} has {capability}"))
 
 
 def pytest_report_header(config):

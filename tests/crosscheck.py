@@ -1,9 +1,9 @@
-"""Compare the frameworks with each other: `python -m tests.crosscheck torch jax tensorflow mxnet`.
+"""Compare the frameworks with each other: `python -m tests.crosscheck [torch jax ...]` (default: all).
 
 Each framework's test session writes build/results/<backend>.harness.npz (every harness case,
 eager and compiled), <backend>.training-lm.npz (a language model after six Adam steps,
-tests/test_training_parity.py) and <backend>.lm.safetensors (TransformerLM weights,
-tests/test_decoder.py). This prints, per case run, the largest difference between each pair of
+tests/test_train.py) and <backend>.lm.safetensors (TransformerLM weights,
+tests/test_params.py). This prints, per case run, the largest difference between each pair of
 frameworks (forward: outputs and attention weights; backward: gradients), a summary in units of
 the tolerance, the saved weights loaded into the reference, and the training comparison. It
 fails on any pair above tolerance, or on a framework whose results are missing, incomplete,
@@ -31,10 +31,9 @@ from tests import harness
 from tests.cases import CASES
 
 KEYS = [f"{case.name}@{mode}" for case in CASES for mode in harness.MODES]
-# Keras and Gluon add Adam's epsilon to sqrt(v) before the bias correction, PyTorch and optax
-# after it; no framework lets us choose. Where a gradient is near epsilon (an attention's W_q at
-# the start) a step then differs, so frameworks that place it alike are held to the tight bound.
-EPSILON_AFTER_CORRECTION = {"torch": True, "jax": True, "tensorflow": False, "mxnet": False}
+# Where a gradient is near Adam's epsilon (an attention's W_q at the start), frameworks that add
+# it at different places (_backend.EPSILON_AFTER_CORRECTION) take a different step, so those that
+# place it alike are held to the tight bound.
 TRAINING_TOLERANCE = {"alike": {"loss": 1e-4, "param": 1e-4}, "unlike": {"loss": 1e-4, "param": 1e-3}}
 
 
@@ -124,7 +123,8 @@ def training(backends):
     results, problems = load(backends, "training-lm")
     print("\ntraining: six Adam steps of the same TransformerLM; largest |difference| (tolerance)")
     for a, b in itertools.combinations(results, 2):
-        tol = TRAINING_TOLERANCE["alike" if EPSILON_AFTER_CORRECTION[a] == EPSILON_AFTER_CORRECTION[b] else "unlike"]
+        after = _backend.EPSILON_AFTER_CORRECTION
+        tol = TRAINING_TOLERANCE["alike" if after[a] == after[b] else "unlike"]
         A, B = results[a]["lm-adam"], results[b]["lm-adam"]
         gaps = {f: float(np.max(np.abs(A[f] - B[f]))) if f in B and A[f].shape == B[f].shape else math.inf
                 for f in A}
@@ -141,7 +141,7 @@ def main(backends):
     results, problems = load(backends)
     problems += lm_files(backends)
     names = list(results)
-    pairs = {(a, b): pair_errors(results[a], results[b], 1 if "numpy" in (a, b) else 2)
+    pairs = {(a, b): pair_errors(results[a], results[b], 1 if _backend.REFERENCE in (a, b) else 2)
              for a, b in itertools.combinations(names, 2)}
     for part in ("forward", "backward"):
         what = "outputs, weights" if part == "forward" else "gradients"
@@ -171,4 +171,4 @@ def main(backends):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:] or list(_backend.FRAMEWORK_BACKENDS)))

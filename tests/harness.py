@@ -190,7 +190,7 @@ def cases_digest():
 def source_digest(backend):
     """Hash of what a backend's results depend on: the shared code, the backend, the harness."""
     files = sorted(ROOT.glob("d2lattn/*.py")) + sorted((ROOT / "d2lattn" / backend).rglob("*.py"))
-    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py", ROOT / "tests" / "test_training_parity.py"]
+    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py", ROOT / "tests" / "test_train.py"]
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())

@@ -38,7 +38,7 @@ def test_selected_backend_is_the_one_used(backend_name):
 
 
 def test_importing_imports_only_the_selected_framework(backend_name):
-    others = sorted({m for b, modules in _backend.FRAMEWORKS.items() if b not in (backend_name, "numpy")
+    others = sorted({m for b, modules in _backend.FRAMEWORKS.items() if b not in (backend_name, _backend.REFERENCE)
                      for m in modules})
     code = f"import sys, d2lattn as d2l; d2l.MultiHeadAttention; print([m for m in {others!r} if m in sys.modules])"
     run = python(code, backend=backend_name)

@@ -1,8 +1,15 @@
-"""Behaviour of the transformer blocks beyond matching the reference: causality,
-incremental decoding, padding, and layer norm's statistics."""
+"""blocks: LayerNorm, RMSNorm, the feed-forward networks, AddNorm and the transformer blocks on the
+backend under test.
+
+Beyond the harness (tests/cases.py): causality, incremental decoding, padding, the norms'
+statistics and eps, dropout and the training mode, and bad input.
+"""
 
 import numpy as np
 import pytest
+
+from tests.modes import dropout_tests
+from tests.support import bad_input_test
 
 H, FFN, HEADS = 8, 16, 2
 
@@ -66,27 +73,52 @@ def test_layer_norm_standardizes_each_position(d2l):
     np.testing.assert_allclose(Y.var(-1), 1, atol=1e-3)              # var / (var + eps)
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("queries", r"queries must have shape \(batch, queries, query_size\) = \(\?, \?, 3\), got \(2, 3, 4\)"),
-    ("keys", r"keys must have shape \(batch, queries, key_size\), one key per query = \(2, 3, 4\), got \(2, 5, 4\)"),
-    ("values", r"values must have shape \(batch, num_values, value_size\) = \(2, 5, 2\), got \(2, 6, 2\)"),
-])
-def test_concat_attention_checks_its_inputs(d2l, problem, message):
-    shapes = {"queries": (2, 3, 3), "keys": (2, 3, 4), "values": (2, 5, 2)}
-    shapes[problem] = {"queries": (2, 3, 4), "keys": (2, 5, 4), "values": (2, 6, 2)}[problem]
-    attention = d2l.ConcatAttention(3, 4, 5, 2, 6)
-    with pytest.raises(ValueError, match=message):
-        attention(*(d2l.tensor(inputs(*s)) for s in shapes.values()))
+def _set(d2l, module, **params):
+    d2l.set_params(module, params)
+    return module
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda d2l: d2l.LayerNorm(6)(d2l.tensor(inputs(2, 3, 5))),
-     r"X must have 6 features \(last axis\), the normalized_size, got shape \(2, 3, 5\)"),
-    (lambda d2l: d2l.LayerNorm(6, eps=0), r"eps must be a positive number, got 0"),
-    (lambda d2l: d2l.PositionWiseFFN(4, 8, 5)(d2l.tensor(inputs(2, 3, 5))), r"X must have 4 features"),
-    (lambda d2l: d2l.TransformerEncoderBlock(8, 16, 3), r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
-    (lambda d2l: d2l.AddNorm(6, dropout=1.5), r"dropout must be a number in \[0, 1\), got 1.5"),
-])
-def test_block_arguments_are_checked(d2l, build, message):
-    with pytest.raises(ValueError, match=message):
-        build(d2l)
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_layer_norm_eps_on_low_variance_inputs(d2l, eps):
+    """At scale 0.01 the variance (1e-4) is close to eps: forgetting eps moves outputs by ~5%."""
+    rng = np.random.default_rng(0)
+    X = 0.01 * rng.normal(size=(2, 3, 6))
+    gamma, beta = rng.normal(size=6), rng.normal(size=6)
+    norm = _set(d2l, d2l.LayerNorm(6, eps=eps), gamma=gamma, beta=beta)
+    mean = X.mean(-1, keepdims=True)
+    var = ((X - mean) ** 2).mean(-1, keepdims=True)                      # biased
+    want = (X - mean) / np.sqrt(var + eps) * gamma + beta
+    np.testing.assert_allclose(d2l.to_numpy(norm(d2l.tensor(X), training=False)), want, atol=2e-5)
+
+
+def test_rms_norm_eps_on_low_variance_inputs(d2l):
+    rng = np.random.default_rng(1)
+    X = 0.001 * rng.normal(size=(2, 3, 6))                               # mean square 1e-6 = eps
+    gamma = rng.normal(size=6)
+    norm = _set(d2l, d2l.RMSNorm(6), gamma=gamma)
+    want = X / np.sqrt((X ** 2).mean(-1, keepdims=True) + 1e-6) * gamma
+    np.testing.assert_allclose(d2l.to_numpy(norm(d2l.tensor(X), training=False)), want, atol=2e-5)
+
+
+# --- dropout and the training mode ------------------------------------------------------------
+
+test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is_refused = dropout_tests("blocks")
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+BAD_INPUT = {
+    "layernorm width": (lambda d2l: d2l.LayerNorm(6)(d2l.tensor(inputs(2, 3, 5))), ValueError,
+                        r"X must have 6 features \(last axis\), the normalized_size, got shape \(2, 3, 5\)"),
+    "layernorm eps": (lambda d2l: d2l.LayerNorm(6, eps=0), ValueError, r"eps must be a positive number, got 0"),
+    "rmsnorm eps": (lambda d2l: d2l.RMSNorm(4, eps=0), ValueError, r"eps must be a positive number, got 0"),
+    "ffn width": (lambda d2l: d2l.PositionWiseFFN(4, 8, 5)(d2l.tensor(inputs(2, 3, 5))), ValueError,
+                  r"X must have 4 features"),
+    "swiglu hiddens": (lambda d2l: d2l.SwiGLUFFN(4, 0), ValueError,
+                       r"ffn_num_hiddens must be a positive integer, got 0"),
+    "encoder block heads": (lambda d2l: d2l.TransformerEncoderBlock(8, 16, 3), ValueError,
+                            r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
+    "addnorm dropout": (lambda d2l: d2l.AddNorm(6, dropout=1.5), ValueError,
+                        r"dropout must be a number in \[0, 1\), got 1.5"),
+}
+test_bad_input_is_named = bad_input_test(BAD_INPUT)

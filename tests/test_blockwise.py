@@ -1,9 +1,10 @@
-"""Blockwise (online-softmax) attention is dense attention computed a block of keys at a time.
+"""blockwise: blockwise_attention and merge_attention on the backend under test.
 
-Every backend: blockwise_attention equals DotProductAttention, forward and gradients (eager and
-compiled), for random block sizes; random shard splits of the keys, each attended to separately
-and combined with merge_attention, equal the whole (property tests). The NumPy reference is held
-to the dense formula written out below.
+Blockwise (online-softmax) attention is dense attention computed a block of keys at a time.
+Beyond the harness (tests/cases.py): blockwise_attention equals DotProductAttention, forward and
+gradients (eager and compiled), for random block sizes; random shard splits of the keys, each
+attended to separately and combined with merge_attention, equal the whole (property tests); bad
+input. The NumPy reference is held to the dense formula written out below (in every session).
 """
 
 import functools
@@ -14,7 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_properties import PROFILE
+from d2lattn import numpy as reference
+from tests.strategies import PROFILE
+from tests.support import bad_input_test, ints, t
 
 
 def dense(queries, keys, values, valid_lens=None, causal=False, offset=0):
@@ -52,13 +55,12 @@ def draw_call(rng, heads=False):
     return inputs, None if lens is None else lens.astype(np.int32), causal, offset
 
 
-def test_reference_is_the_dense_formula(d2l, backend_name):
-    if backend_name != "numpy":
-        pytest.skip("the frameworks are held to the reference by the harness, and to DotProductAttention below")
+def test_reference_is_the_dense_formula():
+    """The reference (which the harness holds every framework to) against the formula above."""
     rng = np.random.default_rng(0)
     for n in range(60):
         inputs, lens, causal, offset = draw_call(rng, heads=n % 2 == 1)
-        out, lse = d2l.blockwise_attention(*inputs, lens, causal=causal, offset=offset,
+        out, lse = reference.blockwise_attention(*inputs, lens, causal=causal, offset=offset,
                                            block_size=int(rng.integers(1, 12)), return_lse=True)
         want_out, want_lse = dense(*inputs, lens, causal, offset)
         np.testing.assert_allclose(out, want_out, atol=1e-12)
@@ -66,12 +68,13 @@ def test_reference_is_the_dense_formula(d2l, backend_name):
         np.testing.assert_allclose(lse[np.isfinite(lse)], want_lse[np.isfinite(want_lse)], atol=1e-12)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+COMPILED = pytest.param(True, marks=pytest.mark.needs("compiled", "compiled blockwise_attention"))
+
+
+@pytest.mark.parametrize("compiled", [False, COMPILED], ids=["eager", "compiled"])
 @pytest.mark.parametrize("seed", range(6))
 def test_equals_dot_product_attention(d2l, seed, compiled):
     """Forward and gradients of a random projection, against the backend's own dense attention."""
-    if compiled and getattr(d2l.blockwise_attention, "imperative_only", None):
-        pytest.skip(d2l.blockwise_attention.imperative_only)
     rng = np.random.default_rng(seed)
     inputs, lens, causal, offset = draw_call(rng, heads=seed % 2 == 1)
     q, k = inputs[0].shape[-2], inputs[1].shape[-2]
@@ -154,3 +157,43 @@ def test_shards_merged_equal_the_whole(d2l, call):
         np.testing.assert_allclose(got_out, want_out, atol=1e-5)
         np.testing.assert_array_equal(np.isneginf(got_lse), np.isneginf(want_lse))
         np.testing.assert_allclose(got_lse[np.isfinite(got_lse)], want_lse[np.isfinite(want_lse)], atol=1e-5)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def block(d2l, q=(2, 3, 4), k=(2, 5, 4), v=(2, 5, 6), **kwargs):
+    return d2l.blockwise_attention(t(d2l, *q), t(d2l, *k), t(d2l, *v), **kwargs)
+
+
+BAD_INPUT = {
+    "block size zero": (lambda d2l: block(d2l, block_size=0), ValueError,
+                        r"block_size must be a positive integer, got 0"),
+    "block size float": (lambda d2l: block(d2l, block_size=2.0), ValueError,
+                         r"block_size must be a positive integer, got 2.0"),
+    "block offset float": (lambda d2l: block(d2l, causal=True, offset=1.5), ValueError,
+                           r"offset must be an integer, got 1.5"),
+    "block feature sizes": (lambda d2l: block(d2l, k=(2, 5, 3)), ValueError,
+                            r"queries and keys must have the same feature size \(last axis\), got queries \(2, 3, 4\) "
+                            r"and keys \(2, 5, 3\)"),
+    "block leading axes": (lambda d2l: block(d2l, k=(2, 2, 5, 4), v=(2, 2, 5, 6), q=(2, 3, 3, 4)), ValueError,
+                           r"queries, keys and values must have the same leading axes"),
+    "block rank": (lambda d2l: block(d2l, q=(3, 4)), ValueError,
+                   r"queries, keys and values must have the same number of axes, at least 3"),
+    "block keys and values": (lambda d2l: block(d2l, v=(2, 4, 6)), ValueError,
+                              r"keys and values must have the same number of positions \(axis -2\)"),
+    "block lens shape": (lambda d2l: block(d2l, valid_lens=ints(d2l, 1, 2, 3)), ValueError,
+                         r"valid_lens must have shape \(batch,\) = \(2,\) or \(batch, queries\) = \(2, 3\)"),
+    "block lens negative": (lambda d2l: block(d2l, valid_lens=ints(d2l, 2, -1)), ValueError,
+                            r"valid_lens must be >= 0, got a length of -1"),
+    "merge counts": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6)] * 2, [t(d2l, 2, 3)]), ValueError,
+                     r"merge_attention needs one lse per output and at least one part, got 2 outputs and 1 lses"),
+    "merge nothing": (lambda d2l: d2l.merge_attention([], []), ValueError,
+                      r"merge_attention needs one lse per output and at least one part, got 0 outputs and 0 lses"),
+    "merge lse shape": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6)] * 2, [t(d2l, 2, 3), t(d2l, 2, 4)]),
+                        ValueError, r"merge_attention: outputs must share one shape \(\.\.\., q, dv\) and lses be "
+                        r"\(\.\.\., q\), got outputs \(2, 3, 6\) and lses \(2, 4\)"),
+    "merge output shapes": (lambda d2l: d2l.merge_attention([t(d2l, 2, 3, 6), t(d2l, 2, 3, 5)], [t(d2l, 2, 3)] * 2),
+                            ValueError, r"merge_attention: outputs must share one shape"),
+}
+test_bad_input_is_named = bad_input_test(BAD_INPUT)

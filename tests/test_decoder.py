@@ -1,36 +1,50 @@
-"""Decoder-only models on the backend under test: CausalSelfAttention against MultiHeadAttention and
-the classic top-left mask bug, TransformerLM's parameters, generation (cached and not, against the
-NumPy reference), and weights in .safetensors files: round trip, strictness, the reference's file
-loaded here, and this backend's file left in build/results/ for `python -m tests.crosscheck` to load
-into the reference."""
+"""decoder: CausalSelfAttention, TransformerLM and generate on the backend under test.
 
-import math
+Beyond the harness (tests/cases.py): CausalSelfAttention against MultiHeadAttention and the
+classic top-left mask bug, the cache (random pieces equal the full pass), TransformerLM's
+parameters, logits and cache, generation (cached and not, greedy and sampled, against the NumPy
+reference), dropout and the training mode, and bad input. Weights in files are in
+tests/test_params.py, training in tests/test_train.py.
+"""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from d2lattn import checkpoint
 from d2lattn import numpy as reference
 from tests import harness
+from tests.modes import dropout_tests
+from tests.strategies import PROFILE
+from tests.support import bad_input_test, ints, portable_lm_init, random_params, t
 
 LM = harness.LM_FILE["args"]  # small, with grouped-query heads and a window shorter than the generation
-
-
-def random_params(module, seed, scale=1.0):
-    """Canonical parameters of the reference `module`'s shapes, drawn from NumPy."""
-    rng = np.random.default_rng(seed)
-    return {n: scale * rng.uniform(-1, 1, p.shape) / math.sqrt(p.shape[0])
-            for n, p in reference.get_params(module).items()}
+# A model for the generation tests: grouped-query heads and a sliding window shorter than the text.
+SMALL = {"vocab_size": 11, "num_hiddens": 16, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 24,
+         "num_kv_heads": 2, "window": 4}
+PROMPT = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], dtype=np.int32)
 
 
 def models(d2l, seed=0, **changes):
     """(the backend's TransformerLM, the reference's), the same NumPy-drawn weights in both."""
     args = {**LM, **changes}
     ref, ours = reference.TransformerLM(**args), d2l.TransformerLM(**args)
-    params = random_params(ref, seed, scale=3.0)  # logits far apart: no near ties for argmax
+    params = random_params(ref, np.random.default_rng(seed), scale=3.0)  # logits far apart: no near ties for argmax
     reference.set_params(ref, params)
     d2l.set_params(ours, params)
     return ours, ref
+
+
+def small(d2l, seed=0):
+    """A small model on the backend and the reference's copy, with the same random weights; the
+    queries and keys scaled up so that attention is sharp and where it looks changes the tokens."""
+    model = d2l.TransformerLM(**SMALL)
+    params = portable_lm_init(d2l, model, seed)
+    params = {n: p * 4 if n.endswith(("W_q", "W_k")) else p for n, p in params.items()}
+    d2l.set_params(model, params)
+    ref = reference.TransformerLM(**SMALL)
+    reference.set_params(ref, params)
+    return model, ref
 
 
 def logits(d2l, model, tokens):
@@ -44,7 +58,7 @@ def logits(d2l, model, tokens):
 def test_without_rope_window_or_groups_it_is_causal_multi_head_attention(d2l, bias):
     args = {"num_hiddens": 8, "num_heads": 2, "bias": bias}
     csa, mha = d2l.CausalSelfAttention(**args, rope_base=None), d2l.MultiHeadAttention(**args)
-    params = random_params(reference.MultiHeadAttention(**args), seed=1)
+    params = random_params(reference.MultiHeadAttention(**args), np.random.default_rng(1))
     d2l.set_params(csa, params)
     d2l.set_params(mha, params)
     X = d2l.tensor(np.random.default_rng(2).normal(size=(2, 5, 8)))
@@ -60,7 +74,7 @@ def test_continuing_queries_need_the_offset(d2l):
     causal_mask(T, t + T, offset=t), the lower-right alignment, gives the cached outputs."""
     args, t, T = {"num_hiddens": 8, "num_heads": 2}, 3, 2
     csa, mha = d2l.CausalSelfAttention(**args, rope_base=None), d2l.MultiHeadAttention(**args)
-    params = random_params(reference.MultiHeadAttention(**args), seed=3)
+    params = random_params(reference.MultiHeadAttention(**args), np.random.default_rng(3))
     d2l.set_params(csa, params)
     d2l.set_params(mha, params)
     X = d2l.tensor(np.random.default_rng(4).normal(size=(2, t + T, 8)))
@@ -91,6 +105,43 @@ def test_cache_holds_every_position(d2l):
     np.testing.assert_array_equal(weights[..., :2], 0)  # the window: position 3 sees 2 and 3 only
 
 
+@PROFILE
+@given(data=st.data())
+def test_cached_pieces_equal_the_full_pass(d2l, data):
+    """CausalSelfAttention fed a sequence in pieces (random split points), the cache passed on, gives the
+    full pass's outputs, its cache, and the full pass's attention rows for the last piece."""
+    kv, group = data.draw(st.integers(1, 2), label="num_kv_heads"), data.draw(st.integers(1, 3), label="group")
+    heads, dh = kv * group, 2 * data.draw(st.integers(1, 2), label="head_size / 2")
+    T, b = data.draw(st.integers(1, 7), label="T"), data.draw(st.integers(1, 2), label="b")
+    args = {"num_hiddens": heads * dh, "num_heads": heads, "num_kv_heads": kv,
+            "window": data.draw(st.none() | st.integers(1, T + 1), label="window"),
+            "rope_base": data.draw(st.sampled_from([10000.0, 100.0, None]), label="rope_base"),
+            "bias": data.draw(st.booleans(), label="bias")}
+    cuts = sorted(data.draw(st.sets(st.integers(1, T - 1)), label="split points")) if T > 1 else []
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    ref = reference.CausalSelfAttention(**args)
+    params = random_params(ref, rng)
+    reference.set_params(ref, params)
+    csa = d2l.CausalSelfAttention(**args)
+    d2l.set_params(csa, params)
+    X = rng.normal(size=(b, T, heads * dh))
+    want, want_cache = ref(X, training=False)
+    full, cache = csa(d2l.tensor(X), training=False)
+    full, full_weights = d2l.to_numpy(full), d2l.to_numpy(csa.attention_weights)
+    np.testing.assert_allclose(full, want, atol=1e-5)
+    for ours, theirs in zip(cache, want_cache):
+        np.testing.assert_allclose(d2l.to_numpy(ours), theirs, atol=1e-5)
+    outs, cache = [], None
+    for start, stop in zip([0] + cuts, cuts + [T]):
+        out, cache = csa(d2l.tensor(X[:, start:stop]), cache=cache, training=False)
+        outs.append(d2l.to_numpy(out))
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), full, atol=1e-5)
+    for ours, theirs in zip(cache, want_cache):
+        np.testing.assert_allclose(d2l.to_numpy(ours), theirs, atol=1e-5)
+    last = full_weights[:, :, T - outs[-1].shape[1]:]                 # the full pass's rows of the last piece
+    np.testing.assert_allclose(d2l.to_numpy(csa.attention_weights), last, atol=1e-5)
+
+
 # --- TransformerLM --------------------------------------------------------------------------
 
 
@@ -109,16 +160,28 @@ def test_parameter_names_and_shapes(d2l):
     assert mqa["blocks.0.attention.W_k"].shape == mqa["blocks.0.attention.W_v"].shape == (8, 2)
 
 
-def test_logits_and_cache(d2l):
-    ours, ref = models(d2l, seed=6)
-    tokens = np.random.default_rng(7).integers(0, LM["vocab_size"], (2, 5)).astype(np.int32)
-    out, cache = ours(d2l.tensor(tokens), training=False)
-    np.testing.assert_allclose(d2l.to_numpy(out), ref(tokens, training=False)[0], atol=1e-4)
-    assert len(cache) == LM["num_layers"]
-    assert all(tuple(k.shape) == tuple(v.shape) == (2, LM["num_kv_heads"], 5, 2) for k, v in cache)
-    step, _ = ours(d2l.tensor(tokens[:, 4:]), cache=ours(d2l.tensor(tokens[:, :4]), training=False)[1],
-                   training=False)
-    np.testing.assert_allclose(d2l.to_numpy(step)[:, 0], d2l.to_numpy(out)[:, 4], atol=1e-5)
+def test_logits_and_cached_pieces(d2l):
+    """The logits are the reference's; the cache holds every position of every block; the tokens fed
+    in pieces (a prefill, then pieces of one and of several tokens, the window of 4 sliding over the
+    cache) give the logits of one pass."""
+    model, ref = small(d2l, seed=2)
+    tokens = np.random.default_rng(3).integers(0, SMALL["vocab_size"], (2, 9)).astype(np.int32)
+    full, cache = model(d2l.tensor(tokens), training=False)
+    full = d2l.to_numpy(full)
+    np.testing.assert_allclose(full, ref(tokens, training=False)[0], atol=1e-4)
+    head_size = SMALL["num_hiddens"] // SMALL["num_heads"]
+    assert len(cache) == SMALL["num_layers"]
+    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+    pieces, cache, start = [], None, 0
+    for size in (4, 1, 3, 1):
+        out, cache = model(d2l.tensor(tokens[:, start:start + size]), cache=cache, training=False)
+        pieces.append(d2l.to_numpy(out))
+        start += size
+    np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
+    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+
+
+# --- generate ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -140,6 +203,27 @@ def test_generate(d2l, temperature):
         assert (other != out).any(), "a different seed should draw other tokens"
 
 
+def test_generate_with_and_without_cache_gives_the_same_tokens(d2l):
+    """With sharp attention and the window of 4 sliding over 14 positions of cache."""
+    model, ref = small(d2l, seed=1)
+    cached = d2l.generate(model, PROMPT, 9)
+    assert isinstance(cached, np.ndarray) and cached.shape == (2, 14) and cached.dtype.kind == "i"
+    np.testing.assert_array_equal(cached[:, :5], PROMPT)
+    np.testing.assert_array_equal(d2l.generate(model, PROMPT, 9, use_cache=False), cached)
+    np.testing.assert_array_equal(reference.generate(ref, PROMPT, 9), cached)  # the same as the reference
+    assert len(set(cached[:, 5:].ravel().tolist())) > 1, "a constant continuation would test little"
+
+
+def test_sampled_generation_is_deterministic_by_seed(d2l):
+    model, ref = small(d2l, seed=4)
+    first = d2l.generate(model, PROMPT, 8, temperature=1.5, seed=7)
+    np.testing.assert_array_equal(d2l.generate(model, PROMPT, 8, temperature=1.5, seed=7), first)
+    np.testing.assert_array_equal(d2l.generate(model, PROMPT, 8, temperature=1.5, seed=7, use_cache=False), first)
+    np.testing.assert_array_equal(reference.generate(ref, PROMPT, 8, temperature=1.5, seed=7), first)
+    assert not np.array_equal(d2l.generate(model, PROMPT, 8, temperature=1.5, seed=8), first)
+    assert not np.array_equal(d2l.generate(model, PROMPT, 8), first)  # sampled, not greedy
+
+
 def test_generated_tokens_follow_the_logits(d2l):
     """Greedy generation picks each argmax of the full pass over the sequence so far."""
     ours, _ = models(d2l, seed=11)
@@ -148,61 +232,47 @@ def test_generated_tokens_follow_the_logits(d2l):
     np.testing.assert_array_equal(full[0, 1:].argmax(-1), out[0, 2:])
 
 
-# --- weights in .safetensors files --------------------------------------------------------------
+# --- dropout and the training mode ------------------------------------------------------------
+
+test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is_refused = dropout_tests("decoder")
 
 
-def test_save_and_load_round_trip(d2l, tmp_path):
-    ours, _ = models(d2l, seed=12)
-    path = tmp_path / "lm.safetensors"
-    d2l.save_params(ours, path)
-    fresh = d2l.TransformerLM(**LM)
-    d2l.load_params(fresh, path)
-    want = d2l.get_params(ours)
-    got = d2l.get_params(fresh)
-    assert sorted(got) == sorted(want)
-    for name in want:  # files hold float32 (the reference computes in float64)
-        np.testing.assert_array_equal(got[name], want[name].astype(np.float32))
-    tokens = [[1, 2, 3, 4]]
-    np.testing.assert_allclose(logits(d2l, fresh, tokens), logits(d2l, ours, tokens), atol=1e-5)
+# --- bad input --------------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("problem, message", [
-    ("missing", r"missing parameter\(s\) \['blocks\.1\.ffn\.W_up'\]"),
-    ("extra", r"unexpected parameter\(s\) \['blocks\.2\.norm1\.gamma'\]"),
-    ("shape", r"parameter 'blocks\.0\.attention\.W_k' has shape \(8, 8\), expected \(8, 4\)"),
-])
-def test_load_params_is_strict(d2l, tmp_path, problem, message):
-    params = random_params(reference.TransformerLM(**LM), seed=13)
-    if problem == "missing":
-        del params["blocks.1.ffn.W_up"]
-    elif problem == "extra":
-        params["blocks.2.norm1.gamma"] = np.ones(8)
-    else:
-        params["blocks.0.attention.W_k"] = np.zeros((8, 8))
-    path = tmp_path / "bad.safetensors"
-    checkpoint.save(params, path)
-    with pytest.raises(ValueError, match=message):
-        d2l.load_params(d2l.TransformerLM(**LM), path)
-
-
-def test_a_file_written_by_the_reference_loads_here(d2l, tmp_path):
-    _, ref = models(reference, seed=14)
-    path = tmp_path / "reference.safetensors"
-    reference.save_params(ref, path)
-    ours = d2l.TransformerLM(**LM)
-    d2l.load_params(ours, path)
-    tokens = harness.LM_FILE["tokens"]
-    np.testing.assert_allclose(logits(d2l, ours, tokens), ref(np.array(tokens), training=False)[0], atol=1e-4)
-
-
-def test_write_a_file_for_crosscheck(d2l, backend_name):
-    """This backend's own initial weights (moved by NumPy noise, so each backend's file differs),
-    saved where crosscheck loads them into the reference, with the logits they give here."""
-    model = d2l.TransformerLM(**LM)
-    rng = np.random.default_rng(15)
-    d2l.set_params(model, {n: p + rng.normal(scale=0.1, size=p.shape) for n, p in d2l.get_params(model).items()})
-    harness.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = harness.RESULTS / f"{backend_name}.lm.safetensors"
-    d2l.save_params(model, path)
-    np.save(harness.RESULTS / f"{backend_name}.lm-logits.npy", logits(d2l, model, harness.LM_FILE["tokens"]))
-    assert sorted(checkpoint.load(path)) == sorted(d2l.get_params(model))
+BAD_INPUT = {
+    "csa kv heads not dividing": (lambda d2l: d2l.CausalSelfAttention(12, 6, num_kv_heads=4), ValueError,
+                                  r"num_kv_heads \(4\) must divide num_heads \(6\)"),
+    "csa rope odd head size": (lambda d2l: d2l.CausalSelfAttention(6, 2)(t(d2l, 2, 3, 6)), ValueError,
+                               r"head_size must be even \(rotary encoding rotates pairs of features\), got 3"),
+    "csa rope base": (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_base=0.0), ValueError,
+                      r"rope_base must be a positive number, got 0.0"),
+    "window zero": (lambda d2l: d2l.CausalSelfAttention(8, 2, window=0), ValueError,
+                    r"window must be None or an integer >= 1 \(positions each query sees\), got 0"),
+    "lm window float": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8, window=2.0), ValueError,
+                        r"window must be None or an integer >= 1 \(positions each query sees\), got 2.0"),
+    "cache from another layer": (lambda d2l: d2l.CausalSelfAttention(8, 2)(
+        t(d2l, 2, 1, 8), cache=d2l.CausalSelfAttention(8, 4, num_kv_heads=2)(t(d2l, 2, 3, 8))[1]), ValueError,
+        r"cache must hold keys and values of shape \(batch, num_kv_heads, steps, head_size\) = \(2, 2, t, 4\), "
+        r"got \(2, 2, 3, 2\) and \(2, 2, 3, 2\); was it made by a layer of another shape\?"),
+    "cache of another batch": (lambda d2l: d2l.CausalSelfAttention(8, 2)(
+        t(d2l, 3, 1, 8), cache=d2l.CausalSelfAttention(8, 2)(t(d2l, 2, 3, 8))[1]), ValueError,
+        r"cache must hold keys and values of shape \(batch, num_kv_heads, steps, head_size\) = \(3, 2, t, 4\)"),
+    "cache not a pair": (lambda d2l: d2l.CausalSelfAttention(8, 2)(t(d2l, 2, 1, 8), cache=t(d2l, 2, 2, 3, 4)),
+                         ValueError, r"cache must be None or a tuple \(keys, values\), each of shape"),
+    "csa width": (lambda d2l: d2l.CausalSelfAttention(8, 2)(t(d2l, 2, 3, 6)), ValueError,
+                  r"X must have shape \(batch, steps, num_hiddens=8\), got \(2, 3, 6\)"),
+    "csa rank": (lambda d2l: d2l.CausalSelfAttention(8, 2)(t(d2l, 3, 8)), ValueError,
+                 r"X must have shape \(batch, steps, num_hiddens=8\), got \(3, 8\)"),
+    "lm vocab size": (lambda d2l: d2l.TransformerLM(0, 8, 2, 1, 8), ValueError,
+                      r"vocab_size must be a positive integer, got 0"),
+    "lm layers": (lambda d2l: d2l.TransformerLM(5, 8, 2, 0, 8), ValueError,
+                  r"num_layers must be a positive integer, got 0"),
+    "lm tokens rank": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8)(ints(d2l, 1, 2, 3)), ValueError,
+                       r"tokens must be token ids of shape \(batch, steps\), got \(3,\)"),
+    "lm tokens rank 3": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8)(d2l.tensor(np.ones((2, 3, 1), np.int32))),
+                         ValueError, r"tokens must be token ids of shape \(batch, steps\), got \(2, 3, 1\)"),
+    "lm cache length": (lambda d2l: d2l.TransformerLM(5, 8, 2, 2, 8)(
+        ints(d2l, [1, 2]), cache=d2l.TransformerLM(5, 8, 2, 1, 8)(ints(d2l, [1, 2]))[1]), ValueError,
+        r"cache must be None or a list with one \(keys, values\) per block \(2, num_layers\), got 1 entries"),
+}
+test_bad_input_is_named = bad_input_test(BAD_INPUT)

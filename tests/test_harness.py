@@ -8,6 +8,7 @@ with each other.
 
 import pytest
 
+from d2lattn import _backend
 from tests import harness
 from tests.cases import CASES
 
@@ -25,10 +26,10 @@ def write_results(backend_name):
 @pytest.mark.parametrize("mode", harness.MODES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_matches_reference(d2l, case, mode):
-    imperative = getattr(getattr(d2l, case.component), "imperative_only", None)  # MXNet's blockwise_attention
-    if mode == "compiled" and imperative:
-        _skipped[f"{case.name}@{mode}"] = imperative
-        pytest.skip(imperative)
+    lacking = _backend.lacks(d2l.BACKEND, f"{mode} {case.component}")  # e.g. MXNet's compiled blockwise_attention
+    if lacking:
+        _skipped[f"{case.name}@{mode}"] = lacking
+        pytest.skip(lacking)
     result = harness.run_case(d2l, case, mode)
     want = harness.expected(case.name)
     bad = harness.failures(harness.differences(result, want))

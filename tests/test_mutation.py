@@ -34,26 +34,15 @@ def mutant(d2l, **overrides):
     return api
 
 
-def lengths_ignored(d2l):
+def lengths_ignored(d2l, adapter):
     """masked_softmax that forgets valid_lens."""
     return mutant(d2l, masked_softmax=lambda X, valid_lens=None, *, mask=None: d2l.masked_softmax(X, mask=mask))
 
 
-def stop_gradient(backend_name):
-    """The framework's own stop-gradient (the mutants below are for frameworks with autodiff)."""
-    if backend_name == "jax":
-        import jax
-        return jax.lax.stop_gradient
-    if backend_name == "tensorflow":
-        import tensorflow as tf
-        return tf.stop_gradient
-    return lambda x: x.detach()  # torch and mxnet
-
-
-def gradient_halved(d2l):
+def gradient_halved(d2l, adapter):
     """LayerNorm whose forward pass is exact but whose gradient is half the true one:
     stop(y) + (y - stop(y)) / 2 is y, and its derivative is dy / 2. Only the backward can see it."""
-    stop = stop_gradient(d2l.BACKEND)
+    stop = adapter.stop_gradient  # the framework's own
 
     class Halved(d2l.LayerNorm):
         def __call__(self, X, *args, **kwargs):
@@ -64,7 +53,7 @@ def gradient_halved(d2l):
 
 
 MUTANTS = {  # name: (make the mutant, the cases it must fail, the kinds of result that must show it)
-    "unscaled scores": (lambda d2l: mutant(d2l, DotProductAttention=unscaled(d2l)), "dot-", ("output", "grad")),
+    "unscaled scores": (lambda d2l, _: mutant(d2l, DotProductAttention=unscaled(d2l)), "dot-", ("output", "grad")),
     "valid_lens ignored": (lengths_ignored, "softmax-lens", ("output", "grad")),
     "LayerNorm gradient halved": (gradient_halved, "layernorm", ("grad",)),
 }
@@ -72,9 +61,9 @@ MUTANTS = {  # name: (make the mutant, the cases it must fail, the kinds of resu
 
 @pytest.mark.against_reference
 @pytest.mark.parametrize("name", MUTANTS)
-def test_harness_rejects_mutant(d2l, name):
+def test_harness_rejects_mutant(d2l, adapter, name):
     make, prefix, kinds = MUTANTS[name]
-    api = make(d2l)
+    api = make(d2l, adapter)
     cases = [c for c in CASES if c.name.startswith(prefix)]
     assert cases, f"the '{name}' mutant meets no harness case (prefix {prefix!r}): it would pass vacuously"
     for case in cases:

@@ -1,9 +1,17 @@
-"""Portable parameters and constructor checks: the same rules and messages on every backend."""
+"""params: get_params, set_params, save_params and load_params on the backend under test.
+
+Canonical names and shapes, strict setting and loading with the same messages on every backend,
+and weights in .safetensors files: the round trip, the reference's file loaded here, and this
+backend's file left in build/results/ for `python -m tests.crosscheck` to load into the reference.
+"""
 
 import numpy as np
 import pytest
 
+from d2lattn import checkpoint
 from d2lattn import numpy as reference
+from tests import harness
+from tests.support import random_params as uniform_params
 
 MODULES = {
     "AdditiveAttention": {"query_size": 3, "key_size": 4, "num_hiddens": 5},
@@ -72,51 +80,88 @@ def test_grouped_query_shapes(d2l):
     assert d2l.get_params(d2l.RotaryPositionalEncoding(4)) == {}
 
 
-def test_heads_must_divide_hiddens(d2l):
-    with pytest.raises(ValueError, match=r"num_hiddens \(10\) must be divisible by num_heads \(3\)"):
-        d2l.MultiHeadAttention(10, 3)
+# --- weights in .safetensors files --------------------------------------------------------------
+
+LM = harness.LM_FILE["args"]  # small, with grouped-query heads and a window
+# The round trip's model: heads of 4 features, so that RoPE rotates two pairs (with one pair its two
+# conventions agree, and a file that swapped them would pass).
+WIDER = {**LM, "num_hiddens": 16}
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda d2l: d2l.MultiHeadAttention(0, 1), "num_hiddens must be a positive integer, got 0"),
-    (lambda d2l: d2l.AdditiveAttention(3, 4.5, 5), "key_size must be a positive integer, got 4.5"),
-    (lambda d2l: d2l.DotProductAttention(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
-    (lambda d2l: d2l.PositionalEncoding(8, max_len=-1), "max_len must be a positive integer, got -1"),
-    (lambda d2l: d2l.RMSNorm(4, eps=0), "eps must be a positive number, got 0"),
-    (lambda d2l: d2l.SwiGLUFFN(4, 0), "ffn_num_hiddens must be a positive integer, got 0"),
-    (lambda d2l: d2l.RotaryPositionalEncoding(4, base=-1.0), "base must be a positive number, got -1.0"),
-    (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_base=0.0), "rope_base must be a positive number, got 0.0"),
-    (lambda d2l: d2l.TransformerLM(0, 8, 2, 1, 8), "vocab_size must be a positive integer, got 0"),
-    (lambda d2l: d2l.TransformerLM(5, 8, 2, 0, 8), "num_layers must be a positive integer, got 0"),
+def lm(d2l, seed, args=LM):
+    """A TransformerLM with NumPy-drawn weights (the same on every backend)."""
+    model = d2l.TransformerLM(**args)
+    d2l.set_params(model, uniform_params(reference.TransformerLM(**args), np.random.default_rng(seed), scale=3.0))
+    return model
+
+
+def logits(d2l, model, tokens):
+    return d2l.to_numpy(model(d2l.tensor(np.asarray(tokens, np.int32)), training=False)[0])
+
+
+def test_save_and_load_round_trip(d2l, tmp_path):
+    """The file holds float32 (the reference computes in float64) and is backend-free: a fresh model
+    and the reference read the same weights and logits back; loading is as strict as set_params,
+    naming the same first mismatch (by name) on every backend."""
+    model = lm(d2l, seed=12, args=WIDER)
+    path = tmp_path / "lm.safetensors"
+    d2l.save_params(model, path)
+    fresh = d2l.TransformerLM(**WIDER)
+    d2l.load_params(fresh, path)
+    want, got = d2l.get_params(model), d2l.get_params(fresh)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name].astype(np.float32), err_msg=name)
+    tokens = [[1, 2, 3, 4], [4, 3, 2, 1]]
+    np.testing.assert_allclose(logits(d2l, fresh, tokens), logits(d2l, model, tokens), atol=1e-5)
+    into_reference = reference.TransformerLM(**WIDER)
+    reference.load_params(into_reference, path)
+    np.testing.assert_allclose(into_reference(np.array(tokens))[0], logits(d2l, model, tokens), atol=1e-5)
+    width, vocab = WIDER["num_hiddens"], WIDER["vocab_size"]
+    with pytest.raises(ValueError, match=rf"set_params: parameter 'W_out' has shape \({width}, {vocab}\), "
+                                         rf"expected \({width}, {vocab + 1}\)"):
+        d2l.load_params(d2l.TransformerLM(**{**WIDER, "vocab_size": vocab + 1}), path)
+    with pytest.raises(ValueError, match="missing parameter"):
+        d2l.load_params(d2l.TransformerLM(**{**WIDER, "num_layers": WIDER["num_layers"] + 1}), path)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", r"missing parameter\(s\) \['blocks\.1\.ffn\.W_up'\]"),
+    ("extra", r"unexpected parameter\(s\) \['blocks\.2\.norm1\.gamma'\]"),
+    ("shape", r"parameter 'blocks\.0\.attention\.W_k' has shape \(8, 8\), expected \(8, 4\)"),
 ])
-def test_constructor_arguments_are_checked(d2l, build, message):
+def test_load_params_is_strict(d2l, tmp_path, problem, message):
+    params = uniform_params(reference.TransformerLM(**LM), np.random.default_rng(13))
+    if problem == "missing":
+        del params["blocks.1.ffn.W_up"]
+    elif problem == "extra":
+        params["blocks.2.norm1.gamma"] = np.ones(8)
+    else:
+        params["blocks.0.attention.W_k"] = np.zeros((8, 8))
+    path = tmp_path / "bad.safetensors"
+    checkpoint.save(params, path)
     with pytest.raises(ValueError, match=message):
-        build(d2l)
+        d2l.load_params(d2l.TransformerLM(**LM), path)
 
 
-@pytest.mark.parametrize("num_hiddens", [32, 33])
-def test_positional_encoding_table(d2l, num_hiddens):
-    """The whole table, to max_len 1000 (large angles), against the float64 reference."""
-    ours = d2l.to_numpy(d2l.PositionalEncoding(num_hiddens).P)
-    want = reference.PositionalEncoding(num_hiddens).P
-    assert ours.shape == (1, 1000, num_hiddens)
-    np.testing.assert_allclose(ours, want, atol=1e-5)
+def test_a_file_written_by_the_reference_loads_here(d2l, tmp_path):
+    ref = lm(reference, seed=14)
+    path = tmp_path / "reference.safetensors"
+    reference.save_params(ref, path)
+    ours = d2l.TransformerLM(**LM)
+    d2l.load_params(ours, path)
+    tokens = harness.LM_FILE["tokens"]
+    np.testing.assert_allclose(logits(d2l, ours, tokens), ref(np.array(tokens), training=False)[0], atol=1e-4)
 
 
-def test_causal_mask(d2l):
-    np.testing.assert_array_equal(d2l.to_numpy(d2l.causal_mask(3, 4)),
-                                  [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
-    assert d2l.to_numpy(d2l.causal_mask(2)).dtype == bool
-
-
-def test_tensor_helpers_dtypes(d2l, backend_name):
-    """The helpers' dtypes are the same everywhere (the reference computes in float64)."""
-    from d2lattn._checks import dtype_name
-
-    floats = "float64" if backend_name == "numpy" else "float32"
-    assert dtype_name(d2l.arange(5).dtype) == "int32"
-    assert dtype_name(d2l.arange(0.0, 1.0, 0.25).dtype) == floats
-    assert dtype_name(d2l.tensor([1.5, 2.0]).dtype) == floats
-    assert dtype_name(d2l.normal((2, 3), seed=0).dtype) == floats
-    np.testing.assert_array_equal(d2l.to_numpy(d2l.normal((2, 3), seed=7)),
-                                  np.random.default_rng(7).normal(size=(2, 3)).astype(np.float32))
+def test_write_a_file_for_crosscheck(d2l):
+    """This backend's own initial weights (moved by NumPy noise, so each backend's file differs),
+    saved where crosscheck loads them into the reference, with the logits they give here."""
+    model = d2l.TransformerLM(**LM)
+    rng = np.random.default_rng(15)
+    d2l.set_params(model, {n: p + rng.normal(scale=0.1, size=p.shape) for n, p in d2l.get_params(model).items()})
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    path = harness.RESULTS / f"{d2l.BACKEND}.lm.safetensors"
+    d2l.save_params(model, path)
+    np.save(harness.RESULTS / f"{d2l.BACKEND}.lm-logits.npy", logits(d2l, model, harness.LM_FILE["tokens"]))
+    assert sorted(checkpoint.load(path)) == sorted(d2l.get_params(model))

@@ -8,6 +8,7 @@ that would leave the machine are aborted.
 import functools
 import http.server
 import pathlib
+import sys
 import threading
 import urllib.parse
 
@@ -15,12 +16,15 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # d2lattn._backend, which imports no framework
+from d2lattn import _backend  # noqa: E402
+
 SITE = ROOT / "build" / "html"
 SHOTS = ROOT / "build" / "book-test"
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if pathlib.Path(p).exists()), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
-FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": "TensorFlow"}
+FRAMEWORKS = {b: _backend.DISPLAY_NAMES[b] for b in _backend.BOOK_TABS}  # {backend: tab title}, d2l's order
 
 
 def chapter_pages():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks.bench_jax import gqa_weights, native_mha, padding_mask
-from benchmarks.common import mha_weights
 from d2lattn import jax as d2l
 from tests import native
+from tests.native.peers_jax import native_mha, padding_mask
+from tests.native.weights import gqa_weights, mha_weights
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to

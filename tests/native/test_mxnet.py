@@ -4,7 +4,7 @@ MXNet 1.9 has no attention layer on its NumPy interface; its own masked
 attention is npx.softmax(..., length=..., use_length=True), which masks the
 keys of each row by a length and gives a row of length 0 zeros, as ours does.
 A causal mask is lengths 1, 2, ..., q there. The composite
-(benchmarks.bench_mxnet.NativeMHA) builds multi-head attention from Gluon Dense
+(tests/native/peers_mxnet.py's NativeMHA) builds multi-head attention from Gluon Dense
 layers, npx.batch_dot and that softmax. Our LayerNorm is checked against
 gluon.nn.LayerNorm; our GRU, built from Gluon's own rnn.GRU, against the
 canonical formulas stepped through in NumPy and against Gluon's fused
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from mxnet import npx
 
-from benchmarks.bench_mxnet import gqa_weights, native_mha, row_lengths
-from benchmarks.common import mha_weights
 from d2lattn import mxnet as d2l
 from tests import native
+from tests.native.peers_mxnet import native_mha, row_lengths
+from tests.native.weights import gqa_weights, mha_weights
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 LENS = np.array([0, 4, 6], dtype=np.int32)   # sequence 0 has nothing to attend to

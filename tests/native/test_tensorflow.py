@@ -3,7 +3,7 @@
 keras.layers.MultiHeadAttention is called (query, value, key) and takes an
 `attention_mask` (b, q, k), True = attend, and/or `use_causal_mask=True`. Its
 query/key/value kernels are (in, heads, dh) and its output kernel (heads, dh,
-out): the canonical matrices reshaped (benchmarks.bench_tensorflow.native_mha).
+out): the canonical matrices reshaped (tests/native/peers_tensorflow.py's native_mha).
 
 keras.layers.AdditiveAttention has no projections of its own: it scores the
 queries and keys it is given as reduce_sum(scale * tanh(q + k), -1), `scale` of
@@ -28,12 +28,12 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.bench_tensorflow import gqa_weights, native_gqa, native_mha
-from benchmarks.common import mha_weights
 from d2lattn import numpy as ref
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow
 from d2lattn.tensorflow import decoder
 from tests import native
+from tests.native.peers_tensorflow import native_gqa, native_mha
+from tests.native.weights import gqa_weights, mha_weights
 
 # isort: split
 import keras
@@ -246,7 +246,7 @@ def test_traced_with_unknown_batch_and_lengths():
 # same weights, and the same numbers are also computed explicitly in float64 below. Keras itself
 # ships no rotary encoding; keras-hub's RotaryEmbedding is not installed here (it is not a
 # dependency of this project), so RoPE is held to the NumPy reference by the harness and to the
-# relative-position property by tests/test_properties.py.
+# relative-position property by tests/test_encoding.py.
 
 
 def _softmax64(scores, keep):

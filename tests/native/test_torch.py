@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.bench_torch import gqa_weights, native_gqa, native_mha
-from benchmarks.common import mha_weights
 from d2lattn import torch as d2l
 from tests import native
+from tests.native.peers_torch import native_gqa, native_mha
+from tests.native.weights import mha_weights, random_gqa_weights
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 
@@ -104,7 +104,7 @@ def _float64_gqa_weights(params, q, kv, heads, kv_heads, keep, bias=0.0):
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_grouped_query_attention_matches_sdpa_enable_gqa(kv_heads):
     rng = np.random.default_rng(4)
-    params = gqa_weights(rng, H, HEADS, kv_heads)
+    params = random_gqa_weights(rng, H, HEADS, kv_heads)
     ours = d2l.MultiHeadAttention(H, HEADS, num_kv_heads=kv_heads).eval()
     d2l.set_params(ours, params)
     q = torch.from_numpy(rng.normal(size=(B, Q, H)).astype(np.float32))
@@ -120,7 +120,7 @@ def test_grouped_query_attention_matches_sdpa_enable_gqa(kv_heads):
 def test_alibi_score_bias_in_multihead_matches_sdpa_float_mask():
     """An ALiBi bias (heads, q, k) with a causal mask, through SDPA's float attn_mask (bias, -inf where masked)."""
     rng = np.random.default_rng(5)
-    params = gqa_weights(rng, H, HEADS, 2)
+    params = random_gqa_weights(rng, H, HEADS, 2)
     ours = d2l.MultiHeadAttention(H, HEADS, num_kv_heads=2).eval()
     d2l.set_params(ours, params)
     x = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
@@ -167,7 +167,7 @@ def test_causal_self_attention_matches_sdpa_is_causal():
     """Without rotary positions or a window: SDPA(is_causal=True, enable_gqa=True) between the same
     projections; with a window, explicit float64 weights."""
     rng = np.random.default_rng(8)
-    params = gqa_weights(rng, H, HEADS, 2)
+    params = random_gqa_weights(rng, H, HEADS, 2)
     X = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
     ours = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=2, rope_base=None).eval()
     d2l.set_params(ours, params)

@@ -1,0 +1,34 @@
+"""PyTorch's own attention holding d2lattn's canonical weights (tests/native/weights.py), for
+tests/native/test_torch.py and benchmarks/bench_torch.py."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def native_mha(params, hidden, heads):
+    """nn.MultiheadAttention holding the canonical weights (it stores W as (out, in))."""
+    mha = nn.MultiheadAttention(hidden, heads, bias="b_q" in params, batch_first=True)
+    t = {name: torch.from_numpy(value) for name, value in params.items()}
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([t["W_q"].T, t["W_k"].T, t["W_v"].T]))
+        mha.out_proj.weight.copy_(t["W_o"].T)
+        if "b_q" in t:
+            mha.in_proj_bias.copy_(torch.cat([t["b_q"], t["b_k"], t["b_v"]]))
+            mha.out_proj.bias.copy_(t["b_o"])
+    return mha.eval()
+
+
+def native_gqa(params, heads, kv_heads):
+    """PyTorch's own grouped-query path between the canonical projections:
+    F.scaled_dot_product_attention(..., enable_gqa=True) on (b, kv_heads, k, dh) keys and values."""
+    t = {name: torch.from_numpy(value) for name, value in params.items()}
+
+    def attend(queries, keys, values, attn_mask=None):
+        b, n, m = queries.shape[0], queries.shape[1], keys.shape[1]
+        q = (queries @ t["W_q"]).reshape(b, n, heads, -1).transpose(1, 2)      # (b, heads, q, dh)
+        k = (keys @ t["W_k"]).reshape(b, m, kv_heads, -1).transpose(1, 2)      # (b, kv_heads, k, dh)
+        v = (values @ t["W_v"]).reshape(b, m, kv_heads, -1).transpose(1, 2)    # (b, kv_heads, k, dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)  # (b, heads, q, dh)
+        return out.transpose(1, 2).reshape(b, n, -1) @ t["W_o"]                  # (b, q, hidden)
+    return attend

@@ -10,6 +10,7 @@ Slow (one pytest run per mutant), so not in the default nox sessions: `nox -s mu
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import re
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUNNING = "D2LATTN_MUTANT"  # set to the mutant's name in the runs below, where the tree is mutated on purpose
 SKIPPED = (".git", ".nox", "build", "_build", "__pycache__", ".pytest_cache")  # not copied to the scratch tree
 
 
@@ -129,7 +131,8 @@ def run(mutant, scratch, backend, tests, python):
     path.write_text(original.replace(mutant.old, mutant.new))
     try:
         done = subprocess.run([python, "-m", "pytest", f"--backend={backend}", "-x", "-q", "-rf",
-                               "-p", "no:cacheprovider", *tests], cwd=scratch, capture_output=True, text=True)
+                               "-p", "no:cacheprovider", *tests], cwd=scratch, capture_output=True, text=True,
+                              env={**os.environ, RUNNING: mutant.name})
     finally:
         path.write_text(original)
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)

@@ -121,6 +121,15 @@ def book_test(session):
 
 
 @nox.session(python="3.11")
+def mutants(session):
+    """Planted bugs, one at a time, against one backend's suite (not a default session: one run each).
+    `nox -s mutants -- --backend jax --tests tests/test_decoder.py` picks the backend and the tests."""
+    backend = session.posargs[session.posargs.index("--backend") + 1] if "--backend" in session.posargs else "torch"
+    install(session, backend, "test")
+    session.run("python", "-m", "tests.mutants", *session.posargs, env={"D2LATTN_BACKEND": backend})
+
+
+@nox.session(python="3.11")
 def lint(session):
     """ruff over the library, tests and benchmarks."""
     session.install("-c", f"constraints/{_backend.REFERENCE}.txt", "ruff")

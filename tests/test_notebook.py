@@ -1,11 +1,14 @@
 """The notebook helpers say what README says they do, on every backend: check_shape,
 show_heatmaps and show_source return or raise what they promise."""
 
-import inspect
+import pathlib
+import re
 
 import matplotlib
 import numpy as np
 import pytest
+
+import d2lattn
 
 matplotlib.use("Agg")  # no display in tests
 
@@ -30,13 +33,6 @@ def test_show_heatmaps_draws_one_panel_per_matrix_on_one_scale(d2l):
         d2l.show_heatmaps(np.zeros((4, 5)), "keys", "queries")
 
 
-def test_show_source_shows_the_active_backends_code(d2l, backend_name, capsys):
-    source = d2l.show_source(d2l.MultiHeadAttention)
-    assert source == inspect.getsource(d2l.MultiHeadAttention)
-    printed = capsys.readouterr().out                                          # no notebook: printed
-    assert printed.startswith(f"# d2lattn/{backend_name}/attention.py") and "class MultiHeadAttention" in printed
-
-
 @pytest.mark.parametrize("name, computation", [
     ("DotProductAttention", ["sqrt", "softmax"]),  # the scores and their softmax, even beside a fused kernel
     ("PositionalEncoding", ["sin(", "cos("]),      # the sinusoids, wherever they are computed
@@ -53,3 +49,21 @@ def test_show_source_shows_the_computation_with_its_files_helpers(d2l, capsys, n
 def test_show_source_leaves_public_names_to_their_own_call(d2l, capsys):
     d2l.show_source(d2l.MultiHeadAttention)                                    # it uses DotProductAttention
     assert "class DotProductAttention" not in capsys.readouterr().out
+
+
+# --- show_source against the file it reads --------------------------------------------------------
+# show_source shows the active backend's code, read here straight from its file.
+
+
+PACKAGE = pathlib.Path(d2lattn.__file__).parent
+
+
+def test_show_source_shows_the_class_as_written_in_the_backends_file(d2l, backend_name, capsys):
+    text = (PACKAGE / backend_name / "attention.py").read_text()
+    # from its `class` line to the last indented line before the next top-level statement
+    expected = re.search(r"^class MultiHeadAttention\b.*?\n(?=\S)", text + "\nEND", re.S | re.M).group(0)
+    expected = expected.rstrip("\n") + "\n"
+    assert d2l.show_source(d2l.MultiHeadAttention) == expected
+    printed = capsys.readouterr().out                                          # no notebook: printed
+    head = f"# d2lattn/{backend_name}/attention.py\n{expected}"
+    assert printed == head + "\n" or printed.startswith(head + "\n# with, from the same file:\n"), printed[:200]

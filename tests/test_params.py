@@ -83,12 +83,15 @@ def test_grouped_query_shapes(d2l):
 # --- weights in .safetensors files --------------------------------------------------------------
 
 LM = harness.LM_FILE["args"]  # small, with grouped-query heads and a window
+# The round trip's model: heads of 4 features, so that RoPE rotates two pairs (with one pair its two
+# conventions agree, and a file that swapped them would pass).
+WIDER = {**LM, "num_hiddens": 16}
 
 
-def lm(d2l, seed):
+def lm(d2l, seed, args=LM):
     """A TransformerLM with NumPy-drawn weights (the same on every backend)."""
-    model = d2l.TransformerLM(**LM)
-    d2l.set_params(model, uniform_params(reference.TransformerLM(**LM), np.random.default_rng(seed), scale=3.0))
+    model = d2l.TransformerLM(**args)
+    d2l.set_params(model, uniform_params(reference.TransformerLM(**args), np.random.default_rng(seed), scale=3.0))
     return model
 
 
@@ -100,10 +103,10 @@ def test_save_and_load_round_trip(d2l, tmp_path):
     """The file holds float32 (the reference computes in float64) and is backend-free: a fresh model
     and the reference read the same weights and logits back; loading is as strict as set_params,
     naming the same first mismatch (by name) on every backend."""
-    model = lm(d2l, seed=12)
+    model = lm(d2l, seed=12, args=WIDER)
     path = tmp_path / "lm.safetensors"
     d2l.save_params(model, path)
-    fresh = d2l.TransformerLM(**LM)
+    fresh = d2l.TransformerLM(**WIDER)
     d2l.load_params(fresh, path)
     want, got = d2l.get_params(model), d2l.get_params(fresh)
     assert sorted(got) == sorted(want)
@@ -111,15 +114,15 @@ def test_save_and_load_round_trip(d2l, tmp_path):
         np.testing.assert_array_equal(got[name], want[name].astype(np.float32), err_msg=name)
     tokens = [[1, 2, 3, 4], [4, 3, 2, 1]]
     np.testing.assert_allclose(logits(d2l, fresh, tokens), logits(d2l, model, tokens), atol=1e-5)
-    into_reference = reference.TransformerLM(**LM)
+    into_reference = reference.TransformerLM(**WIDER)
     reference.load_params(into_reference, path)
     np.testing.assert_allclose(into_reference(np.array(tokens))[0], logits(d2l, model, tokens), atol=1e-5)
-    width = LM["num_hiddens"]
-    with pytest.raises(ValueError, match=rf"set_params: parameter 'W_out' has shape \({width}, {LM['vocab_size']}\), "
-                                         rf"expected \({width}, {LM['vocab_size'] + 1}\)"):
-        d2l.load_params(d2l.TransformerLM(**{**LM, "vocab_size": LM["vocab_size"] + 1}), path)
+    width, vocab = WIDER["num_hiddens"], WIDER["vocab_size"]
+    with pytest.raises(ValueError, match=rf"set_params: parameter 'W_out' has shape \({width}, {vocab}\), "
+                                         rf"expected \({width}, {vocab + 1}\)"):
+        d2l.load_params(d2l.TransformerLM(**{**WIDER, "vocab_size": vocab + 1}), path)
     with pytest.raises(ValueError, match="missing parameter"):
-        d2l.load_params(d2l.TransformerLM(**{**LM, "num_layers": LM["num_layers"] + 1}), path)
+        d2l.load_params(d2l.TransformerLM(**{**WIDER, "num_layers": WIDER["num_layers"] + 1}), path)
 
 
 @pytest.mark.parametrize("problem, message", [

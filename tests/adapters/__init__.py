@@ -9,7 +9,11 @@ with its own constructor, stop a gradient) asks the `adapter` fixture (tests/con
   of that framework does;
 - `array(values)`: the framework's own array constructor applied to a Python list (what a
   learner writes, with whatever dtype the framework gives it);
-- `stop_gradient(x)`: the framework's own stop-gradient.
+- `stop_gradient(x)`: the framework's own stop-gradient;
+- `run_left_in_mode(module, train, fn)`: `fn()` run with `module` left in its training (True) or
+  evaluation (False) state, the state a user's earlier code left it in;
+- `eagerly()`: a context in which the backend's compiled functions run as plain Python, so that
+  a test can see the concrete shapes of every call (what a traced function computes);
 - `transforms()`: the framework's own transformations, `{name: (capability, transform)}`.
   `transform(fn, module)` turns `fn(module, *arrays)` into a function of the arrays alone, as the
   framework's users apply it (to a closure over the module, or with the module passed in where

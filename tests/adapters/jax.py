@@ -21,6 +21,14 @@ def stop_gradient(x):
     return jax.lax.stop_gradient(x)
 
 
+def run_left_in_mode(module, train, fn):
+    module.train() if train else module.eval()
+    return fn()
+
+
+def eagerly():
+    return jax.disable_jit()  # jitted functions run in Python, with concrete shapes
+
 
 def transforms():
     def closure(transform):  # over the module, as a JAX tutorial writes it

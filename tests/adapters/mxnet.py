@@ -1,5 +1,6 @@
 """MXNet and Gluon's own ways (see tests/adapters/__init__.py)."""
 
+import contextlib
 import functools
 
 from mxnet import autograd
@@ -19,6 +20,14 @@ def array(values):
 def stop_gradient(x):
     return x.detach()
 
+
+def run_left_in_mode(module, train, fn):
+    with autograd.train_mode() if train else autograd.predict_mode():
+        return fn()
+
+
+def eagerly():
+    return contextlib.nullcontext()  # Gluon blocks run imperatively unless hybridized
 
 
 def transforms():

@@ -1,5 +1,7 @@
 """The NumPy reference: forward only, always in evaluation (see tests/adapters/__init__.py)."""
 
+import contextlib
+
 import numpy as np
 
 
@@ -14,6 +16,14 @@ def array(values):
 
 def stop_gradient(x):
     return x  # no autodiff, so no gradient to stop
+
+
+def run_left_in_mode(module, train, fn):
+    return fn()  # no training state
+
+
+def eagerly():
+    return contextlib.nullcontext()  # nothing is compiled
 
 
 def transforms():

@@ -1,5 +1,6 @@
 """TensorFlow and Keras' own ways (see tests/adapters/__init__.py)."""
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -24,6 +25,28 @@ def array(values):
 def stop_gradient(x):
     return tf.stop_gradient(x)
 
+
+def run_left_in_mode(module, train, fn):
+    # Keras keeps no mode on a layer: a layer called with training=None takes the `training` of
+    # the call it runs inside, so `fn` runs inside an enclosing layer's call.
+    result = []
+
+    class Enclosing(keras.layers.Layer):
+        def call(self, x, training=None):
+            result.append(fn())
+            return x
+
+    Enclosing()(tf.zeros(1), training=train)
+    return result[0]
+
+
+@contextlib.contextmanager
+def eagerly():
+    tf.config.run_functions_eagerly(True)  # tf.functions run in Python, with concrete shapes
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
 
 
 def transforms():

@@ -1,5 +1,6 @@
 """PyTorch's own ways (see tests/adapters/__init__.py)."""
 
+import contextlib
 import functools
 import io
 
@@ -18,6 +19,14 @@ def array(values):
 def stop_gradient(x):
     return x.detach()
 
+
+def run_left_in_mode(module, train, fn):
+    module.train(train)
+    return fn()
+
+
+def eagerly():
+    return contextlib.nullcontext()  # PyTorch runs eagerly
 
 
 def transforms():

@@ -1,0 +1,166 @@
+"""Planted bugs, one at a time, against the suite: `python -m tests.mutants --backend torch`.
+
+Each mutant is a source patch (file, old text, new text) that a user would notice and some tests
+might not. The script copies the tree to a scratch directory, applies one patch at a time, runs
+pytest there (the whole suite, or the files given with --tests, and any other pytest arguments,
+stopping at the first failure) and prints, for each mutant, whether the suite caught it and the
+first test that failed. A mutant whose old text is gone from its file is reported as stale, never as caught.
+Slow (one pytest run per mutant), so not in the default nox sessions: `nox -s mutants`.
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUNNING = "D2LATTN_MUTANT"  # set to the mutant's name in the runs below, where the tree is mutated on purpose
+SKIPPED = (".git", ".nox", "build", "_build", "__pycache__", ".pytest_cache")  # not copied to the scratch tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    backend: str  # the backend whose suite it is for ("any" for backend-free code)
+    path: str
+    old: str
+    new: str
+    breaks: str  # what it breaks for a user
+
+
+MUTANTS = [
+    # --- backend-free
+    Mutant("temperature-ignored", "any", "d2lattn/sampling.py",
+           'scaled = logits / _checks.checked_positive_number("temperature", temperature)',
+           'scaled = logits + 0 * _checks.checked_positive_number("temperature", temperature)',
+           "every temperature samples at 1 (still validated)"),
+    Mutant("one-draw-per-batch", "any", "d2lattn/sampling.py",
+           "u = rng.random(len(logits))[:, None]", "u = np.full((len(logits), 1), rng.random())",
+           "every row of a batch gets the same uniform draw"),
+    Mutant("show-source-truncated", "any", "d2lattn/notebook.py",
+           'text = f"# {where}\\n{source}"', 'text = f"# {where}\\n{source[:len(source) // 2]}"',
+           "show_source prints only the first half of the code"),
+    # --- torch
+    Mutant("cache-unused", "torch", "d2lattn/torch/decoder.py",
+           "logits, cache = model(new, cache=cache, training=False)", "logits, cache = model(tokens, training=False)",
+           "generate(use_cache=True) feeds the whole sequence at every step: quadratic"),
+    Mutant("one-block", "torch", "d2lattn/torch/blockwise.py",
+           'block_size = _checks.checked_positive_int("block_size", block_size)',
+           'block_size = max(keys.shape[-2], _checks.checked_positive_int("block_size", block_size))',
+           "blockwise_attention uses one block as large as all the keys: O(q k) memory"),
+    Mutant("train-lm-lr-ignored", "torch", "d2lattn/torch/train.py",
+           'return _fit("train_lm", model, batches, batch_loss, epochs, lr, clip, progress)',
+           'return _fit("train_lm", model, batches, batch_loss, epochs, 1e-3, clip, progress)',
+           "train_lm trains at 1e-3 whatever lr says"),
+    Mutant("train-seq2seq-lr-ignored", "torch", "d2lattn/torch/train.py",
+           'return _fit("train_seq2seq", model, batches, batch_loss, epochs, lr, clip, progress)',
+           'return _fit("train_seq2seq", model, batches, batch_loss, epochs, 0.005, clip, progress)',
+           "train_seq2seq trains at 0.005 whatever lr says"),
+    Mutant("train-lm-counts-padding", "torch", "d2lattn/torch/train.py",
+           "return sequence_loss(logits, labels, valid_lens)",
+           "return sequence_loss(logits, labels, torch.full_like(valid_lens, labels.shape[1]))",
+           "train_lm's loss counts the padding positions"),
+    Mutant("sequence-loss-counts-padding", "torch", "d2lattn/torch/seq2seq.py",
+           "return (nll * keep).sum() / keep.sum().clamp(min=1)", "return nll.mean()",
+           "sequence_loss averages over every position, padding included"),
+    Mutant("ffn-branch-no-dropout", "torch", "d2lattn/torch/decoder.py",
+           "X = X + F.dropout(self.ffn(self.norm2(X)), self.rate, training)", "X = X + self.ffn(self.norm2(X))",
+           "the language model's blocks drop no dropout on the FFN branch"),
+    Mutant("attention-branch-no-dropout", "torch", "d2lattn/torch/decoder.py",
+           "X = X + F.dropout(Y, self.rate, training)", "X = X + Y",
+           "the language model's blocks drop no dropout on the attention branch"),
+    Mutant("clip-not-applied", "torch", "d2lattn/torch/train.py",
+           "nn.utils.clip_grad_norm_(model.parameters(), clip)", "nn.utils.clip_grad_norm_(model.parameters(), 1e9)",
+           "clip= is accepted and never applied"),
+    Mutant("generate-follows-module-mode", "torch", "d2lattn/torch/decoder.py",
+           "logits, cache = model(new, cache=cache, training=False)", "logits, cache = model(new, cache=cache)",
+           "generate drops out if the model was left in training mode"),
+    Mutant("greedy-decode-follows-module-mode", "torch", "d2lattn/torch/seq2seq.py",
+           "logits, state = model.decoder(token, state, training=False)", "logits, state = model.decoder(token, state)",
+           "greedy_decode drops out if the model was left in training mode"),
+    Mutant("seed-ignored", "torch", "d2lattn/torch/decoder.py",
+           "np.random.default_rng(seed)", "np.random.default_rng(0)",
+           "every seed samples the same tokens"),
+    Mutant("merge-no-inf-guard", "torch", "d2lattn/torch/blockwise.py",
+           "shift = torch.where(top.isfinite(), top, 0.0)\n    weights", "shift = top\n    weights",
+           "merge_attention gives NaN for a row empty in every part"),
+    Mutant("merge-no-shift", "torch", "d2lattn/torch/blockwise.py",
+           "top = lses.amax(0).detach()", "top = torch.zeros_like(lses[0])",
+           "merge_attention overflows for log-sum-exps near 100 and beyond"),
+    # --- jax
+    Mutant("cache-unused", "jax", "d2lattn/jax/decoder.py",
+           "        if use_cache and t > T0:\n", "        if False:\n",
+           "generate(use_cache=True) runs the whole buffer at every step"),
+    Mutant("one-block", "jax", "d2lattn/jax/blockwise.py",
+           "block_size = min(block_size, max(keys.shape[-2], 1))", "block_size = max(keys.shape[-2], 1)",
+           "blockwise_attention uses one block as large as all the keys"),
+    Mutant("train-lm-lr-ignored", "jax", "d2lattn/jax/train.py",
+           'return _fit("train_lm", model, _lm_step, batches, epochs=epochs, lr=lr,',
+           'return _fit("train_lm", model, _lm_step, batches, epochs=epochs, lr=1e-3,',
+           "train_lm trains at 1e-3 whatever lr says"),
+    Mutant("train-lm-counts-padding", "jax", "d2lattn/jax/train.py",
+           "        return sequence_loss(logits, labels, valid_lens)\n",
+           "        return sequence_loss(logits, labels, jnp.full_like(valid_lens, labels.shape[1]))\n",
+           "train_lm's loss counts the padding positions"),
+    Mutant("ffn-branch-no-dropout", "jax", "d2lattn/jax/decoder.py",
+           "X = X + drop(self.ffn(self.norm2(X)))", "X = X + self.ffn(self.norm2(X))",
+           "the language model's blocks drop no dropout on the FFN branch"),
+    Mutant("clip-not-applied", "jax", "d2lattn/jax/train.py",
+           "optax.clip_by_global_norm(clip)", "optax.clip_by_global_norm(1e9)",
+           "clip= is accepted and never applied"),
+    Mutant("generate-follows-module-mode", "jax", "d2lattn/jax/decoder.py",
+           "(tokens, cache=cache, training=False, position=position)", "(tokens, cache=cache, position=position)",
+           "generate drops out if the model was left in training mode"),
+    Mutant("merge-no-inf-guard", "jax", "d2lattn/jax/blockwise.py",
+           "shift = jnp.where(jnp.isfinite(top), top, 0.0)\n    weights", "shift = top\n    weights",
+           "merge_attention gives NaN for a row empty in every part"),
+]
+
+
+def run(mutant, scratch, backend, tests, python):
+    """(verdict, first failing test) for one mutant applied in `scratch`."""
+    path = scratch / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        return "stale", f"its old text occurs {original.count(mutant.old)} times in {mutant.path}"
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        done = subprocess.run([python, "-m", "pytest", f"--backend={backend}", "-x", "-q", "-rf",
+                               "-p", "no:cacheprovider", *tests], cwd=scratch, capture_output=True, text=True,
+                              env={**os.environ, RUNNING: mutant.name})
+    finally:
+        path.write_text(original)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)
+    if done.returncode == 0:
+        return "survived", ""
+    return "caught", failed[0] if failed else done.stdout.strip().splitlines()[-1]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--tests", nargs="*", default=["tests"], help="test files or directories (default: all)")
+    parser.add_argument("--only", nargs="*", help="mutant names to run (default: every one for the backend)")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter with the backend's framework")
+    args, pytest_args = parser.parse_known_args(argv)  # the rest (--ignore=..., -k ...) goes to pytest
+    chosen = [m for m in MUTANTS if m.backend in (args.backend, "any") and (not args.only or m.name in args.only)]
+    caught = 0
+    with tempfile.TemporaryDirectory(prefix="d2lattn-mutants-") as tmp:
+        scratch = pathlib.Path(tmp)
+        shutil.copytree(ROOT, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIPPED))
+        print(f"{len(chosen)} mutants on {args.backend}, tests: {' '.join(args.tests)}")
+        for mutant in chosen:
+            verdict, detail = run(mutant, scratch, args.backend, [*args.tests, *pytest_args], args.python)
+            caught += verdict == "caught"
+            print(f"{verdict:9} {mutant.name:34} {detail or mutant.breaks}", flush=True)
+    print(f"{caught} of {len(chosen)} caught")
+    return 0 if caught == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

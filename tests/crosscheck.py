@@ -7,7 +7,7 @@ tests/test_params.py). This prints, per case run, the largest difference between
 frameworks (forward: outputs and attention weights; backward: gradients), a summary in units of
 the tolerance, the saved weights loaded into the reference, and the training comparison. It
 fails on any pair above tolerance, or on a framework whose results are missing, incomplete,
-stale (written by other code or other cases than are here now) or written under framework
+stale (written by other code or other cases than these) or written under framework
 versions other than the tested ones (constraints/<backend>.txt).
 
 What it adds to the single-framework tests: those hold each framework to the reference one case

@@ -177,7 +177,7 @@ def test_gru_matches_nnx_gru_cell():
     np.testing.assert_allclose(np.asarray(outputs), np.asarray(want), atol=1e-5)
 
 
-# --- modern attention (issue 13) and decoder-only models (issue 14) ------------------------
+# --- modern attention and decoder-only models ----------------------------------------------
 
 
 def _rotate64(X, positions, base=10000.0, interleaved=False):

@@ -182,7 +182,7 @@ def test_stacked_gru_matches_gluon_multilayer_gru(hybridize):
     np.testing.assert_allclose(last.asnumpy(), want_last.asnumpy(), atol=1e-5)
 
 
-# --- modern attention (issue 13) and the decoder-only model (issue 14) ---------------------
+# --- modern attention and the decoder-only model -------------------------------------------
 #
 # MXNet 1.9 has no grouped-query attention, no attention with an additive score bias, no
 # RMSNorm (npx.layer_norm removes the mean) and no rotary encoding, in Gluon or in npx. So

@@ -78,7 +78,7 @@ def test_layer_norm_matches_f_layer_norm():
     np.testing.assert_allclose(ours(X).detach().numpy(), want.numpy(), atol=1e-5)
 
 
-# --- modern attention (issue 13) ------------------------------------------------------
+# --- modern attention ------------------------------------------------------------------
 # Our DotProductAttention computes its output with F.scaled_dot_product_attention itself, so
 # where SDPA would only be compared with itself, the check is explicit float64 math.
 

@@ -211,9 +211,7 @@ def test_bahdanau_model_learns_dates(d2l, seq2seq_dates):
 # each change the training the documented way.
 
 
-pytestmark = pytest.mark.needs("training")
-
-LR = 1e-3
+STEP_LR = 1e-3
 rng = np.random.default_rng(0)
 LENS = np.array([6, 4, 2, 1], np.int32)                     # padding after these, in labels (4, 6)
 SRC, SRC_LENS = rng.integers(3, 11, (4, 5)).astype(np.int32), np.array([5, 3, 4, 2], np.int32)
@@ -272,6 +270,7 @@ def steps(before, after):
     return {name: after[name].astype(np.float64) - before[name] for name in before}
 
 
+@pytest.mark.needs("training")
 @pytest.mark.parametrize("trainer", TRAINED)
 def test_the_reported_loss_is_the_masked_loss(d2l, trainer):
     start, expected = start_and_loss(d2l, trainer)
@@ -280,15 +279,16 @@ def test_the_reported_loss_is_the_masked_loss(d2l, trainer):
     d2l.set_params(model, start)
     counted = masked_loss(d2l.to_numpy(logits(d2l, model)), LABELS, np.full(4, 6))
     assert abs(counted - expected) > 1e-3 * expected  # counting the padding would show, 100 times the tolerance
-    losses, _, _ = fit(d2l, trainer, start, epochs=1, lr=LR)
+    losses, _, _ = fit(d2l, trainer, start, epochs=1, lr=STEP_LR)
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)  # one batch: the loss before its step
 
 
+@pytest.mark.needs("training")
 @pytest.mark.parametrize("trainer", TRAINED)
 def test_epochs_is_the_number_of_passes(d2l, trainer):
     start, _ = start_and_loss(d2l, trainer)
-    two, _, _ = fit(d2l, trainer, start, epochs=2, lr=LR)
-    one, after_one, model = fit(d2l, trainer, start, epochs=1, lr=LR)
+    two, _, _ = fit(d2l, trainer, start, epochs=2, lr=STEP_LR)
+    one, after_one, model = fit(d2l, trainer, start, epochs=1, lr=STEP_LR)
     assert len(two) == 2 and len(one) == 1
     np.testing.assert_allclose(two[0], one[0], rtol=1e-6)
     # the second pass starts where one step left the model
@@ -297,30 +297,33 @@ def test_epochs_is_the_number_of_passes(d2l, trainer):
     assert two[1] < two[0]
 
 
+@pytest.mark.needs("training")
 @pytest.mark.parametrize("trainer", TRAINED)
 def test_the_first_step_is_proportional_to_lr(d2l, trainer):
     """Adam's first step is lr * g / (|g| + eps) for every parameter: proportional to lr, at most lr
     (2 lr for a canonical bias that is the sum of two of the framework's, as PyTorch's GRU gates')."""
     start, _ = start_and_loss(d2l, trainer)
-    small = steps(start, fit(d2l, trainer, start, epochs=1, lr=LR, clip=1e6)[1])
-    large = steps(start, fit(d2l, trainer, start, epochs=1, lr=3 * LR, clip=1e6)[1])
+    small = steps(start, fit(d2l, trainer, start, epochs=1, lr=STEP_LR, clip=1e6)[1])
+    large = steps(start, fit(d2l, trainer, start, epochs=1, lr=3 * STEP_LR, clip=1e6)[1])
     biggest = max(np.abs(s).max() for s in small.values())
-    assert 0.5 * LR < biggest < 2.01 * LR
+    assert 0.5 * STEP_LR < biggest < 2.01 * STEP_LR
     for name in small:
         np.testing.assert_allclose(large[name], 3 * small[name], atol=3e-6, err_msg=name)
 
 
+@pytest.mark.needs("training")
 @pytest.mark.parametrize("trainer", TRAINED)
 def test_clip_bounds_the_gradient(d2l, trainer):
     """Clipped to a global norm of 1e-13, every gradient is far below Adam's epsilon, so the first
     step is a small fraction of lr; unclipped, the largest entries move by about lr."""
     start, _ = start_and_loss(d2l, trainer)
-    clipped = steps(start, fit(d2l, trainer, start, epochs=1, lr=LR, clip=1e-13)[1])
-    assert max(np.abs(s).max() for s in clipped.values()) < 0.1 * LR
-    free = steps(start, fit(d2l, trainer, start, epochs=1, lr=LR, clip=1e6)[1])
-    assert max(np.abs(s).max() for s in free.values()) > 0.5 * LR
+    clipped = steps(start, fit(d2l, trainer, start, epochs=1, lr=STEP_LR, clip=1e-13)[1])
+    assert max(np.abs(s).max() for s in clipped.values()) < 0.1 * STEP_LR
+    free = steps(start, fit(d2l, trainer, start, epochs=1, lr=STEP_LR, clip=1e6)[1])
+    assert max(np.abs(s).max() for s in free.values()) > 0.5 * STEP_LR
 
 
+@pytest.mark.needs("training")
 @pytest.mark.parametrize("trainer", TRAINED)
 def test_bad_epochs_and_no_batches_are_refused(d2l, trainer):
     make, batch, _ = TRAINED[trainer]

@@ -31,6 +31,7 @@ def helpers(obj):
     """What `obj` uses from its own file besides the public names: the private classes,
     functions and constants its code refers to (and theirs), with the statements that
     complete them (a `defvjp`), in the file's order."""
+    obj = inspect.unwrap(obj)                      # a decorated function: the file it is written in
     text = pathlib.Path(inspect.getsourcefile(obj)).read_text()
     body = [node for node in ast.parse(text).body if not isinstance(node, (ast.Import, ast.ImportFrom))]
 
@@ -58,6 +59,7 @@ def helpers(obj):
 def show_source(obj):
     """Show the source of a d2lattn function or class of the active backend, with its file, and
     below it what it uses from that file that is not a public name (see `helpers`)."""
+    obj = inspect.unwrap(obj)                      # torch.no_grad() and the like wrap the function
     source = inspect.getsource(obj)
     where = pathlib.Path(inspect.getsourcefile(obj)).resolve().relative_to(PACKAGE.parent).as_posix()
     used = "\n\n\n".join(helpers(obj))

@@ -67,3 +67,13 @@ def test_show_source_shows_the_class_as_written_in_the_backends_file(d2l, backen
     printed = capsys.readouterr().out                                          # no notebook: printed
     head = f"# d2lattn/{backend_name}/attention.py\n{expected}"
     assert printed == head + "\n" or printed.startswith(head + "\n# with, from the same file:\n"), printed[:200]
+
+
+@pytest.mark.parametrize("name", ["greedy_decode", "generate", "train_lm", "blockwise_attention"])
+def test_show_source_names_the_file_the_code_is_written_in(d2l, backend_name, capsys, name):
+    """A decorated function (PyTorch's torch.no_grad(), say) is shown from its own file, with its
+    own file's helpers, not from the decorator's."""
+    source = d2l.show_source(getattr(d2l, name))
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# d2lattn/{backend_name}/"), printed.splitlines()[0]
+    assert f"def {name}(" in source

@@ -6,8 +6,8 @@ import numpy as np
 from flax import nnx
 
 from d2lattn import _checks
-from d2lattn.rotary import rope_frequencies
 from d2lattn.jax.attention import _deterministic
+from d2lattn.rotary import rope_frequencies
 
 
 def sinusoids(max_len, num_hiddens):

@@ -1,7 +1,6 @@
 """Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks

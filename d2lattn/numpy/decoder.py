@@ -16,11 +16,28 @@ class CausalSelfAttention(MultiHeadAttention):
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far."""
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.params["W_q"].shape[0], self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias:                                              # Qwen2: on W_q, W_k, W_v, not W_o
+            self.params.update({f"b_{x}": np.zeros(self.params[f"W_{x}"].shape[1]) for x in "qkv"})
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None        # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        if sinks:
+            self.params["sinks"] = np.zeros(self.num_heads)             # (heads,): one logit per head
+        if output_gate:
+            self.params["W_gate"] = _init(np.random.default_rng(1), h, h)  # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return np.concatenate([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def forward(self, X, *, cache=None, training=None):
         _checks.check_sequence_input(X.shape, self.params["W_q"].shape[0])
@@ -29,22 +46,27 @@ class CausalSelfAttention(MultiHeadAttention):
         q = self._split_heads(self._dense(X, "q"))                     # (b, heads, T, dh)
         k = self._split_heads(self._dense(X, "k"))                     # (b, kv_heads, T, dh)
         v = self._split_heads(self._dense(X, "v"))                     # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                       # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=t), self.rope(k, offset=t)       # at positions t .. t + T - 1
+            q, k = self._rotate(q, t), self._rotate(k, t)               # at positions t .. t + T - 1
         if cache is not None:
             k = np.concatenate([cache[0], k], axis=2)                   # (b, kv_heads, n = cached + T, dh)
             v = np.concatenate([cache[1], v], axis=2)                   # (b, kv_heads, n, dh)
         n = k.shape[2]
         mask = causal_mask(T, n, offset=n - T, window=self.window)      # (T, n): lower right
         mask = mask & (np.arange(n) >= n - T - t)                       # not a buffer's slots before position 0
-        Y = self._attend(q, k, v, mask=mask, training=training)         # (b, T, num_hiddens)
-        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, t + T)
+        gate = None if "W_gate" not in self.params else self._split_heads(
+            1 / (1 + np.exp(-X @ self.params["W_gate"])))               # (b, heads, T, dh): sigmoid(X W_gate)
+        sinks = self.params["sinks"][:, None] if "sinks" in self.params else None  # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, t + T)  # (b, T, num_hiddens)
 
 
 def _rolled(k, v, window, position):
-    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh), zeros
-    in front of the first position, and the position the next call starts at. Nothing older is
-    ever seen again, so its memory stays the same however long the sequence grows."""
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at. Nothing older
+    is ever seen again, so its memory stays the same however long the sequence grows."""
     keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
     k, v = (np.concatenate([np.zeros(x.shape[:2] + (keep,) + x.shape[3:]), x], axis=2) for x in (k, v))
     return k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], position
@@ -55,11 +77,11 @@ class TransformerLMBlock(Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps):
+                 norm_eps, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
@@ -74,8 +96,11 @@ class TransformerLMBlock(Module):
 class TransformerLM(Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
-                 tie_embeddings=False, final_logit_cap=None):
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         rng = np.random.default_rng(3)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
@@ -84,7 +109,7 @@ class TransformerLM(Module):
         if not tie_embeddings:
             self.params["W_out"] = _init(rng, h, v)
         self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                                          rope_base=base, dropout=dropout, norm_eps=norm_eps)
+                                          rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
                        for w, base in zip(_checks.per_layer("window", window, L),
                                           _checks.per_layer("rope_base", rope_base, L))]
         self.norm = RMSNorm(h, norm_eps)

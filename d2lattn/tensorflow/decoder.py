@@ -24,11 +24,28 @@ class CausalSelfAttention(MultiHeadAttention):
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.kernel.shape[0], self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias and not bias:                                    # Qwen2: on W_q, W_k, W_v, not W_o
+            for x in "qkv":                                                # a built Dense takes no new weight:
+                self._tracker.untrack(dense := getattr(self, f"W_{x}"))    # replaced by a biased one
+                setattr(self, f"W_{x}", _dense_layer(*dense.kernel.shape, bias=True))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None           # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = self.add_weight(shape=(self.num_heads,), initializer="zeros", name="sinks") if sinks else None
+        self.W_gate = _dense_layer(h, h) if output_gate else None          # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return tf.concat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def call(self, X, *, cache=None, position=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
@@ -37,8 +54,10 @@ class CausalSelfAttention(MultiHeadAttention):
         q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                          # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
+            q, k = self._rotate(q, start), self._rotate(k, start)          # at positions start .. start + T - 1
         T = tf.shape(X)[1] if X.shape[1] is None else X.shape[1]          # a number where it is known
         if position is not None and self.window is None:
             k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
@@ -50,8 +69,10 @@ class CausalSelfAttention(MultiHeadAttention):
             n = tf.shape(k)[2]
             mask = causal_mask(T, n, offset=n - T, window=self.window)     # (T, n): lower right
             mask &= tf.range(n) >= n - T - start                           # not a buffer's slots before 0
-        Y = self._attend(q, k, v, mask=mask, training=training)            # (b, T, num_hiddens)
-        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, start + T)
+        gate = None if self.W_gate is None else self._split_heads(tf.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks[:, None]        # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, start + T)  # (b, T, num_hiddens)
 
 
 def _seen(cache):
@@ -62,11 +83,11 @@ def _seen(cache):
 
 
 def _rolled(k, v, window, position):
-    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh), zeros
-    in front of the first position, and the position the next call starts at (an int32 tensor:
-    Keras takes no nested argument that mixes tensors and numbers). Nothing older is ever seen
-    again, so its memory stays the same however long the sequence grows (and its shape too, so
-    one trace serves every token)."""
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at (an int32
+    tensor: Keras takes no nested argument that mixes tensors and numbers). Nothing older is ever
+    seen again, so its memory stays the same however long the sequence grows (and its shape too,
+    so one trace serves every token)."""
     keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
     k, v = (tf.concat([tf.zeros(tf.concat([tf.shape(x)[:2], [keep], tf.shape(x)[3:]], 0)), x], 2) for x in (k, v))
     return k[:, :, tf.shape(k)[2] - keep:], v[:, :, tf.shape(v)[2] - keep:], tf.cast(position, tf.int32)
@@ -77,11 +98,11 @@ class TransformerLMBlock(_Layer):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps):
+                 norm_eps, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -100,12 +121,15 @@ class TransformerLM(_Layer):
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
-                 tie_embeddings=False, final_logit_cap=None):
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps)
+                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
                        for w, base in zip(_checks.per_layer("window", window, L),
                                           _checks.per_layer("rope_base", rope_base, L))]
         self.norm = RMSNorm(num_hiddens, norm_eps)

@@ -376,6 +376,8 @@ def checked_rope_fraction(head_size, fraction):
     """The number of features each head rotates: fraction * head_size, a positive even count."""
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ValueError(f"rope_fraction must be a number in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return checked_head_size(head_size)                      # all of them: an even head_size
     count = fraction * head_size
     if count != int(count) or int(count) % 2:
         raise ValueError(f"rope_fraction * head_size must be an even whole number of features (rotary encoding "

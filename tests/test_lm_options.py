@@ -124,7 +124,7 @@ def test_each_layer_gets_its_own_window_and_base(d2l):
 # --- the rolling cache of a windowed layer -----------------------------------------------------
 
 
-@settings(PROFILE, max_examples=12)
+@settings(PROFILE, max_examples=6)
 @given(data=st.data())
 def test_the_rolling_cache_gives_the_unbounded_outputs(d2l, data):
     """Random windows (shorter and longer than the sequence, one per layer), random pieces: every

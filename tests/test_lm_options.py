@@ -170,10 +170,10 @@ def test_the_buffer_holds_the_last_keys_zeros_before_the_first(d2l):
 
 
 def test_cache_memory_stays_the_same_over_a_long_generation(d2l):
-    """Token by token over 120 positions with windows of 4 and 6: the cache's arrays keep their
+    """Token by token over 64 positions with windows of 4 and 6: the cache's arrays keep their
     sizes from the first token to the last, and the logits of each step are the full pass's."""
     ours, _ = models(d2l, seed=5, window=[4, 6])
-    tokens = np.random.default_rng(6).integers(0, SIZES["vocab_size"], (1, 120)).astype(np.int32)
+    tokens = np.random.default_rng(6).integers(0, SIZES["vocab_size"], (1, 64)).astype(np.int32)
     full = run(d2l, ours, tokens)[0]
     cache, sizes, steps = None, set(), []
     for i in range(tokens.shape[1]):

@@ -234,6 +234,9 @@ def test_a_sink_never_adds_weight_and_takes_the_same_share_of_every_key(d2l, see
     empty = ~keep.any(-1)                                                       # (b, q): rows with no key
     assert empty.any() and np.all(weights[empty] == 0) and np.all(out[empty] == 0)
     assert np.all(np.abs(out) <= np.abs(plain_out).max() + 1e-5)
+    scores = np.einsum("bqd,bkd->bqk", *(d2l.to_numpy(x).astype(np.float64) for x in (Q, K))) / np.sqrt(shape[-1])
+    Z = np.where(keep, np.exp(scores), 0).sum(-1)                               # (b, q): the keys' mass
+    np.testing.assert_allclose(total[..., 0], Z / (Z + np.exp(d2l.to_numpy(sinks))), atol=1e-6)  # the sink's share
 
 
 @FEW

@@ -78,3 +78,14 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         return sequence_loss(logits, labels, label_valid_lens)
 
     return _fit("train_seq2seq", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress)
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Softmax cross-entropy on each NumPy batch (images (b, H, W, C), labels (b,)); the model runs
+    with training=True. Returns each epoch's mean batch loss, for plotting."""
+    def loss(images, labels):
+        logits = model(tf.cast(images, tf.float32), training=True)         # (b, num_classes)
+        _checks.check_class_labels(labels.shape, logits.shape)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
+
+    return _fit("train_classifier", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress)

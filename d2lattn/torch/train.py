@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from d2lattn import _checks
@@ -47,3 +48,12 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         logits = model(src, dec_input, src_valid_lens, training=True)    # (b, T, vocab)
         return sequence_loss(logits, labels, label_valid_lens)
     return _fit("train_seq2seq", model, batches, batch_loss, epochs, lr, clip, progress)
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Softmax cross-entropy on each NumPy batch (images (b, H, W, C), labels (b,)), with training=True."""
+    def batch_loss(images, labels):
+        logits = model(images.float(), training=True)                  # (b, num_classes)
+        _checks.check_class_labels(labels.shape, logits.shape)
+        return F.cross_entropy(logits, labels.long())
+    return _fit("train_classifier", model, batches, batch_loss, epochs, lr, clip, progress)

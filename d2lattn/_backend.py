@@ -54,7 +54,8 @@ SHARED = ("d2lattn.plotting", "d2lattn.notebook")
 # (tests/conftest.py); "compiled <name>" is one component's compiled mode (tests/harness.py).
 LACKS = {
     "numpy": {
-        "training": "the NumPy reference is forward-only: it refuses train_lm, train_seq2seq and training=True",
+        "training": ("the NumPy reference is forward-only: it refuses train_lm, train_seq2seq, train_classifier "
+                     "and training=True"),
         "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
         "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
         "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",

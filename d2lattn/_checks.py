@@ -306,11 +306,11 @@ def check_images(shape, image_size, num_channels):
                          f"{image_size[1]}, {num_channels}), channels last, got {shape}")
 
 
-def check_class_labels(labels_shape, logits_shape):
-    """One integer class label per row of logits (b, num_classes)."""
-    if len(tuple(logits_shape)) != 2 or tuple(labels_shape) != tuple(logits_shape)[:1]:
-        raise ValueError(f"labels must have shape (batch,) = ({tuple(logits_shape)[0]},), one class per image, "
-                         f"got {tuple(labels_shape)}")
+def check_class_labels(labels_shape, batch):
+    """One integer class label per image of a batch of `batch`."""
+    if tuple(labels_shape) != (batch,):
+        raise ValueError(f"labels must have shape (batch,) = ({batch},), one class per image, got "
+                         f"{tuple(labels_shape)}")
 
 
 def check_param_shapes(expected, given):

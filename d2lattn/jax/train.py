@@ -82,8 +82,8 @@ def _classifier_step(model, optimizer, images, labels):
     """One Adam step of a classifier on one batch (softmax cross-entropy); returns its loss."""
 
     def loss_fn(model):
+        _checks.check_class_labels(labels.shape, images.shape[0])      # shapes are static under jit
         logits = model(images, training=True)                           # (b, num_classes)
-        _checks.check_class_labels(labels.shape, logits.shape)         # shapes are static under jit
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)

@@ -53,7 +53,7 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
 def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
     """Softmax cross-entropy on each NumPy batch (images (b, H, W, C), labels (b,)), with training=True."""
     def batch_loss(images, labels):
+        _checks.check_class_labels(labels.shape, images.shape[0])
         logits = model(images.float(), training=True)                  # (b, num_classes)
-        _checks.check_class_labels(labels.shape, logits.shape)
         return F.cross_entropy(logits, labels.long())
     return _fit("train_classifier", model, batches, batch_loss, epochs, lr, clip, progress)

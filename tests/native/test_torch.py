@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from d2lattn import torch as d2l
 from tests import native
-from tests.native.peers_torch import native_gqa, native_mha
+from tests.native.peers_torch import native_gqa, native_mha, native_vit_block
 from tests.native.weights import mha_weights, random_gqa_weights
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
@@ -189,3 +189,24 @@ def test_sdpa_and_ours_match_float64_math_with_distinct_keys_and_values():
     out = d2l.DotProductAttention().eval()(q, k, v, lens, mask=causal)
     np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-5)
     np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).numpy(), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_vit_block_matches_pre_norm_transformer_encoder_layer(bias):
+    """nn.TransformerEncoderLayer(norm_first=True, activation="gelu") is a pre-norm block with the
+    exact GELU: ours with the same weights gives its outputs, padded keys masked alike. (Flax, Keras
+    and Gluon ship no such block: there the harness's reference is the only comparison.) Without
+    attention biases, nn.MultiheadAttention's are zero."""
+    rng = np.random.default_rng(2)
+    ours = d2l.ViTBlock(H, 24, HEADS, bias=bias).eval()
+    params = {n: (rng.uniform(-1, 1, p.shape) / np.sqrt(p.shape[0])).astype(np.float32)
+              for n, p in d2l.get_params(ours).items()}
+    d2l.set_params(ours, params)
+    full = {**params, **{f"attention.b_{x}": np.zeros(H, np.float32) for x in "qkvo" if not bias}}
+    native = native_vit_block(full, H, HEADS, 24)
+    X = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    lens = torch.tensor([2, 6, 4])
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(X).numpy(), native(X).numpy(), atol=1e-5)
+        padded = native(X, src_key_padding_mask=torch.arange(K) >= lens[:, None])        # True = ignore
+        np.testing.assert_allclose(ours(X, lens).numpy(), padded.numpy(), atol=1e-5)

@@ -5,10 +5,11 @@ eager and compiled), <backend>.training-lm.npz (a language model after six Adam 
 tests/test_train.py), <backend>.training-vit.npz (a ViT after six Adam steps, tests/test_vision.py)
 and <backend>.lm.safetensors (TransformerLM weights, tests/test_params.py). This prints, per
 case run, the largest difference between each pair of frameworks (forward: outputs and attention
-weights; backward: gradients), a summary in units of the tolerance, the saved weights loaded into the reference, and the training comparison. It
-fails on any pair above tolerance, or on a framework whose results are missing, incomplete,
-stale (written by other code or other cases than these) or written under framework
-versions other than the tested ones (constraints/<backend>.txt).
+weights; backward: gradients), a summary in units of the tolerance, the saved weights loaded
+into the reference, and the training comparison. It fails on any pair above tolerance, or on a
+framework whose results are missing, incomplete, stale (written by other code or other cases
+than these) or written under framework versions other than the tested ones
+(constraints/<backend>.txt).
 
 What it adds to the single-framework tests: those hold each framework to the reference one case
 at a time, so two frameworks that pass are within twice the tolerance of each other (the

@@ -246,6 +246,20 @@ def test_the_reported_loss_is_the_mean_cross_entropy(d2l):
 
 
 @pytest.mark.needs("training")
+def test_the_first_step_is_proportional_to_lr(d2l):
+    """Adam's first step is lr * g / (|g| + eps) for every parameter: proportional to lr, at most lr."""
+    def step(lr):
+        model, start = vit(d2l)
+        d2l.train_classifier(model, [BATCH], epochs=1, lr=lr, clip=1e6, progress=False)
+        return {n: p.astype(np.float64) - start[n] for n, p in d2l.get_params(model).items()}
+
+    small, large = step(1e-3), step(3e-3)
+    assert 0.5e-3 < max(np.abs(s).max() for s in small.values()) < 1.01e-3
+    for name in small:
+        np.testing.assert_allclose(large[name], 3 * small[name], atol=3e-6, err_msg=name)
+
+
+@pytest.mark.needs("training")
 def test_classifier_arguments_are_checked(d2l):
     model = vit(d2l)[0]
     with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):

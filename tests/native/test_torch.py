@@ -235,3 +235,22 @@ def test_vit_block_matches_pre_norm_transformer_encoder_layer(bias):
         np.testing.assert_allclose(ours(X).numpy(), native(X).numpy(), atol=1e-5)
         padded = native(X, src_key_padding_mask=torch.arange(K) >= lens[:, None])        # True = ignore
         np.testing.assert_allclose(ours(X, lens).numpy(), padded.numpy(), atol=1e-5)
+
+
+def test_small_models_run_on_one_thread_and_the_count_comes_back():
+    """generate, greedy_decode, train_lm and train_seq2seq run a small model on one intra-op thread
+    (d2lattn/torch/ops.py) and give PyTorch its thread count back afterwards, after an error too."""
+    before, seen = torch.get_num_threads(), []
+    lm = d2l.TransformerLM(7, 8, 2, 1, 12)
+    lm.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    d2l.generate(lm, np.zeros((1, 2), np.int32), 2)
+    tokens = np.zeros((2, 4), np.int32)
+    d2l.train_lm(lm, [(tokens[:, :-1], tokens[:, 1:], np.array([3, 3], np.int32))], epochs=1, progress=False)
+    seq2seq = d2l.Seq2Seq(5, 6, 3, 4)
+    seq2seq.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    seq2seq.decoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    d2l.greedy_decode(seq2seq, [1, 2, 3], 3, 1, 2, 2)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="gave no batch"):
+        d2l.train_seq2seq(seq2seq, [], epochs=1, progress=False)
+    assert torch.get_num_threads() == before

@@ -184,6 +184,17 @@ CASES = [
          {"vocab_size": 7, "num_hiddens": 16, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12, "qk_norm": True,
           "sinks": True, "output_gate": True, "logit_cap": 1.0, "rope_fraction": 0.5, "rope_scaling": YARN,
           "attention_bias": True}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=73),
+    # today's open models: a tied head, the final soft-cap, the norms' eps; per-layer windows and bases
+    # (None: global, NoPE) and the rolling caches of the windowed layers, fed in pieces
+    Case("lm-tied-cap-eps", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 1, "ffn_num_hiddens": 6,
+          "tie_embeddings": True, "final_logit_cap": 1.5, "norm_eps": 0.1}, tokens=(("tokens", (B, 5), 7),), seed=35),
+    Case("lm-per-layer-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 4,
+          "window": [2, None], "rope_base": [100.0, None]}, tokens=(("tokens", (B, 5), 7),), pieces=(2, 1, 2),
+         seed=36),
+    Case("csa-window1-pieces", "CausalSelfAttention", ((B, 4, 8),), {"num_hiddens": 8, "num_heads": 2, "window": 1},
+         pieces=(1, 2, 1), seed=37),
     # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
     Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
     Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),

@@ -474,6 +474,8 @@ class TransformerLM:
         previous call returned (a list with one CausalSelfAttention cache per block: a windowed
         block's is its rolling buffer, of constant size)."""
 
+    # `config`: the dict of the arguments the model was made with (what save_pretrained writes).
+
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
     """prompt int (b, T0) (array-like) -> NumPy int (b, T0 + num_tokens): the prompt followed by
@@ -481,6 +483,24 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     temperature) with numpy.random.default_rng(seed), so the same logits give the same tokens
     on every backend. use_cache=False recomputes the whole sequence at every step and gives
     the same tokens."""
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A ready TransformerLM with the weights of a Hugging Face model directory on disk
+    (config.json, and model.safetensors or the shards model.safetensors.index.json lists, float32,
+    float16 or bfloat16): LLaMA 2 and 3.x (llama3 RoPE scaling, tied or untied), Mistral, Qwen2,
+    Qwen3. `d2lattn.hub` maps config.json to TransformerLM's arguments and transformers' tensor
+    names to the canonical ones; what TransformerLM cannot express (a mixture of experts, an
+    unknown rope_type, heads wider than hidden_size / num_attention_heads, ...) is a ValueError
+    naming the config field. A path only: nothing is downloaded. `dtype`: "float32"."""
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """Write `model` (a TransformerLM) as a Hugging Face directory, config.json and
+    model.safetensors, that transformers' AutoModelForCausalLM.from_pretrained opens with the same
+    logits; `family` ("llama", "mistral", "qwen2", "qwen3") picks the architecture, and what it
+    cannot express of the model (Mistral with per-layer windows, QK-norm outside Qwen3, ...) is a
+    ValueError naming the argument."""
 
 
 # --- attention that fits in memory ---------------------------------------------------

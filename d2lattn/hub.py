@@ -166,10 +166,13 @@ def read_tensors(path):
     return tensors
 
 
-def load(path):
+def load(path, dtype="float32"):
     """(TransformerLM's constructor arguments, its canonical parameters) from a model directory.
     The caller's set_params is strict, so a missing or mis-shaped tensor is named there; a
     tensor here that no canonical name claims is an error here."""
+    if dtype != "float32":
+        raise ValueError(f"dtype: expected 'float32' (the dtype every backend computes TransformerLM in), "
+                         f"got {dtype!r}")
     config = read_config(path)
     kwargs = model_kwargs(config)
     tensors = read_tensors(path)
@@ -181,6 +184,20 @@ def load(path):
         raise ValueError(f"path: tensors TransformerLM has no place for: {extra[:5]}")
     params = {table[hf]: (value.T if _transposed(table[hf]) else value) for hf, value in tensors.items()}
     return kwargs, params
+
+
+class Arguments(dict):
+    """A model's constructor arguments: a dict that hashes by its contents, so a Flax NNX module
+    holding it stays a valid static part of its graph under jax.jit."""
+
+    def __hash__(self):
+        return hash(json.dumps(self, sort_keys=True, default=repr))
+
+
+def arguments(local_vars):
+    """A constructor's arguments, from `locals()` taken first thing in its body (framework extras left out)."""
+    return Arguments({name: value for name, value in local_vars.items()
+                      if name not in ("self", "__class__", "rngs", "kwargs")})
 
 
 def _config(kwargs, family):

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.jax.encoding import RotaryPositionalEncoding
 from d2lattn.jax.ops import causal_mask
+from d2lattn.jax.params import get_params, set_params
 from d2lattn.sampling import next_tokens
 
 
@@ -123,6 +124,7 @@ class TransformerLM(nnx.Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, rngs=None):
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
         rngs = nnx.Rngs(0) if rngs is None else rngs
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
@@ -201,3 +203,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         last = logits[:, -1] if use_cache else logits[:, t - 1]              # (b, vocab)
         tokens[:, t] = next_tokens(np.asarray(last), temperature, rng)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

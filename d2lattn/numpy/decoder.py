@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.numpy.attention import MultiHeadAttention, _init
 from d2lattn.numpy.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.numpy.encoding import RotaryPositionalEncoding
 from d2lattn.numpy.ops import causal_mask
-from d2lattn.numpy.params import Module
+from d2lattn.numpy.params import Module, get_params, set_params
 from d2lattn.sampling import next_tokens
 
 
@@ -99,6 +99,7 @@ class TransformerLM(Module):
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         rng = np.random.default_rng(3)
@@ -144,3 +145,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = next_tokens(logits[:, -1], temperature, rng)[:, None]    # (b, 1)
         tokens = np.concatenate([tokens, new], axis=1)                 # (b, T + 1)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from d2lattn import _checks, sampling
+from d2lattn import _checks, hub, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.ops import _Layer, causal_mask
+from d2lattn.tensorflow.params import get_params, set_params
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
@@ -124,6 +125,7 @@ class TransformerLM(_Layer):
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
@@ -211,3 +213,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = sampling.next_tokens(logits.numpy(), temperature, rng)[:, None]  # (b, 1)
         tokens = np.concatenate([tokens, new], 1)
     return tokens                                                          # (b, T0 + num_tokens)
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

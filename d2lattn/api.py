@@ -265,11 +265,13 @@ class RMSNorm:
 
 
 class SwiGLUFFN:
-    """The gated FFN of current models: (silu(X W_gate) * (X W_up)) W_down, no biases."""
+    """The gated FFN of current models: (g(X W_gate) * (X W_up)) W_down, no biases; the gate g is
+    SiLU (SwiGLU, LLaMA's) or, with activation="gelu_tanh", GELU in its tanh form (GeGLU, Gemma's:
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))))."""
 
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         """W_gate, W_up (num_inputs, ffn_num_hiddens), W_down (ffn_num_hiddens, ffn_num_outputs
-        or num_inputs)."""
+        or num_inputs); activation "silu" or "gelu_tanh"."""
 
     def __call__(self, X, *, training=None):
         """(..., num_inputs) -> (..., ffn_num_outputs)."""
@@ -457,12 +459,16 @@ class TransformerLM:
     SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm` (RMSNorm(eps=norm_eps)) and W_out
     (num_hiddens, vocab_size), or with tie_embeddings=True the embedding's transpose (one
     parameter, as GPT-2, Gemma and the small LLaMA 3.2s have). `final_logit_cap` c: the logits
-    become c * tanh(logits / c) (Gemma 2's soft-capping)."""
+    become c * tanh(logits / c) (Gemma 2's soft-capping). Gemma 3's block: post_norms=True adds
+    RMSNorms `post_norm1`, `post_norm2` on the attention's and the FFN's outputs before each is
+    added, scale_embeddings=True multiplies the embeddings by sqrt(num_hiddens), and
+    ffn_activation="gelu_tanh" makes the FFN a GeGLU."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per

@@ -14,7 +14,9 @@ import numpy as np
 
 # model_type -> architecture name transformers' Auto classes read from config.json
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+# Gemma 3's RMSNorms scale by (1 + weight): the canonical gain is 1 + its stored weight.
+OFFSET_NORMS = {"gemma3_text"}
 # Fields that name a piece TransformerLM does not have, and the value that means it is absent.
 ABSENT = {"num_local_experts": (None, 0, 1), "num_experts": (None, 0, 1), "n_routed_experts": (None, 0),
           "mlp_bias": (None, False), "pretraining_tp": (None, 1), "use_bidirectional_attention": (None, False)}
@@ -42,9 +44,9 @@ def read_config(path):
     return config
 
 
-def _rope(config):
+def _rope(config, rope=None):
     """rope_base and rope_scaling from transformers 5's rope_parameters (or 4.x's rope_theta/rope_scaling)."""
-    rope = dict(config.get("rope_parameters") or {})
+    rope = dict(rope or config.get("rope_parameters") or {})
     if not rope:
         rope = dict(config.get("rope_scaling") or {}, rope_theta=config.get("rope_theta", 10000.0))
     kind = rope.pop("rope_type", rope.pop("type", "default"))
@@ -62,6 +64,8 @@ def _layer_windows(config):
     n, window = config["num_hidden_layers"], config.get("sliding_window")
     if config["model_type"] == "mistral":
         return window
+    if config["model_type"] == "llama":  # LLaMA's attention has no window, whatever the config says
+        return None
     types = config.get("layer_types") or ["full_attention"] * n
     if not config.get("use_sliding_window", False) and "sliding_attention" not in types:
         return None
@@ -71,13 +75,34 @@ def _layer_windows(config):
     return [window if kind == "sliding_attention" else None for kind in types]
 
 
+def _gemma(config, kwargs):
+    """Gemma 3's differences: per-layer RoPE bases, post-norms, scaled embeddings, GeGLU, soft-caps."""
+    if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"hidden_activation: {config['hidden_activation']!r}; expected 'gelu_pytorch_tanh'")
+    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if config.get("query_pre_attn_scalar", head) != head:
+        raise ValueError(f"query_pre_attn_scalar: {config['query_pre_attn_scalar']!r}; TransformerLM scales "
+                         f"scores by 1 / sqrt(head_dim) = 1 / sqrt({head})")
+    types = config.get("layer_types") or ["full_attention"] * config["num_hidden_layers"]
+    ropes = {kind: _rope(config, config["rope_parameters"][kind]) for kind in set(types)}
+    if any(scaling is not None for _, scaling in ropes.values()):
+        raise ValueError("rope_parameters: Gemma 3 with RoPE scaling is not supported (each layer type "
+                         "needs its own scaling)")
+    kwargs.update(rope_base=[ropes[kind][0] for kind in types], qk_norm=True, post_norms=True,
+                  scale_embeddings=True, ffn_activation="gelu_tanh",
+                  final_logit_cap=config.get("final_logit_softcapping"),
+                  logit_cap=config.get("attn_logit_softcapping"))
+    kwargs.pop("rope_scaling", None)
+    return kwargs
+
+
 def model_kwargs(config):
     """TransformerLM's constructor arguments for a config; a ValueError names a field it cannot express."""
     for field, absent in ABSENT.items():
         if config.get(field) not in absent:
             raise ValueError(f"{field}: {config[field]!r} is not expressible in TransformerLM "
                              "(one dense SwiGLU MLP per layer, causal attention)")
-    if config.get("hidden_act", "silu") != "silu":
+    if config["model_type"] not in OFFSET_NORMS and config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act: {config['hidden_act']!r}; TransformerLM's SwiGLU MLP needs 'silu'")
     h, heads = config["hidden_size"], config["num_attention_heads"]
     if config.get("head_dim") not in (None, h // heads) or h % heads:
@@ -87,7 +112,8 @@ def model_kwargs(config):
     if family == "llama" and config.get("attention_bias"):
         raise ValueError("attention_bias: LLaMA's bias includes o_proj, which TransformerLM's attention_bias "
                          "(on W_q, W_k, W_v, as Qwen2) does not")
-    base, scaling = _rope(config)
+    gemma = family in OFFSET_NORMS
+    base, scaling = (None, None) if gemma else _rope(config)
     kwargs = {"vocab_size": config["vocab_size"], "num_hiddens": h, "num_heads": heads,
               "num_layers": config["num_hidden_layers"], "ffn_num_hiddens": config["intermediate_size"],
               "num_kv_heads": config.get("num_key_value_heads") or heads, "window": _layer_windows(config),
@@ -99,14 +125,22 @@ def model_kwargs(config):
         kwargs["attention_bias"] = True
     if family == "qwen3":
         kwargs["qk_norm"] = True
-    return kwargs
+    return _gemma(config, kwargs) if gemma else kwargs
 
 
-def _layer_names(i):
+# The norms of a block, canonical -> Hugging Face: LLaMA's "post-attention" norm is the FFN's pre-norm;
+# Gemma's normalises the attention's output, and two more wrap the FFN.
+NORMS = {"norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
+GEMMA_NORMS = {"norm1": "input_layernorm", "post_norm1": "post_attention_layernorm",
+               "norm2": "pre_feedforward_layernorm", "post_norm2": "post_feedforward_layernorm"}
+
+
+def _layer_names(i, family):
     """canonical name -> Hugging Face name, for layer i (dense maps are transposed on the way)."""
     hf, ours = f"model.layers.{i}.", f"blocks.{i}."
-    names = {ours + "norm1.gamma": hf + "input_layernorm.weight", ours + "norm2.gamma": hf + "post_attention_layernorm.weight",
-             ours + "attention.q_norm.gamma": hf + "self_attn.q_norm.weight",
+    norms = GEMMA_NORMS if family in OFFSET_NORMS else NORMS
+    names = {ours + f"{n}.gamma": hf + f"{theirs}.weight" for n, theirs in norms.items()}
+    names |= {ours + "attention.q_norm.gamma": hf + "self_attn.q_norm.weight",
              ours + "attention.k_norm.gamma": hf + "self_attn.k_norm.weight"}
     for x in "qkvo":
         names[ours + f"attention.W_{x}"] = hf + f"self_attn.{x}_proj.weight"
@@ -116,16 +150,26 @@ def _layer_names(i):
     return names
 
 
-def names(num_layers):
+def names(num_layers, family="llama"):
     """Every canonical name TransformerLM may have -> its Hugging Face name."""
     table = {"embedding": "model.embed_tokens.weight", "norm.gamma": "model.norm.weight", "W_out": "lm_head.weight"}
     for i in range(num_layers):
-        table.update(_layer_names(i))
+        table.update(_layer_names(i, family))
     return table
 
 
-def _transposed(name):
-    return name.rsplit(".", 1)[-1].startswith("W_")  # dense maps: ours (in, out), transformers' (out, in)
+def _to_canonical(name, value, family):
+    """transformers' tensor as TransformerLM holds it: dense maps transposed ((out, in) -> (in, out)),
+    Gemma's norm weights w as gains 1 + w."""
+    if name.rsplit(".", 1)[-1].startswith("W_"):
+        return value.T
+    return value + 1 if name.endswith("gamma") and family in OFFSET_NORMS else value
+
+
+def _from_canonical(name, value, family):
+    if name.rsplit(".", 1)[-1].startswith("W_"):
+        return value.T
+    return value - 1 if name.endswith("gamma") and family in OFFSET_NORMS else value
 
 
 def _read_safetensors(file):
@@ -178,11 +222,12 @@ def load(path, dtype="float32"):
     tensors = read_tensors(path)
     if kwargs["tie_embeddings"]:
         tensors.pop("lm_head.weight", None)  # some checkpoints store the tied head twice
-    table = {hf: ours for ours, hf in names(kwargs["num_layers"]).items()}
+    family = config["model_type"]
+    table = {hf: ours for ours, hf in names(kwargs["num_layers"], family).items()}
     extra = sorted(set(tensors) - set(table))
     if extra:
         raise ValueError(f"path: tensors TransformerLM has no place for: {extra[:5]}")
-    params = {table[hf]: (value.T if _transposed(table[hf]) else value) for hf, value in tensors.items()}
+    params = {table[hf]: _to_canonical(table[hf], value, family) for hf, value in tensors.items()}
     return kwargs, params
 
 
@@ -200,43 +245,59 @@ def arguments(local_vars):
                       if name not in ("self", "__class__", "rngs", "kwargs")})
 
 
+def _per_layer(value, n):
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
 def _config(kwargs, family):
     """config.json for TransformerLM's constructor arguments, in `family`'s format."""
     if family not in ARCHITECTURES:
         raise ValueError(f"family: {family!r}; expected one of {sorted(ARCHITECTURES)}")
     h, heads, n = kwargs["num_hiddens"], kwargs["num_heads"], kwargs["num_layers"]
-    rope = {"rope_type": "default", "rope_theta": kwargs.get("rope_base", 10000.0)}
-    scaling = dict(kwargs.get("rope_scaling") or {})
-    if scaling:
-        rope.update(scaling, rope_type=scaling.pop("type"))
-        rope.pop("type", None)
+    windows, bases = _per_layer(kwargs.get("window"), n), _per_layer(kwargs.get("rope_base", 10000.0), n)
+    types = ["full_attention" if w is None else "sliding_attention" for w in windows]
     config = {"architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": kwargs["vocab_size"],
               "hidden_size": h, "num_attention_heads": heads, "num_hidden_layers": n,
-              "intermediate_size": kwargs["ffn_num_hiddens"], "num_key_value_heads": kwargs.get("num_kv_heads") or heads,
-              "head_dim": h // heads, "hidden_act": "silu", "rms_norm_eps": kwargs.get("norm_eps", 1e-6),
-              "tie_word_embeddings": bool(kwargs.get("tie_embeddings")), "rope_parameters": rope,
-              "max_position_embeddings": 4096}
-    window = kwargs.get("window")
-    windows = window if isinstance(window, (list, tuple)) else [window] * n
-    if family == "mistral":
-        if len(set(windows)) > 1:
-            raise ValueError("window: Mistral's config has one sliding_window for every layer")
-        config["sliding_window"] = windows[0]
-    elif any(w is not None for w in windows):
-        if family == "llama" or len({w for w in windows if w is not None}) > 1:
-            raise ValueError(f"window: {family}'s config has one sliding_window, for the layers layer_types marks")
-        config.update(use_sliding_window=True, sliding_window=next(w for w in windows if w is not None),
-                      layer_types=["full_attention" if w is None else "sliding_attention" for w in windows])
-    if bool(kwargs.get("attention_bias")) != (family == "qwen2") and family != "qwen3":
-        raise ValueError(f"attention_bias: {family} has {'biases' if family == 'qwen2' else 'no biases'} "
-                         "on q_proj, k_proj and v_proj")
-    if bool(kwargs.get("qk_norm")) != (family == "qwen3"):
-        raise ValueError(f"qk_norm: {family} {'normalises' if family == 'qwen3' else 'does not normalise'} "
-                         "queries and keys")
-    if family == "qwen3":
-        config["attention_bias"] = bool(kwargs.get("attention_bias"))
-    model_kwargs(config)  # what cannot be read back cannot be written
+              "intermediate_size": kwargs["ffn_num_hiddens"],
+              "num_key_value_heads": kwargs.get("num_kv_heads") or heads, "head_dim": h // heads,
+              "rms_norm_eps": kwargs.get("norm_eps", 1e-6), "tie_word_embeddings": bool(kwargs.get("tie_embeddings")),
+              "attention_bias": bool(kwargs.get("attention_bias")), "max_position_embeddings": 4096,
+              "sliding_window": next((w for w in windows if w is not None), None)}
+    if family in OFFSET_NORMS:
+        config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=h // heads, layer_types=types,
+                      rope_parameters={kind: {"rope_type": "default", "rope_theta": bases[types.index(kind)]}
+                                       for kind in set(types)},
+                      final_logit_softcapping=kwargs.get("final_logit_cap"),
+                      attn_logit_softcapping=kwargs.get("logit_cap"))
+    else:
+        scaling = dict(kwargs.get("rope_scaling") or {})
+        config.update(hidden_act="silu", rope_parameters={"rope_type": scaling.pop("type", "default"),
+                                                          "rope_theta": bases[0], **scaling})
+        if family != "mistral":
+            config.update(layer_types=types, use_sliding_window=config["sliding_window"] is not None)
+    _check_expressed(kwargs, model_kwargs(config), family)
     return config
+
+
+def _check_expressed(kwargs, read_back, family):
+    """What the written config.json reads back as must be the model: an argument the family's format
+    cannot hold (QK-norm in LLaMA, per-layer windows in Mistral, sinks anywhere) is a ValueError."""
+    import inspect
+
+    from d2lattn import api
+
+    n = kwargs["num_layers"]
+    for name, parameter in inspect.signature(api.TransformerLM.__init__).parameters.items():
+        if name in ("self", "dropout"):  # dropout acts in training only: no checkpoint holds it
+            continue
+        ours, theirs = kwargs.get(name, parameter.default), read_back.get(name, parameter.default)
+        if name in ("window", "rope_base"):
+            ours, theirs = _per_layer(ours, n), _per_layer(theirs, n)
+        if name == "num_kv_heads":
+            ours, theirs = ours or kwargs["num_heads"], theirs or kwargs["num_heads"]
+        if ours != theirs:
+            raise ValueError(f"{name}: {family}'s config.json cannot express {name}={ours!r} (it reads back as "
+                             f"{theirs!r})")
 
 
 def save(kwargs, params, path, family):
@@ -244,8 +305,8 @@ def save(kwargs, params, path, family):
     from safetensors.numpy import save_file
 
     config = _config(kwargs, family)
-    table = names(kwargs["num_layers"])
-    tensors = {table[name]: np.ascontiguousarray((value.T if _transposed(name) else value), dtype=np.float32)
+    table = names(kwargs["num_layers"], family)
+    tensors = {table[name]: np.ascontiguousarray(_from_canonical(name, value, family), dtype=np.float32)
                for name, value in params.items()}
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 from d2lattn import hub
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "hub"
-FAMILIES = {"llama2": "llama", "llama3": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
+FAMILIES = {"llama2": "llama", "llama3": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+            "gemma3": "gemma3_text"}
 TOLERANCE = 1e-4  # float32 logits against transformers' float32 logits
 
 
@@ -184,9 +185,13 @@ def _save_bfloat16(tensors, file):
 
 
 @pytest.mark.parametrize("family, kwargs, message", [
-    ("mistral", {"window": [4, None]}, "window: Mistral's config has one sliding_window for every layer"),
-    ("llama", {"qk_norm": True}, "qk_norm: llama does not normalise queries and keys"),
-    ("qwen2", {}, "attention_bias: qwen2 has biases on q_proj, k_proj and v_proj"),
+    ("mistral", {"window": [4, None]}, r"window: mistral's config.json cannot express window=\[4, None\] "
+                                       r"\(it reads back as \[4, 4\]\)"),
+    ("llama", {"qk_norm": True}, "qk_norm: llama's config.json cannot express qk_norm=True"),
+    ("llama", {"sinks": True}, "sinks: llama's config.json cannot express sinks=True"),
+    ("qwen3", {"rope_base": [1e4, 1e6]}, "rope_base: qwen3's config.json cannot express"),
+    ("qwen2", {}, "attention_bias: qwen2's config.json cannot express attention_bias=False"),
+    ("gemma3_text", {}, "qk_norm: gemma3_text's config.json cannot express qk_norm=False"),
     ("gpt2", {}, "family: 'gpt2'; expected one of"),
 ])
 def test_save_refuses_what_the_family_cannot_express(d2l, tmp_path, family, kwargs, message):

@@ -25,6 +25,9 @@ FAMILIES = {
     "mistral": {"window": 3},
     "qwen2": {"attention_bias": True, "window": [3, 3, None]},
     "qwen3": {"qk_norm": True, "rope_base": 1e6},
+    "gemma3_text": {"qk_norm": True, "post_norms": True, "scale_embeddings": True, "ffn_activation": "gelu_tanh",
+                    "tie_embeddings": True, "window": [3, 3, None], "rope_base": [1e4, 1e4, 1e6],
+                    "final_logit_cap": 5.0},
 }
 TOKENS = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]])  # (2, 10)
 
@@ -37,14 +40,15 @@ def test_transformers_opens_what_save_pretrained_writes(family, tmp_path):
     ours.save_pretrained(model, tmp_path, family=family)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert type(theirs).__name__ == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+                                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                                     "gemma3_text": "Gemma3ForCausalLM"}[family]
     with torch.no_grad():
         want = theirs(torch.as_tensor(TOKENS)).logits.numpy()
         got = ours.to_numpy(model(ours.tensor(TOKENS))[0])
     assert np.abs(got - want).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["llama2", "llama3", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma3"])
 def test_the_fixtures_match_the_installed_transformers(name):
     e = expected(name)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(FIXTURES / name).eval()

@@ -141,7 +141,7 @@ class TransformerLM(_Layer):
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
-        self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0   # Gemma: the embeddings times sqrt(h)
+        self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                           window=w, rope_base=base, dropout=dropout, **layer, **options)
                        for w, base in zip(_checks.per_layer("window", window, L),

@@ -141,7 +141,7 @@ class TransformerLM(nnx.Module):
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
-        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0   # Gemma: the embeddings times sqrt(h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
                                rope_base=base, dropout=dropout, **layer, rngs=rngs, **options)

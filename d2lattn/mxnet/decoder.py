@@ -191,7 +191,7 @@ class TransformerLM(nn.HybridBlock):
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nn.Embedding(v, h)
-        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0   # Gemma: the embeddings times sqrt(h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
         for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)):

@@ -118,7 +118,7 @@ class TransformerLM(Module):
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.params = {"embedding": rng.normal(size=(v, h))}
-        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0   # Gemma: the embeddings times sqrt(h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         if not tie_embeddings:
             self.params["W_out"] = _init(rng, h, v)
         self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,

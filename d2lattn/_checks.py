@@ -44,6 +44,12 @@ def checked_positive_number(name, value):
     return float(value)
 
 
+def checked_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
 def checked_integer(name, value):
     """Any integer (offsets may be negative)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -265,11 +265,13 @@ class RMSNorm:
 
 
 class SwiGLUFFN:
-    """The gated FFN of current models: (silu(X W_gate) * (X W_up)) W_down, no biases."""
+    """The gated FFN of current models: (g(X W_gate) * (X W_up)) W_down, no biases; the gate g is
+    SiLU (SwiGLU, LLaMA's) or, with activation="gelu_tanh", GELU in its tanh form (GeGLU, Gemma's:
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))))."""
 
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         """W_gate, W_up (num_inputs, ffn_num_hiddens), W_down (ffn_num_hiddens, ffn_num_outputs
-        or num_inputs)."""
+        or num_inputs); activation "silu" or "gelu_tanh"."""
 
     def __call__(self, X, *, training=None):
         """(..., num_inputs) -> (..., ffn_num_outputs)."""
@@ -457,12 +459,16 @@ class TransformerLM:
     SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm` (RMSNorm(eps=norm_eps)) and W_out
     (num_hiddens, vocab_size), or with tie_embeddings=True the embedding's transpose (one
     parameter, as GPT-2, Gemma and the small LLaMA 3.2s have). `final_logit_cap` c: the logits
-    become c * tanh(logits / c) (Gemma 2's soft-capping)."""
+    become c * tanh(logits / c) (Gemma 2's soft-capping). Gemma 3's block: post_norms=True adds
+    RMSNorms `post_norm1`, `post_norm2` on the attention's and the FFN's outputs before each is
+    added, scale_embeddings=True multiplies the embeddings by sqrt(num_hiddens), and
+    ffn_activation="gelu_tanh" makes the FFN a GeGLU."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per
@@ -474,6 +480,8 @@ class TransformerLM:
         previous call returned (a list with one CausalSelfAttention cache per block: a windowed
         block's is its rolling buffer, of constant size)."""
 
+    # `config`: the dict of the arguments the model was made with (what save_pretrained writes).
+
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
     """prompt int (b, T0) (array-like) -> NumPy int (b, T0 + num_tokens): the prompt followed by
@@ -483,6 +491,22 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     the same tokens."""
 
 
+def from_pretrained(path, *, dtype="float32"):
+    """A ready TransformerLM with the weights of a Hugging Face model directory on disk
+    (config.json, and model.safetensors or the shards model.safetensors.index.json lists, float32,
+    float16 or bfloat16): LLaMA 2 and 3.x (llama3 RoPE scaling, tied or untied), Mistral, Qwen2,
+    Qwen3 and Gemma 3 (text). `d2lattn.hub` maps config.json to TransformerLM's arguments and transformers' tensor
+    names to the canonical ones; what TransformerLM cannot express (a mixture of experts, an
+    unknown rope_type, heads wider than hidden_size / num_attention_heads, ...) is a ValueError
+    naming the config field. A path only: nothing is downloaded. `dtype`: "float32"."""
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """Write `model` (a TransformerLM) as a Hugging Face directory, config.json and
+    model.safetensors, that transformers' AutoModelForCausalLM.from_pretrained opens with the same
+    logits; `family` ("llama", "mistral", "qwen2", "qwen3", "gemma3_text") picks the architecture, and what it
+    cannot express of the model (Mistral with per-layer windows, QK-norm outside Qwen3, ...) is a
+    ValueError naming the argument."""
 # --- transformers for vision ---------------------------------------------------------
 # Images are channels-last (b, H, W, C) on every backend. Sizes (`image_size`, `patch_size`)
 # are an integer (square) or a (height, width) pair. The GELU is the exact one,

@@ -193,6 +193,13 @@ CASES = [
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 4,
           "window": [2, None], "rope_base": [100.0, None]}, tokens=(("tokens", (B, 5), 7),), pieces=(2, 1, 2),
          seed=36),
+    # Gemma 3's block: post-norms on both branches, GeGLU, embeddings scaled by sqrt(h), QK-norm, a tied head
+    Case("geglu", "SwiGLUFFN", ((B, Q, 4),), {"num_inputs": 4, "ffn_num_hiddens": 6, "activation": "gelu_tanh"},
+         seed=95),
+    Case("lm-gemma-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6, "qk_norm": True,
+          "post_norms": True, "scale_embeddings": True, "ffn_activation": "gelu_tanh", "tie_embeddings": True,
+          "window": [2, None], "rope_base": [100.0, 1e4]}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=96),
     Case("csa-window1-pieces", "CausalSelfAttention", ((B, 4, 8),), {"num_hiddens": 8, "num_heads": 2, "window": 1},
          pieces=(1, 2, 1), seed=37),
     # the Vision Transformer: channels-last images, patches that need not be square

@@ -9,17 +9,19 @@ layer's cache is a rolling buffer of window - 1 positions, fixed-size anyway.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.jax.encoding import RotaryPositionalEncoding
 from d2lattn.jax.ops import causal_mask
+from d2lattn.jax.params import get_params, set_params
 from d2lattn.sampling import next_tokens
 
 
@@ -98,20 +100,26 @@ class TransformerLMBlock(nnx.Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, rngs, **options):
+                 norm_eps, rngs, post_norms=False, ffn_activation="silu", **options):
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                              rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
                                              **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, rngs=rngs)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation, rngs=rngs)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def __call__(self, X, *, cache=None, training=None, position=None):
         drop = functools.partial(self.dropout, deterministic=_deterministic(training))
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training, position=position)
-        X = X + drop(Y)                                                       # (b, T, h)
-        X = X + drop(self.ffn(self.norm2(X)))
+        X = X + drop(self._post(self.post_norm1, Y))                          # (b, T, h)
+        X = X + drop(self._post(self.post_norm2, self.ffn(self.norm2(X))))
         return X, cache
 
 
@@ -122,17 +130,21 @@ class TransformerLM(nnx.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, rngs=None):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu", rngs=None):
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
         rngs = nnx.Rngs(0) if rngs is None else rngs
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                               rope_base=base, dropout=dropout, norm_eps=norm_eps, rngs=rngs, **options)
+                               rope_base=base, dropout=dropout, **layer, rngs=rngs, **options)
             for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L))])
         self.norm = RMSNorm(h, norm_eps)
         self.W_out = None if tie_embeddings else nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)
@@ -143,7 +155,7 @@ class TransformerLM(nnx.Module):
         tokens = jnp.asarray(tokens)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
-        X = self.embedding(tokens)                                            # (b, T, h)
+        X = self.embedding(tokens) * self.embedding_scale                     # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, [None] * len(self.blocks) if cache is None else cache):
             X, block_cache = block(X, cache=block_cache, training=training, position=position)
@@ -201,3 +213,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         last = logits[:, -1] if use_cache else logits[:, t - 1]              # (b, vocab)
         tokens[:, t] = next_tokens(np.asarray(last), temperature, rng)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -6,16 +6,19 @@ tokens for the rotary encoding, and an empty cache (b, kv_heads, 0, dh) at the s
 concatenates and keeps one input structure from the first token to the last.
 """
 
+import math
+
 import mxnet as mx
 import numpy as onp
 from mxnet import np
 from mxnet.gluon import nn
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
 from d2lattn.mxnet.ops import _graph_keep, _traced, _train_mode, causal_mask, tensor, to_numpy
+from d2lattn.mxnet.params import get_params, set_params
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
 from d2lattn.sampling import next_tokens
 
@@ -140,22 +143,28 @@ class TransformerLMBlock(nn.HybridBlock):
     model's graph: -> (X, keys, values, weights, live)."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                              rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.rate = _checks.checked_dropout_rate(dropout)
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def dropout(self, F, X):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
 
     def hybrid_forward(self, F, X, keys, values, keep, *rotary):
         Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *rotary)
-        X = X + self.dropout(F, Y)                                          # (b, T, h)
-        X = X + self.dropout(F, self.ffn(self.norm2(X)))
+        X = X + self.dropout(F, self._post(self.post_norm1, Y))             # (b, T, h)
+        X = X + self.dropout(F, self._post(self.post_norm2, self.ffn(self.norm2(X))))
         return (X, keys, values, *self.attention.attention._saved)
 
 
@@ -171,19 +180,23 @@ class TransformerLM(nn.HybridBlock):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nn.Embedding(v, h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
         for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                               window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps,
+                                               window=w, rope_base=base, dropout=dropout, **layer,
                                                **options))
         self.norm = RMSNorm(h, norm_eps)
         shared = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_embeddings else {}
@@ -217,7 +230,7 @@ class TransformerLM(nn.HybridBlock):
                         for i, (block, c) in enumerate(zip(self.blocks, cache))]
 
     def hybrid_forward(self, F, tokens, positions, *args):
-        X, out = self.embedding(tokens), []                                 # (b, T, h)
+        X, out = self.embedding(tokens) * self.embedding_scale, []          # (b, T, h)
         for block, (keys, values, keep) in zip(self.blocks, zip(args[0::3], args[1::3], args[2::3])):
             X, *saved = block(X, keys, values, keep, *(() if block.attention.rope is None else (positions,)))
             out += saved                                                    # keys, values, weights, live
@@ -242,3 +255,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = next_tokens(to_numpy(logits[:, -1]), temperature, rng)[:, None]  # (b, 1)
         tokens = onp.concatenate([tokens, new], axis=1)                     # (b, T + 1)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -1,14 +1,17 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from d2lattn import _checks, sampling
+from d2lattn import _checks, hub, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.ops import _Layer, causal_mask
+from d2lattn.tensorflow.params import get_params, set_params
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
@@ -98,20 +101,27 @@ class TransformerLMBlock(_Layer):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                              rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def call(self, X, *, cache=None, position=None, training=None):
         Y, cache = self.attention(self.norm1(X), cache=cache, position=position, training=training)
-        X = X + self.dropout(Y, training=training)                        # (b, T, h)
-        X = X + self.dropout(self.ffn(self.norm2(X)), training=training)
+        X = X + self.dropout(self._post(self.post_norm1, Y), training=training)  # (b, T, h)
+        Y = self.ffn(self.norm2(X))                                         # (b, T, h)
+        X = X + self.dropout(self._post(self.post_norm2, Y), training=training)
         return X, cache
 
 
@@ -122,14 +132,18 @@ class TransformerLM(_Layer):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
+        self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
+                                          window=w, rope_base=base, dropout=dropout, **layer, **options)
                        for w, base in zip(_checks.per_layer("window", window, L),
                                           _checks.per_layer("rope_base", rope_base, L))]
         self.norm = RMSNorm(num_hiddens, norm_eps)
@@ -142,7 +156,7 @@ class TransformerLM(_Layer):
         tokens = tf.convert_to_tensor(tokens)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
-        X = self.embedding(tokens)                                         # (b, T, h)
+        X = self.embedding(tokens) * self.embedding_scale                  # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, position=position, training=training)
@@ -211,3 +225,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = sampling.next_tokens(logits.numpy(), temperature, rng)[:, None]  # (b, 1)
         tokens = np.concatenate([tokens, new], 1)
     return tokens                                                          # (b, T0 + num_tokens)
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -1,16 +1,19 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.sampling import next_tokens
 from d2lattn.torch.attention import MultiHeadAttention
 from d2lattn.torch.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.torch.encoding import RotaryPositionalEncoding
 from d2lattn.torch.ops import _threads_of_its_size, causal_mask, to_numpy
+from d2lattn.torch.params import get_params, set_params
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -76,20 +79,27 @@ class TransformerLMBlock(nn.Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                              rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.rate = _checks.checked_dropout_rate(dropout)
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def forward(self, X, *, cache=None, training=None):
         training = self.training if training is None else training
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training)
-        X = X + F.dropout(Y, self.rate, training)                      # (b, T, h)
-        X = X + F.dropout(self.ffn(self.norm2(X)), self.rate, training)
+        X = X + F.dropout(self._post(self.post_norm1, Y), self.rate, training)  # (b, T, h)
+        Y = self.ffn(self.norm2(X))                                     # (b, T, h)
+        X = X + F.dropout(self._post(self.post_norm2, Y), self.rate, training)
         return X, cache
 
 
@@ -97,17 +107,21 @@ class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nn.Embedding(v, h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nn.ModuleList(
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                               rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
+                               rope_base=base, dropout=dropout, **layer, **options)
             for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)))
         self.norm = RMSNorm(h, norm_eps)
         self.W_out = None if tie_embeddings else nn.Linear(h, v, bias=False)
@@ -118,7 +132,7 @@ class TransformerLM(nn.Module):
         tokens = torch.as_tensor(tokens, device=self.embedding.weight.device)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
-        X = self.embedding(tokens)                                     # (b, T, h)
+        X = self.embedding(tokens) * self.embedding_scale              # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, training=training)
@@ -147,3 +161,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = next_tokens(to_numpy(logits[:, -1]), temperature, rng)[:, None]  # (b, 1)
         tokens = np.concatenate([tokens, new], axis=1)                 # (b, T + 1)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

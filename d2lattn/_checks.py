@@ -320,3 +320,46 @@ def check_lm_cache(cache_value, num_layers):
         got = f"{len(cache_value)} entries" if isinstance(cache_value, (tuple, list)) else type(cache_value).__name__
         raise ValueError(f"cache must be None or a list with one (keys, values) per block ({num_layers}, "
                          f"num_layers), got {got}")
+
+
+# --- multi-head latent attention -----------------------------------------------------------
+
+
+def checked_latent_sizes(num_hiddens, num_heads, kv_lora_rank, q_lora_rank, qk_nope_head_size,
+                         qk_rope_head_size, v_head_size):
+    """MultiHeadLatentAttention's sizes: positive integers, an even rotary part (it rotates pairs),
+    and ranks that fit: a low-rank factor of an (in, out) map has rank at most min(in, out).
+    Returns {name: int} (q_lora_rank None where there is no query compression)."""
+    sizes = {name: checked_positive_int(name, value) for name, value in (
+        ("num_hiddens", num_hiddens), ("num_heads", num_heads), ("kv_lora_rank", kv_lora_rank),
+        ("qk_nope_head_size", qk_nope_head_size), ("qk_rope_head_size", qk_rope_head_size),
+        ("v_head_size", v_head_size))}
+    sizes["q_lora_rank"] = None if q_lora_rank is None else checked_positive_int("q_lora_rank", q_lora_rank)
+    if sizes["qk_rope_head_size"] % 2:
+        raise ValueError("qk_rope_head_size must be even (rotary encoding rotates pairs of features), "
+                         f"got {qk_rope_head_size}")
+    h, heads = sizes["num_hiddens"], sizes["num_heads"]
+    limits = {"kv_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["v_head_size"])),
+                               "min(num_hiddens, num_heads * (qk_nope_head_size + v_head_size))"),
+              "q_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["qk_rope_head_size"])),
+                              "min(num_hiddens, num_heads * (qk_nope_head_size + qk_rope_head_size))")}
+    for name, (limit, formula) in limits.items():
+        if sizes[name] is not None and sizes[name] > limit:
+            raise ValueError(f"{name} must be at most {formula} = {limit} (the rank of a low-rank factor of "
+                             f"that map), got {sizes[name]}")
+    return sizes
+
+
+def check_latent_cache(cache_value, batch, kv_lora_rank, qk_rope_head_size):
+    """A MultiHeadLatentAttention cache: None or (latents (b, t, kv_lora_rank), rotary keys
+    (b, t, qk_rope_head_size))."""
+    if cache_value is None:
+        return
+    want = f"({batch}, t, {kv_lora_rank}) and ({batch}, t, {qk_rope_head_size})"
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
+        raise ValueError(f"cache must be None or a tuple (latents, rotary keys) of shapes {want}")
+    c, k = (tuple(x.shape) for x in cache_value)
+    if not (len(c) == len(k) == 3 and all(_fits(a, b) for a, b in zip(c, (batch, k[1], kv_lora_rank)))
+            and all(_fits(a, b) for a, b in zip(k, (batch, c[1], qk_rope_head_size)))):
+        raise ValueError(f"cache must hold latents and rotary keys of shapes {want}, got {c} and {k}; "
+                         "was it made by a layer of another shape?")

@@ -418,6 +418,39 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     the same tokens."""
 
 
+# --- shrinking the cache ------------------------------------------------------------
+
+
+class MultiHeadLatentAttention:
+    """Multi-head latent attention (DeepSeek-V2/V3): the cache holds one latent c_kv
+    (kv_lora_rank) and one rotary key (qk_rope_head_size) per token, shared by every head.
+
+    Queries: X W_q, or with `q_lora_rank` RMSNorm(X W_dq) W_uq (the norm's gamma `q_norm.gamma`);
+    head i owns columns i*(dn + dr):(i+1)*(dn + dr), its qk_nope_head_size (dn) features first, then
+    its qk_rope_head_size (dr) rotary ones. Latent c = RMSNorm(X W_dkv) (`kv_norm.gamma`); head i's
+    keys are c W_uk[:, i*dn:(i+1)*dn] and values c W_uv[:, i*dv:(i+1)*dv]; the rotary key is
+    X W_kr, rotated once for all heads (split halves, base `rope_base`; DeepSeek's checkpoints pair
+    interleaved features: permute their columns). Scores (q_nope . k_nope + q_rope . k_rope) /
+    sqrt(dn + dr), causal; output heads concatenated, then W_o. No biases.
+
+    absorb=False decompresses every cached latent into each head's keys and values; absorb=True
+    folds W_uk into the queries and W_uv into the output and attends over the latents themselves,
+    reading kv_lora_rank + qk_rope_head_size numbers per cached token. Both give the same outputs."""
+
+    def __init__(self, num_hiddens, num_heads, *, kv_lora_rank, q_lora_rank=None, qk_nope_head_size,
+                 qk_rope_head_size, v_head_size, rope_base=10000.0, norm_eps=1e-6, dropout=0.0, absorb=False):
+        """W_q (num_hiddens, heads * (dn + dr)), or W_dq (num_hiddens, q_lora_rank), q_norm.gamma,
+        W_uq (q_lora_rank, heads * (dn + dr)); W_dkv (num_hiddens, kv_lora_rank), kv_norm.gamma,
+        W_kr (num_hiddens, dr), W_uk (kv_lora_rank, heads * dn), W_uv (kv_lora_rank, heads * dv),
+        W_o (heads * dv, num_hiddens). A rank above what it factors (min(in, out) of its map)
+        or an odd qk_rope_head_size is a ValueError naming it."""
+
+    def __call__(self, X, *, cache=None, training=None):
+        """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache), with CausalSelfAttention's protocol:
+        `cache` None or the previous call's (latents (b, t, kv_lora_rank), rotary keys (b, t, dr)), native
+        arrays; X's positions continue after them. `.attention_weights` (b, num_heads, T, t + T)."""
+
+
 # --- attention that fits in memory ---------------------------------------------------
 
 

@@ -4,7 +4,7 @@ A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters. A module that returns a cache
-(`CausalSelfAttention`, `TransformerLM`) is checked on its output and every array of the cache.
+(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every array of the cache.
 """
 
 from dataclasses import dataclass, field
@@ -32,6 +32,9 @@ QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
 QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
 HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
+# multi-head latent attention: a latent of 4 for 2 heads of 3 + 2 query-key and 3 value features
+MLA = {"num_hiddens": 8, "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_size": 3, "qk_rope_head_size": 2,
+       "v_head_size": 3}
 CONCAT = {"query_size": 3, "key_size": 4, "num_values": 5, "value_size": 2, "output_size": 6}
 
 CASES = [
@@ -148,6 +151,14 @@ CASES = [
     Case("lm-gqa-window-pieces", "TransformerLM", (),
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
           "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
+    # multi-head latent attention: outputs Y and the cache (latents, rotary keys); naive and absorbed
+    Case("mla-naive", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6}, seed=53),
+    Case("mla-absorbed", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6, "absorb": True},
+         seed=53),
+    Case("mla-absorbed-pieces", "MultiHeadLatentAttention", ((B, 6, 8),),
+         {**MLA, "qk_rope_head_size": 4, "rope_base": 100.0, "absorb": True}, pieces=(3, 1, 2), seed=54),
+    Case("mla-naive-pieces", "MultiHeadLatentAttention", ((B, 6, 8),), {**MLA, "num_heads": 3, "v_head_size": 2},
+         pieces=(2, 4), seed=55),
     # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
     Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
     Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),

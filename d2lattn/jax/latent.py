@@ -71,12 +71,12 @@ class MultiHeadLatentAttention(nnx.Module):
                          for buf, x in zip(cache, (c, k_rope)))          # (b, L, r), (b, L, dr)
         elif cache is not None:
             c, k_rope = (jnp.concatenate([buf, x], axis=1) for buf, x in zip(cache, (c, k_rope)))  # (b, t + T, ..)
-        rope_scores = q_rope @ jnp.swapaxes(k_rope, 1, 2)[:, None]       # (b, heads, T, t + T)
+        rope_scores = jnp.einsum("bhtd,bsd->bhts", q_rope, k_rope)       # (b, heads, T, t + T)
         W_uk = self.W_uk.kernel[...].reshape(-1, heads, dn)              # (r, heads, dn)
         W_uv = self.W_uv.kernel[...].reshape(-1, heads, dv)              # (r, heads, dv)
         if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
             q_latent = jnp.einsum("bhtn,rhn->bhtr", q_nope, W_uk)        # (b, heads, T, r)
-            scores = q_latent @ jnp.swapaxes(c, 1, 2)[:, None]           # (b, heads, T, t + T)
+            scores = jnp.einsum("bhtr,bsr->bhts", q_latent, c)           # (b, heads, T, t + T)
         else:             # decompress every cached latent into each head's keys
             k_nope = jnp.einsum("bsr,rhn->bhsn", c, W_uk)                # (b, heads, t + T, dn)
             scores = q_nope @ jnp.swapaxes(k_nope, 2, 3)                 # (b, heads, T, t + T)
@@ -85,7 +85,7 @@ class MultiHeadLatentAttention(nnx.Module):
         _record(self.last_weights, weights)
         weights = self.dropout(weights, deterministic=_deterministic(training))
         if self.absorb:   # average the latents, then decompress once per head and query
-            out = jnp.einsum("bhtr,rhv->bthv", weights @ c[:, None], W_uv)   # (b, T, heads, dv)
+            out = jnp.einsum("bhtr,rhv->bthv", jnp.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
         else:
             v = jnp.einsum("bsr,rhv->bhsv", c, W_uv)                     # (b, heads, t + T, dv)
             out = (weights @ v).transpose(0, 2, 1, 3)                    # (b, T, heads, dv)

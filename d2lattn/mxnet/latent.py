@@ -107,12 +107,12 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         if latents is not None:                                          # None: traced without a cache
             c = F.np.concatenate([latents, c], axis=1)                   # (b, t + T, r)
             k_rope = F.np.concatenate([rotary_keys, k_rope], axis=1)     # (b, t + T, dr)
-        rope_scores = F.np.matmul(q_rope, F.np.expand_dims(F.np.swapaxes(k_rope, 1, 2), 1))  # (b, heads, T, t + T)
+        rope_scores = F.np.einsum("bhtd,bsd->bhts", q_rope, k_rope)  # (b, heads, T, t + T)
         W_uk = F.npx.reshape(W_uk, (-2, heads, dn))                      # (r, heads, dn)
         W_uv = F.npx.reshape(W_uv, (-2, heads, dv))                      # (r, heads, dv)
         if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
             q_latent = F.np.einsum("bhtn,rhn->bhtr", q_nope, W_uk)       # (b, heads, T, r)
-            scores = F.np.matmul(q_latent, F.np.expand_dims(F.np.swapaxes(c, 1, 2), 1))  # (b, heads, T, t + T)
+            scores = F.np.einsum("bhtr,bsr->bhts", q_latent, c)  # (b, heads, T, t + T)
         else:             # decompress every cached latent into each head's keys
             k_nope = F.np.einsum("bsr,rhn->bhsn", c, W_uk)               # (b, heads, t + T, dn)
             scores = F.np.matmul(q_nope, F.np.swapaxes(k_nope, 2, 3))    # (b, heads, T, t + T)
@@ -121,7 +121,7 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         live = F.np.max(on, axis=-1, keepdims=True)                      # a row with no key: zeros
         dropped = (F.npx.dropout(weights, p=self.rate) if self.rate else weights) * live  # only in training
         if self.absorb:   # average the latents, then decompress once per head and query
-            out = F.np.einsum("bhtr,rhv->bthv", F.np.matmul(dropped, F.np.expand_dims(c, 1)), W_uv)
+            out = F.np.einsum("bhtr,rhv->bthv", F.np.einsum("bhts,bsr->bhtr", dropped, c), W_uv)
         else:
             v = F.np.einsum("bsr,rhv->bhsv", c, W_uv)                    # (b, heads, t + T, dv)
             out = F.np.transpose(F.np.matmul(dropped, v), (0, 2, 1, 3))  # (b, T, heads, dv)

@@ -62,12 +62,12 @@ class MultiHeadLatentAttention(Module):
         if cache is not None:
             c = np.concatenate([cache[0], c], axis=1)                 # (b, t + T, r)
             k_rope = np.concatenate([cache[1], k_rope], axis=1)       # (b, t + T, dr)
-        rope_scores = q_rope @ np.swapaxes(k_rope, 1, 2)[:, None]     # (b, heads, T, t + T)
+        rope_scores = np.einsum("bhtd,bsd->bhts", q_rope, k_rope)     # (b, heads, T, t + T)
         W_uk = p["W_uk"].reshape(-1, heads, dn)                       # (r, heads, dn)
         W_uv = p["W_uv"].reshape(-1, heads, dv)                       # (r, heads, dv)
         if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
             q_latent = np.einsum("bhtn,rhn->bhtr", q_nope, W_uk)      # (b, heads, T, r)
-            scores = q_latent @ np.swapaxes(c, 1, 2)[:, None]         # (b, heads, T, t + T)
+            scores = np.einsum("bhtr,bsr->bhts", q_latent, c)         # (b, heads, T, t + T)
         else:             # decompress every cached latent into each head's keys
             k_nope = np.einsum("bsr,rhn->bhsn", c, W_uk)              # (b, heads, t + T, dn)
             scores = q_nope @ np.swapaxes(k_nope, 2, 3)               # (b, heads, T, t + T)
@@ -75,7 +75,7 @@ class MultiHeadLatentAttention(Module):
         self.attention_weights = masked_softmax((scores + rope_scores) * self.scale, mask=mask)
         weights = self.dropout(self.attention_weights, self.rate, training)
         if self.absorb:   # average the latents, then decompress once per head and query
-            out = np.einsum("bhtr,rhv->bthv", weights @ c[:, None], W_uv)   # (b, T, heads, dv)
+            out = np.einsum("bhtr,rhv->bthv", np.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
         else:
             v = np.einsum("bsr,rhv->bhsv", c, W_uv)                   # (b, heads, t + T, dv)
             out = (weights @ v).transpose(0, 2, 1, 3)                 # (b, T, heads, dv)

@@ -71,12 +71,12 @@ class MultiHeadLatentAttention(_Layer):
                          for buffer, new in zip(cache, (c, k_rope)))
         elif cache is not None:
             c, k_rope = tf.concat([cache[0], c], 1), tf.concat([cache[1], k_rope], 1)  # (b, t + T, r), (.., dr)
-        rope_scores = tf.matmul(q_rope, k_rope[:, None], transpose_b=True)   # (b, heads, T, t + T)
+        rope_scores = tf.einsum("bhtd,bsd->bhts", q_rope, k_rope)   # (b, heads, T, t + T)
         W_uk = tf.reshape(self.W_uk.kernel, (-1, heads, dn))             # (r, heads, dn)
         W_uv = tf.reshape(self.W_uv.kernel, (-1, heads, dv))             # (r, heads, dv)
         if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
             q_latent = tf.einsum("bhtn,rhn->bhtr", q_nope, W_uk)         # (b, heads, T, r)
-            scores = tf.matmul(q_latent, c[:, None], transpose_b=True)   # (b, heads, T, t + T)
+            scores = tf.einsum("bhtr,bsr->bhts", q_latent, c)   # (b, heads, T, t + T)
         else:             # decompress every cached latent into each head's keys
             k_nope = tf.einsum("bsr,rhn->bhsn", c, W_uk)                 # (b, heads, t + T, dn)
             scores = tf.matmul(q_nope, k_nope, transpose_b=True)         # (b, heads, T, t + T)
@@ -84,7 +84,7 @@ class MultiHeadLatentAttention(_Layer):
         self.attention_weights = masked_softmax((scores + rope_scores) * self.scale, mask=mask)
         weights = self.dropout(self.attention_weights, training=training)
         if self.absorb:   # average the latents, then decompress once per head and query
-            out = tf.einsum("bhtr,rhv->bthv", tf.matmul(weights, c[:, None]), W_uv)   # (b, T, heads, dv)
+            out = tf.einsum("bhtr,rhv->bthv", tf.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
         else:
             v = tf.einsum("bsr,rhv->bhsv", c, W_uv)                      # (b, heads, t + T, dv)
             out = tf.transpose(tf.matmul(weights, v), (0, 2, 1, 3))     # (b, T, heads, dv)

@@ -64,12 +64,12 @@ class MultiHeadLatentAttention(nn.Module):
         k_rope = self.rope(self.W_kr(X), offset=t)                       # (b, T, dr): one rotary key for all heads
         if cache is not None:
             c, k_rope = torch.cat([cache[0], c], 1), torch.cat([cache[1], k_rope], 1)   # (b, t + T, r), (.., dr)
-        rope_scores = q_rope @ k_rope.transpose(1, 2).unsqueeze(1)       # (b, heads, T, t + T)
+        rope_scores = torch.einsum("bhtd,bsd->bhts", q_rope, k_rope)       # (b, heads, T, t + T)
         W_uk = self.W_uk.weight.reshape(heads, dn, -1)                   # (heads, dn, r): nn.Linear is (out, in)
         W_uv = self.W_uv.weight.reshape(heads, dv, -1)                   # (heads, dv, r)
         if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
             q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, W_uk)      # (b, heads, T, r)
-            scores = q_latent @ c.transpose(1, 2).unsqueeze(1)           # (b, heads, T, t + T)
+            scores = torch.einsum("bhtr,bsr->bhts", q_latent, c)           # (b, heads, T, t + T)
         else:             # decompress every cached latent into each head's keys
             k_nope = torch.einsum("bsr,hnr->bhsn", c, W_uk)              # (b, heads, t + T, dn)
             scores = q_nope @ k_nope.transpose(2, 3)                     # (b, heads, T, t + T)
@@ -78,7 +78,7 @@ class MultiHeadLatentAttention(nn.Module):
         _record(self, weights, attention_weights=weights)
         weights = F.dropout(weights, self.rate, training)
         if self.absorb:   # average the latents, then decompress once per head and query
-            out = torch.einsum("bhtr,hvr->bthv", weights @ c.unsqueeze(1), W_uv)   # (b, T, heads, dv)
+            out = torch.einsum("bhtr,hvr->bthv", torch.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
         else:
             v = torch.einsum("bsr,hvr->bhsv", c, W_uv)                   # (b, heads, t + T, dv)
             out = (weights @ v).transpose(1, 2)                          # (b, T, heads, dv)

@@ -45,7 +45,7 @@ def install(session, backend, *extras):
 
 def tests(session, backend):
     """The whole suite on one backend; writes its harness results for crosscheck."""
-    install(session, backend, "test")
+    install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
     session.run("pytest", f"--backend={backend}", *session.posargs, env={"D2LATTN_BACKEND": backend})
 
 

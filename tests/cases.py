@@ -4,7 +4,8 @@ A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters. A module that returns a cache
-(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every array of the cache.
+(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every
+array of the cache.
 """
 
 from dataclasses import dataclass, field

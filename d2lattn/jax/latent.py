@@ -45,7 +45,7 @@ class MultiHeadLatentAttention(nnx.Module):
         self.W_uv = dense(r, heads * dv)
         self.W_o = dense(heads * dv, h)
         self.rope = RotaryPositionalEncoding(dr, _checks.checked_positive_number("rope_base", rope_base))
-        self.scale = 1 / math.sqrt(dn + dr)                              # the query-key size of the naive heads
+        self.scale = 1 / math.sqrt(dn + dr)                                 # the query-key size of the naive heads
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         self.absorb = bool(absorb)
         self.last_weights = nnx.Intermediate(None)
@@ -53,7 +53,7 @@ class MultiHeadLatentAttention(nnx.Module):
     def _queries(self, X):
         """(b, T, h) -> (b, heads, T, qk_nope_head_size + qk_rope_head_size)."""
         q = self.W_q(X) if self.sizes["q_lora_rank"] is None else self.W_uq(self.q_norm(self.W_dq(X)))
-        b, T, _ = q.shape                                                # (b, T, heads * (dn + dr))
+        b, T, _ = q.shape                                                   # (b, T, heads * (dn + dr))
         return q.reshape(b, T, self.sizes["num_heads"], -1).transpose(0, 2, 1, 3)
 
     def __call__(self, X, *, cache=None, training=None, position=None):
@@ -62,35 +62,36 @@ class MultiHeadLatentAttention(nnx.Module):
         _checks.check_latent_cache(cache, X.shape[0], s["kv_lora_rank"], s["qk_rope_head_size"])
         (b, T, _), heads, dn, dv = X.shape, s["num_heads"], s["qk_nope_head_size"], s["v_head_size"]
         start = (0 if cache is None else cache[0].shape[1]) if position is None else position
-        q_nope, q_rope = jnp.split(self._queries(X), [dn], axis=-1)    # (b, heads, T, dn), (b, heads, T, dr)
-        q_rope = self.rope(q_rope, offset=start)                         # at their absolute positions
-        c = self.kv_norm(self.W_dkv(X))                                  # (b, T, r): the latent
-        k_rope = self.rope(self.W_kr(X), offset=start)                   # (b, T, dr): one rotary key for all heads
+        q_nope, q_rope = jnp.split(self._queries(X), [dn], axis=-1)         # (b, heads, T, dn), (b, heads, T, dr)
+        q_rope = self.rope(q_rope, offset=start)                            # at their absolute positions
+        c = self.kv_norm(self.W_dkv(X))                                     # (b, T, r): the latent
+        k_rope = self.rope(self.W_kr(X), offset=start)                      # (b, T, dr): one rotary key for all heads
         if position is not None:
             c, k_rope = (jax.lax.dynamic_update_slice_in_dim(buf, x, position, axis=1)
-                         for buf, x in zip(cache, (c, k_rope)))          # (b, L, r), (b, L, dr)
+                         for buf, x in zip(cache, (c, k_rope)))             # (b, L, r), (b, L, dr)
         elif cache is not None:
             c, k_rope = (jnp.concatenate([buf, x], axis=1) for buf, x in zip(cache, (c, k_rope)))  # (b, t + T, ..)
-        rope_scores = jnp.einsum("bhtd,bsd->bhts", q_rope, k_rope)       # (b, heads, T, t + T)
-        W_uk = self.W_uk.kernel[...].reshape(-1, heads, dn)              # (r, heads, dn)
-        W_uv = self.W_uv.kernel[...].reshape(-1, heads, dv)              # (r, heads, dv)
-        if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
-            q_latent = jnp.einsum("bhtn,rhn->bhtr", q_nope, W_uk)        # (b, heads, T, r)
-            scores = jnp.einsum("bhtr,bsr->bhts", q_latent, c)           # (b, heads, T, t + T)
-        else:             # decompress every cached latent into each head's keys
-            k_nope = jnp.einsum("bsr,rhn->bhsn", c, W_uk)                # (b, heads, t + T, dn)
-            scores = q_nope @ jnp.swapaxes(k_nope, 2, 3)                 # (b, heads, T, t + T)
-        mask = causal_mask(T, c.shape[1], offset=start)                  # (T, t + T): lower right
+        rope_scores = jnp.einsum("bhtd,bsd->bhts", q_rope, k_rope)          # (b, heads, T, t + T)
+        W_uk = self.W_uk.kernel[...].reshape(-1, heads, dn)                 # (r, heads, dn)
+        W_uv = self.W_uv.kernel[...].reshape(-1, heads, dv)                 # (r, heads, dv)
+        if self.absorb:  # q_nope W_uk^T is each head's query in latent space: scores against c itself
+            q_latent = jnp.einsum("bhtn,rhn->bhtr", q_nope, W_uk)           # (b, heads, T, r)
+            scores = jnp.einsum("bhtr,bsr->bhts", q_latent, c)              # (b, heads, T, t + T)
+        else:  # decompress every cached latent into each head's keys
+            k_nope = jnp.einsum("bsr,rhn->bhsn", c, W_uk)                   # (b, heads, t + T, dn)
+            scores = q_nope @ jnp.swapaxes(k_nope, 2, 3)                    # (b, heads, T, t + T)
+        mask = causal_mask(T, c.shape[1], offset=start)                     # (T, t + T): lower right
         weights = masked_softmax((scores + rope_scores) * self.scale, mask=mask)
         _record(self.last_weights, weights)
         weights = self.dropout(weights, deterministic=_deterministic(training))
-        if self.absorb:   # average the latents, then decompress once per head and query
-            out = jnp.einsum("bhtr,rhv->bthv", jnp.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
+        if self.absorb:  # average the latents, then decompress once per head and query
+            latent = jnp.einsum("bhts,bsr->bhtr", weights, c)              # (b, heads, T, r)
+            out = jnp.einsum("bhtr,rhv->bthv", latent, W_uv)                # (b, T, heads, dv)
         else:
-            v = jnp.einsum("bsr,rhv->bhsv", c, W_uv)                     # (b, heads, t + T, dv)
-            out = (weights @ v).transpose(0, 2, 1, 3)                    # (b, T, heads, dv)
-        return self.W_o(out.reshape(b, T, -1)), (c, k_rope)              # (b, T, h), the cache
+            v = jnp.einsum("bsr,rhv->bhsv", c, W_uv)                        # (b, heads, t + T, dv)
+            out = (weights @ v).transpose(0, 2, 1, 3)                       # (b, T, heads, dv)
+        return self.W_o(out.reshape(b, T, -1)), (c, k_rope)                 # (b, T, h), the cache
 
     @property
     def attention_weights(self):
-        return self.last_weights.get_value()                             # (b, heads, T, t + T)
+        return self.last_weights.get_value()                                # (b, heads, T, t + T)

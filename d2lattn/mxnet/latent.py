@@ -55,7 +55,7 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         self.W_uk.initialize(), self.W_uv.initialize()
         self.W_o = _dense(heads * dv, h)
         self.rope = RotaryPositionalEncoding(dr, _checks.checked_positive_number("rope_base", rope_base))
-        self.scale = 1 / math.sqrt(dn + dr)                              # the query-key size of the naive heads
+        self.scale = 1 / math.sqrt(dn + dr)                                 # the query-key size of the naive heads
         self.rate = _checks.checked_dropout_rate(dropout)
         self.absorb = bool(absorb)
 
@@ -75,7 +75,7 @@ class MultiHeadLatentAttention(nn.HybridBlock):
 
     def __call__(self, X, *, cache=None, training=None):
         if _traced(self, X, cache=cache):
-            latents = rotary_keys = None                                     # nothing cached
+            latents = rotary_keys = None                                    # nothing cached
             keep, rotary = self.graph_positions(X)
         else:
             _checks.check_sequence_input(X.shape, self.sizes["num_hiddens"])
@@ -94,38 +94,39 @@ class MultiHeadLatentAttention(nn.HybridBlock):
     def _queries(self, F, X):
         """(b, T, h) -> (b, heads, T, qk_nope_head_size + qk_rope_head_size)."""
         q = self.W_q(X) if self.sizes["q_lora_rank"] is None else self.W_uq(self.q_norm(self.W_dq(X)))
-        q = F.npx.reshape(q, (-2, -2, self.sizes["num_heads"], -1))      # (b, T, heads, dn + dr)
+        q = F.npx.reshape(q, (-2, -2, self.sizes["num_heads"], -1))         # (b, T, heads, dn + dr)
         return F.np.transpose(q, (0, 2, 1, 3))
 
     def hybrid_forward(self, F, X, latents, rotary_keys, keep, positions, W_uk, W_uv):
         s = self.sizes
         heads, dn, dv = s["num_heads"], s["qk_nope_head_size"], s["v_head_size"]
-        q_nope, q_rope = F.np.split(self._queries(F, X), [dn], axis=-1)  # (b, heads, T, dn), (b, heads, T, dr)
-        q_rope = self.rope(q_rope, offset=(positions,))                  # at their positions
-        c = self.kv_norm(self.W_dkv(X))                                  # (b, T, r): the latent
-        k_rope = self.rope(self.W_kr(X), offset=(positions,))            # (b, T, dr): one rotary key for all heads
-        if latents is not None:                                          # None: traced without a cache
-            c = F.np.concatenate([latents, c], axis=1)                   # (b, t + T, r)
-            k_rope = F.np.concatenate([rotary_keys, k_rope], axis=1)     # (b, t + T, dr)
-        rope_scores = F.np.einsum("bhtd,bsd->bhts", q_rope, k_rope)  # (b, heads, T, t + T)
-        W_uk = F.npx.reshape(W_uk, (-2, heads, dn))                      # (r, heads, dn)
-        W_uv = F.npx.reshape(W_uv, (-2, heads, dv))                      # (r, heads, dv)
-        if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
-            q_latent = F.np.einsum("bhtn,rhn->bhtr", q_nope, W_uk)       # (b, heads, T, r)
-            scores = F.np.einsum("bhtr,bsr->bhts", q_latent, c)  # (b, heads, T, t + T)
-        else:             # decompress every cached latent into each head's keys
-            k_nope = F.np.einsum("bsr,rhn->bhsn", c, W_uk)               # (b, heads, t + T, dn)
-            scores = F.np.matmul(q_nope, F.np.swapaxes(k_nope, 2, 3))    # (b, heads, T, t + T)
+        q_nope, q_rope = F.np.split(self._queries(F, X), [dn], axis=-1)     # (b, heads, T, dn), (b, heads, T, dr)
+        q_rope = self.rope(q_rope, offset=(positions,))                     # at their positions
+        c = self.kv_norm(self.W_dkv(X))                                     # (b, T, r): the latent
+        k_rope = self.rope(self.W_kr(X), offset=(positions,))               # (b, T, dr): one rotary key for all heads
+        if latents is not None:                                             # None: traced without a cache
+            c = F.np.concatenate([latents, c], axis=1)                      # (b, t + T, r)
+            k_rope = F.np.concatenate([rotary_keys, k_rope], axis=1)        # (b, t + T, dr)
+        rope_scores = F.np.einsum("bhtd,bsd->bhts", q_rope, k_rope)         # (b, heads, T, t + T)
+        W_uk = F.npx.reshape(W_uk, (-2, heads, dn))                         # (r, heads, dn)
+        W_uv = F.npx.reshape(W_uv, (-2, heads, dv))                         # (r, heads, dv)
+        if self.absorb:  # q_nope W_uk^T is each head's query in latent space: scores against c itself
+            q_latent = F.np.einsum("bhtn,rhn->bhtr", q_nope, W_uk)          # (b, heads, T, r)
+            scores = F.np.einsum("bhtr,bsr->bhts", q_latent, c)             # (b, heads, T, t + T)
+        else:  # decompress every cached latent into each head's keys
+            k_nope = F.np.einsum("bsr,rhn->bhsn", c, W_uk)                  # (b, heads, t + T, dn)
+            scores = F.np.matmul(q_nope, F.np.swapaxes(k_nope, 2, 3))       # (b, heads, T, t + T)
         scores, on = _lower_masked((scores + rope_scores) * self.scale, keep)
-        weights = F.npx.softmax(scores, axis=-1)                         # (b, heads, T, t + T)
-        live = F.np.max(on, axis=-1, keepdims=True)                      # a row with no key: zeros
+        weights = F.npx.softmax(scores, axis=-1)                            # (b, heads, T, t + T)
+        live = F.np.max(on, axis=-1, keepdims=True)                         # a row with no key: zeros
         dropped = (F.npx.dropout(weights, p=self.rate) if self.rate else weights) * live  # only in training
-        if self.absorb:   # average the latents, then decompress once per head and query
-            out = F.np.einsum("bhtr,rhv->bthv", F.np.einsum("bhts,bsr->bhtr", dropped, c), W_uv)
+        if self.absorb:  # average the latents, then decompress once per head and query
+            latent = F.np.einsum("bhts,bsr->bhtr", dropped, c)             # (b, heads, T, r)
+            out = F.np.einsum("bhtr,rhv->bthv", latent, W_uv)               # (b, T, heads, dv)
         else:
-            v = F.np.einsum("bsr,rhv->bhsv", c, W_uv)                    # (b, heads, t + T, dv)
-            out = F.np.transpose(F.np.matmul(dropped, v), (0, 2, 1, 3))  # (b, T, heads, dv)
-        out = F.npx.reshape(out, (-2, -2, -5))                           # (b, T, heads * dv)
+            v = F.np.einsum("bsr,rhv->bhsv", c, W_uv)                       # (b, heads, t + T, dv)
+            out = F.np.transpose(F.np.matmul(dropped, v), (0, 2, 1, 3))     # (b, T, heads, dv)
+        out = F.npx.reshape(out, (-2, -2, -5))                              # (b, T, heads * dv)
         return self.W_o(out), c, k_rope, weights, live
 
     def save_weights(self, weights, live):

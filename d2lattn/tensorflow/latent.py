@@ -44,7 +44,7 @@ class MultiHeadLatentAttention(_Layer):
         self.W_uv = _dense_layer(r, heads * dv)
         self.W_o = _dense_layer(heads * dv, h)
         self.rope = RotaryPositionalEncoding(dr, _checks.checked_positive_number("rope_base", rope_base))
-        self.scale = 1 / math.sqrt(dn + dr)                              # the query-key size of the naive heads
+        self.scale = 1 / math.sqrt(dn + dr)                                 # the query-key size of the naive heads
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.absorb = bool(absorb)
         self.attention_weights = None
@@ -53,7 +53,7 @@ class MultiHeadLatentAttention(_Layer):
     def _queries(self, X):
         """(b, T, h) -> (b, heads, T, qk_nope_head_size + qk_rope_head_size)."""
         q = self.W_q(X) if self.sizes["q_lora_rank"] is None else self.W_uq(self.q_norm(self.W_dq(X)))
-        b, T = tf.shape(q)[0], tf.shape(q)[1]                            # (b, T, heads * (dn + dr))
+        b, T = tf.shape(q)[0], tf.shape(q)[1]                               # (b, T, heads * (dn + dr))
         return tf.transpose(tf.reshape(q, (b, T, self.sizes["num_heads"], -1)), (0, 2, 1, 3))
 
     def call(self, X, *, cache=None, position=None, training=None):
@@ -63,30 +63,31 @@ class MultiHeadLatentAttention(_Layer):
         heads, dn, dv = s["num_heads"], s["qk_nope_head_size"], s["v_head_size"]
         start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[1]
         q_nope, q_rope = tf.split(self._queries(X), [dn, s["qk_rope_head_size"]], -1)  # (b, heads, T, dn), (.., dr)
-        q_rope = self.rope(q_rope, offset=start)                         # at positions start .. start + T - 1
-        c = self.kv_norm(self.W_dkv(X))                                  # (b, T, r): the latent
-        k_rope = self.rope(self.W_kr(X), offset=start)                   # (b, T, dr): one rotary key for all heads
+        q_rope = self.rope(q_rope, offset=start)                            # at positions start .. start + T - 1
+        c = self.kv_norm(self.W_dkv(X))                                     # (b, T, r): the latent
+        k_rope = self.rope(self.W_kr(X), offset=start)                      # (b, T, dr): one rotary key for all heads
         if position is not None:
-            c, k_rope = (keras.ops.slice_update(buffer, (0, position, 0), new)   # (b, L, r), (b, L, dr)
+            c, k_rope = (keras.ops.slice_update(buffer, (0, position, 0), new)  # (b, L, r), (b, L, dr)
                          for buffer, new in zip(cache, (c, k_rope)))
         elif cache is not None:
             c, k_rope = tf.concat([cache[0], c], 1), tf.concat([cache[1], k_rope], 1)  # (b, t + T, r), (.., dr)
-        rope_scores = tf.einsum("bhtd,bsd->bhts", q_rope, k_rope)   # (b, heads, T, t + T)
-        W_uk = tf.reshape(self.W_uk.kernel, (-1, heads, dn))             # (r, heads, dn)
-        W_uv = tf.reshape(self.W_uv.kernel, (-1, heads, dv))             # (r, heads, dv)
-        if self.absorb:   # q_nope W_uk^T is each head's query in latent space: scores against c itself
-            q_latent = tf.einsum("bhtn,rhn->bhtr", q_nope, W_uk)         # (b, heads, T, r)
-            scores = tf.einsum("bhtr,bsr->bhts", q_latent, c)   # (b, heads, T, t + T)
-        else:             # decompress every cached latent into each head's keys
-            k_nope = tf.einsum("bsr,rhn->bhsn", c, W_uk)                 # (b, heads, t + T, dn)
-            scores = tf.matmul(q_nope, k_nope, transpose_b=True)         # (b, heads, T, t + T)
-        mask = causal_mask(tf.shape(X)[1], tf.shape(c)[1], offset=start)  # (T, t + T): lower right
+        rope_scores = tf.einsum("bhtd,bsd->bhts", q_rope, k_rope)           # (b, heads, T, t + T)
+        W_uk = tf.reshape(self.W_uk.kernel, (-1, heads, dn))                # (r, heads, dn)
+        W_uv = tf.reshape(self.W_uv.kernel, (-1, heads, dv))                # (r, heads, dv)
+        if self.absorb:  # q_nope W_uk^T is each head's query in latent space: scores against c itself
+            q_latent = tf.einsum("bhtn,rhn->bhtr", q_nope, W_uk)            # (b, heads, T, r)
+            scores = tf.einsum("bhtr,bsr->bhts", q_latent, c)               # (b, heads, T, t + T)
+        else:  # decompress every cached latent into each head's keys
+            k_nope = tf.einsum("bsr,rhn->bhsn", c, W_uk)                    # (b, heads, t + T, dn)
+            scores = tf.matmul(q_nope, k_nope, transpose_b=True)            # (b, heads, T, t + T)
+        mask = causal_mask(tf.shape(X)[1], tf.shape(c)[1], offset=start)    # (T, t + T): lower right
         self.attention_weights = masked_softmax((scores + rope_scores) * self.scale, mask=mask)
         weights = self.dropout(self.attention_weights, training=training)
-        if self.absorb:   # average the latents, then decompress once per head and query
-            out = tf.einsum("bhtr,rhv->bthv", tf.einsum("bhts,bsr->bhtr", weights, c), W_uv)   # (b, T, heads, dv)
+        if self.absorb:  # average the latents, then decompress once per head and query
+            latent = tf.einsum("bhts,bsr->bhtr", weights, c)               # (b, heads, T, r)
+            out = tf.einsum("bhtr,rhv->bthv", latent, W_uv)                 # (b, T, heads, dv)
         else:
-            v = tf.einsum("bsr,rhv->bhsv", c, W_uv)                      # (b, heads, t + T, dv)
-            out = tf.transpose(tf.matmul(weights, v), (0, 2, 1, 3))     # (b, T, heads, dv)
-        out = tf.reshape(out, (tf.shape(X)[0], tf.shape(X)[1], heads * dv))   # (b, T, heads * dv)
-        return self.W_o(out), (c, k_rope)                                # (b, T, h), the cache
+            v = tf.einsum("bsr,rhv->bhsv", c, W_uv)                         # (b, heads, t + T, dv)
+            out = tf.transpose(tf.matmul(weights, v), (0, 2, 1, 3))         # (b, T, heads, dv)
+        out = tf.reshape(out, (tf.shape(X)[0], tf.shape(X)[1], heads * dv))  # (b, T, heads * dv)
+        return self.W_o(out), (c, k_rope)                                   # (b, T, h), the cache

@@ -27,6 +27,23 @@ def _dense(n_in, n_out):
     return layer
 
 
+def _shared(F, X, Y, heads, transpose_b=False):
+    """Every head of X (b, heads, T, m) times the one Y (b, n, m) or (b, m, n) all heads share
+    -> (b, heads, T, n): one batch_dot over heads * T rows (MXNet 1.9's einsum is slow at long
+    contexts, and the gradient of its broadcasting matmul is wrong)."""
+    out = F.npx.batch_dot(F.npx.reshape(X, (-2, -5, -2)), Y, transpose_b=transpose_b)   # (b, heads * T, n)
+    return F.npx.reshape(out, (-2, -6, heads, -1, -2))
+
+
+def _per_head(F, X, W, heads, size, transpose=False):
+    """X (b, heads, T, m) times each head's block of W: W (r, heads * size), head i's columns
+    i*size:(i+1)*size; X @ block^T (m = size, -> r) with `transpose`, else X @ block (m = r, -> size)."""
+    W = F.np.transpose(F.npx.reshape(W, (-2, heads, size)), (1, 0, 2))   # (heads, r, size)
+    X = F.np.transpose(X, (1, 0, 2, 3))                                   # (heads, b, T, m)
+    out = F.npx.batch_dot(F.npx.reshape(X, (-2, -5, -2)), W, transpose_b=transpose)  # (heads, b * T, ..)
+    return F.np.transpose(F.npx.reshape_like(out, X, lhs_begin=1, lhs_end=2, rhs_begin=1, rhs_end=3), (1, 0, 2, 3))
+
+
 class MultiHeadLatentAttention(nn.HybridBlock):
     """Queries through W_q, or W_dq, q_norm and W_uq (q_lora_rank); keys and values from the
     latent c = kv_norm(X W_dkv) through W_uk and W_uv; one rotary key X W_kr shared by every head;
@@ -97,6 +114,10 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         q = F.npx.reshape(q, (-2, -2, self.sizes["num_heads"], -1))         # (b, T, heads, dn + dr)
         return F.np.transpose(q, (0, 2, 1, 3))
 
+    def _split_heads(self, F, X):
+        """(b, n, heads * d) -> (b, heads, n, d)."""
+        return F.np.transpose(F.npx.reshape(X, (-2, -2, self.sizes["num_heads"], -1)), (0, 2, 1, 3))
+
     def hybrid_forward(self, F, X, latents, rotary_keys, keep, positions, W_uk, W_uv):
         s = self.sizes
         heads, dn, dv = s["num_heads"], s["qk_nope_head_size"], s["v_head_size"]
@@ -107,26 +128,24 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         if latents is not None:                                             # None: traced without a cache
             c = F.np.concatenate([latents, c], axis=1)                      # (b, t + T, r)
             k_rope = F.np.concatenate([rotary_keys, k_rope], axis=1)        # (b, t + T, dr)
-        rope_scores = F.np.einsum("bhtd,bsd->bhts", q_rope, k_rope)         # (b, heads, T, t + T)
-        W_uk = F.npx.reshape(W_uk, (-2, heads, dn))                         # (r, heads, dn)
-        W_uv = F.npx.reshape(W_uv, (-2, heads, dv))                         # (r, heads, dv)
+        rope_scores = _shared(F, q_rope, k_rope, heads, transpose_b=True)   # (b, heads, T, t + T)
         if self.absorb:  # q_nope W_uk^T is each head's query in latent space: scores against c itself
-            q_latent = F.np.einsum("bhtn,rhn->bhtr", q_nope, W_uk)          # (b, heads, T, r)
-            scores = F.np.einsum("bhtr,bsr->bhts", q_latent, c)             # (b, heads, T, t + T)
+            q_latent = _per_head(F, q_nope, W_uk, heads, dn, transpose=True)  # (b, heads, T, r)
+            scores = _shared(F, q_latent, c, heads, transpose_b=True)       # (b, heads, T, t + T)
         else:  # decompress every cached latent into each head's keys
-            k_nope = F.np.einsum("bsr,rhn->bhsn", c, W_uk)                  # (b, heads, t + T, dn)
-            scores = F.np.matmul(q_nope, F.np.swapaxes(k_nope, 2, 3))       # (b, heads, T, t + T)
+            k_nope = self._split_heads(F, F.np.dot(c, W_uk))                # (b, heads, t + T, dn)
+            scores = F.npx.batch_dot(q_nope, k_nope, transpose_b=True)      # (b, heads, T, t + T)
         scores, on = _lower_masked((scores + rope_scores) * self.scale, keep)
         weights = F.npx.softmax(scores, axis=-1)                            # (b, heads, T, t + T)
         live = F.np.max(on, axis=-1, keepdims=True)                         # a row with no key: zeros
         dropped = (F.npx.dropout(weights, p=self.rate) if self.rate else weights) * live  # only in training
         if self.absorb:  # average the latents, then decompress once per head and query
-            latent = F.np.einsum("bhts,bsr->bhtr", dropped, c)             # (b, heads, T, r)
-            out = F.np.einsum("bhtr,rhv->bthv", latent, W_uv)               # (b, T, heads, dv)
+            latent = _shared(F, dropped, c, heads)                          # (b, heads, T, r)
+            out = _per_head(F, latent, W_uv, heads, dv)                     # (b, heads, T, dv)
         else:
-            v = F.np.einsum("bsr,rhv->bhsv", c, W_uv)                       # (b, heads, t + T, dv)
-            out = F.np.transpose(F.np.matmul(dropped, v), (0, 2, 1, 3))     # (b, T, heads, dv)
-        out = F.npx.reshape(out, (-2, -2, -5))                              # (b, T, heads * dv)
+            v = self._split_heads(F, F.np.dot(c, W_uv))                     # (b, heads, t + T, dv)
+            out = F.npx.batch_dot(dropped, v)                               # (b, heads, T, dv)
+        out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, T, heads * dv)
         return self.W_o(out), c, k_rope, weights, live
 
     def save_weights(self, weights, live):

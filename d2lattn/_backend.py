@@ -48,7 +48,7 @@ DISTRIBUTIONS = {
 # define every name of the contract (d2lattn/api.py).
 MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "latent", "blockwise", "params", "grads",
            "train")
-SHARED = ("d2lattn.plotting", "d2lattn.notebook")
+SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # What a backend cannot do, with the reason. A test that needs a capability says so with
 # @pytest.mark.needs("capability") and is skipped with this reason where it is missing
 # (tests/conftest.py); "compiled <name>" is one component's compiled mode (tests/harness.py).

@@ -66,6 +66,16 @@ def checked_window(value):
     return int(value)
 
 
+def per_layer(name, value, num_layers):
+    """One value for every layer, or a list or tuple of one per layer: -> a list of num_layers."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_layers
+    if len(value) != num_layers:
+        raise ValueError(f"{name} must be one value or a sequence of one per layer (num_layers = {num_layers}), "
+                         f"got {len(value)} entries")
+    return list(value)
+
+
 def check_divisible(num_hiddens, num_heads):
     if num_hiddens % num_heads:
         raise ValueError(
@@ -298,18 +308,30 @@ def check_param_shapes(expected, given):
 # --- caches ---------------------------------------------------------------------------
 
 
-def check_cache(cache_value, batch, num_kv_heads, head_size):
-    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size)."""
+def check_cache(cache_value, batch, num_kv_heads, head_size, window=None):
+    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size);
+    with a window w the rolling buffer (keys, values, position), each (b, num_kv_heads, max(w - 1, 1), head_size)."""
     if cache_value is None:
         return
-    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, t, {head_size})"
-    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
-        raise ValueError(f"cache must be None or a tuple (keys, values), each of shape {want}")
-    k, v = (tuple(c.shape) for c in cache_value)
+    steps = "t" if window is None else max(window - 1, 1)
+    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, {steps}, {head_size})"
+    size = 2 if window is None else 3
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != size:
+        form = "(keys, values)" if window is None else f"(keys, values, position) (the window {window}'s buffer)"
+        raise ValueError(f"cache must be None or a tuple {form}, each of shape {want}")
+    k, v = (tuple(c.shape) for c in cache_value[:2])
     for shape in (k, v):
-        if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, (batch, num_kv_heads, k[2], head_size))):
+        if len(shape) != 4 or not all(_fits(a, b) for a, b in
+                                      zip(shape, (batch, num_kv_heads, k[2] if window is None else steps, head_size))):
             raise ValueError(f"cache must hold keys and values of shape {want}, got {k} and {v}; "
                              "was it made by a layer of another shape?")
+
+
+def cached_positions(cache_value):
+    """How many positions a checked cache has seen: its length, or a rolling buffer's position."""
+    if cache_value is None:
+        return 0
+    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[2]
 
 
 def check_lm_cache(cache_value, num_layers):
@@ -354,6 +376,8 @@ def checked_rope_fraction(head_size, fraction):
     """The number of features each head rotates: fraction * head_size, a positive even count."""
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ValueError(f"rope_fraction must be a number in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return checked_head_size(head_size)                      # all of them: an even head_size
     count = fraction * head_size
     if count != int(count) or int(count) % 2:
         raise ValueError(f"rope_fraction * head_size must be an even whole number of features (rotary encoding "

@@ -76,6 +76,25 @@ def per_layer(name, value, num_layers):
     return list(value)
 
 
+# A TransformerLM layer's attention: "mha" a CausalSelfAttention (multi-head, grouped-query with
+# num_kv_heads), "mla" a MultiHeadLatentAttention with the sizes in `mla`.
+LAYER_KINDS = ("mha", "mla")
+
+
+def checked_layer_kinds(attention, num_layers, mla):
+    """TransformerLM's `attention`: one of LAYER_KINDS, or a sequence of one per layer -> a list;
+    `mla` must be a dict (MultiHeadLatentAttention's keyword arguments) where a layer is "mla"."""
+    kinds = per_layer("attention", attention, num_layers)
+    for kind in kinds:
+        if kind not in LAYER_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(map(repr, LAYER_KINDS))} or a sequence of one per "
+                             f"layer, got {kind!r}")
+    if "mla" in kinds and not isinstance(mla, dict):
+        raise ValueError("mla must be a dict of MultiHeadLatentAttention's sizes (kv_lora_rank, qk_nope_head_size, "
+                         f"qk_rope_head_size, v_head_size, ...) for the 'mla' layers, got {type(mla).__name__}")
+    return kinds
+
+
 def check_divisible(num_hiddens, num_heads):
     if num_hiddens % num_heads:
         raise ValueError(
@@ -331,7 +350,7 @@ def cached_positions(cache_value):
     """How many positions a checked cache has seen: its length, or a rolling buffer's position."""
     if cache_value is None:
         return 0
-    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[2]
+    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[-2]  # (b, kv, t, dh) or (b, t, r)
 
 
 def check_lm_cache(cache_value, num_layers):

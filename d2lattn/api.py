@@ -462,17 +462,24 @@ class TransformerLM:
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="mha",
+                 mla=None):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per
         layer (window None: global; rope_base None: no rotary positions, NoPE), so Gemma 3's five
-        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None."""
+        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None.
+        `attention`, one value or one per layer: "mha" for a CausalSelfAttention (multi-head, or
+        grouped-query with num_kv_heads), "mla" for a MultiHeadLatentAttention(num_hiddens,
+        num_heads, rope_base=that layer's, dropout=dropout, **mla), `mla` a dict of its sizes
+        (kv_lora_rank, qk_nope_head_size, qk_rope_head_size, v_head_size, and q_lora_rank,
+        norm_eps, absorb as it takes them); window, num_kv_heads and the open-model options are
+        CausalSelfAttention's and leave "mla" layers alone."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
-        previous call returned (a list with one CausalSelfAttention cache per block: a windowed
-        block's is its rolling buffer, of constant size)."""
+        previous call returned (a list with one cache per block: a windowed block's is its rolling
+        buffer, of constant size; an "mla" block's its (latents, rotary keys))."""
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):

@@ -164,6 +164,10 @@ CASES = [
          {**MLA, "qk_rope_head_size": 4, "rope_base": 100.0, "absorb": True}, pieces=(3, 1, 2), seed=54),
     Case("mla-naive-pieces", "MultiHeadLatentAttention", ((B, 6, 8),), {**MLA, "num_heads": 3, "v_head_size": 2},
          pieces=(2, 4), seed=55),
+    Case("lm-mla-mha-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6,
+          "attention": ["mla", "mha"], "mla": {k: v for k, v in MLA.items() if k not in ("num_hiddens", "num_heads")}},
+         tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=56),
     # open-model attention: soft-capping and sinks in the scores (sinks differentiated as an input; a row with
     # nothing to attend to stays zeros), scaled RoPE, and CausalSelfAttention's options, cached in pieces too
     Case("dot-cap-mask", "DotProductAttention", QKV, mask="random", call={"logit_cap": 0.7}, seed=60),

@@ -167,3 +167,56 @@ BAD_INPUT = {
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
 
 test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is_refused = dropout_tests("latent")
+
+
+# --- MultiHeadLatentAttention as TransformerLM's attention --------------------------------------
+
+LM_MLA = {"kv_lora_rank": 6, "q_lora_rank": 8, "qk_nope_head_size": 4, "qk_rope_head_size": 4, "v_head_size": 4}
+LM = {"vocab_size": 11, "num_hiddens": 16, "num_heads": 4, "num_layers": 3, "ffn_num_hiddens": 24,
+      "attention": ["mla", "mha", "mla"], "mla": {**LM_MLA, "absorb": True}, "num_kv_heads": 2, "window": [None, 3, None]}
+
+
+def lm_pair(d2l, **changes):
+    args = {**LM, **changes}
+    ref, ours = reference.TransformerLM(**args), d2l.TransformerLM(**args)
+    params = random_params(ref, np.random.default_rng(7), scale=3.0)   # logits far apart: no near ties for argmax
+    reference.set_params(ref, params)
+    d2l.set_params(ours, params)
+    return ours, ref
+
+
+def test_a_deepseek_style_language_model(d2l):
+    """Latent-attention blocks between grouped-query ones (a window among them): the parameters are
+    the layers', the logits the reference's, the cache per block its layer's, pieces give the full
+    pass, and generation gives the reference's tokens with and without the cache."""
+    model, ref = lm_pair(d2l)
+    names = d2l.get_params(model)
+    assert tuple(names["blocks.0.attention.W_uk"].shape) == (6, 16) and "blocks.1.attention.W_k" in names
+    tokens = np.random.default_rng(8).integers(0, 11, (2, 7)).astype(np.int32)
+    full, cache = model(d2l.tensor(tokens), training=False)
+    np.testing.assert_allclose(d2l.to_numpy(full), ref(tokens, training=False)[0], atol=1e-4)
+    assert [tuple(cache[i][0].shape) for i in (0, 2)] == [(2, 7, 6)] * 2   # latents (b, t, kv_lora_rank)
+    first, cache = model(d2l.tensor(tokens[:, :4]), training=False)
+    last, cache = model(d2l.tensor(tokens[:, 4:]), cache=cache, training=False)
+    np.testing.assert_allclose(np.concatenate([d2l.to_numpy(first), d2l.to_numpy(last)], 1), d2l.to_numpy(full),
+                               atol=1e-4)
+    prompt = tokens[:, :3]
+    want = reference.generate(ref, prompt, 6)
+    np.testing.assert_array_equal(d2l.generate(model, prompt, 6), want)
+    np.testing.assert_array_equal(d2l.generate(model, prompt, 6, use_cache=False), want)
+
+
+LM_BAD_INPUT = {
+    "unknown layer kind": (lambda d2l: d2l.TransformerLM(11, 16, 4, 2, 24, attention="gqa"), ValueError,
+                           r"attention must be one of 'mha', 'mla'.* or a sequence of one per layer, got 'gqa'"),
+    "kinds for other layers": (lambda d2l: d2l.TransformerLM(11, 16, 4, 2, 24, attention=["mla"], mla=LM_MLA),
+                               ValueError, r"attention must be one value or a sequence of one per layer "
+                                           r"\(num_layers = 2\), got 1 entries"),
+    "mla without sizes": (lambda d2l: d2l.TransformerLM(11, 16, 4, 2, 24, attention="mla"), ValueError,
+                          r"mla must be a dict of MultiHeadLatentAttention's sizes .* for the 'mla' layers, "
+                          r"got NoneType"),
+    "mla sizes that do not fit": (
+        lambda d2l: d2l.TransformerLM(11, 16, 4, 2, 24, attention="mla", mla={**LM_MLA, "kv_lora_rank": 17}),
+        ValueError, r"kv_lora_rank must be at most .* = 16"),
+}
+test_lm_bad_input_is_named = bad_input_test(LM_BAD_INPUT)

@@ -27,8 +27,9 @@ class MultiHeadLatentAttention(nnx.Module):
                  qk_rope_head_size, v_head_size, rope_base=10000.0, norm_eps=1e-6, dropout=0.0, absorb=False,
                  rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        s = self.sizes = _checks.checked_latent_sizes(num_hiddens, num_heads, kv_lora_rank, q_lora_rank,
-                                                      qk_nope_head_size, qk_rope_head_size, v_head_size)
+        s = _checks.checked_latent_sizes(num_hiddens, num_heads, kv_lora_rank, q_lora_rank, qk_nope_head_size,
+                                         qk_rope_head_size, v_head_size)
+        self.sizes = tuple(s.items())  # static data of nnx's graph definition must hash: dict(self.sizes) reads it
         h, heads, r, dn, dr, dv = (s[n] for n in ("num_hiddens", "num_heads", "kv_lora_rank", "qk_nope_head_size",
                                                    "qk_rope_head_size", "v_head_size"))
         dense = lambda n_in, n_out: nnx.Linear(n_in, n_out, use_bias=False, rngs=rngs)  # noqa: E731
@@ -52,12 +53,13 @@ class MultiHeadLatentAttention(nnx.Module):
 
     def _queries(self, X):
         """(b, T, h) -> (b, heads, T, qk_nope_head_size + qk_rope_head_size)."""
-        q = self.W_q(X) if self.sizes["q_lora_rank"] is None else self.W_uq(self.q_norm(self.W_dq(X)))
+        s = dict(self.sizes)
+        q = self.W_q(X) if s["q_lora_rank"] is None else self.W_uq(self.q_norm(self.W_dq(X)))
         b, T, _ = q.shape                                                   # (b, T, heads * (dn + dr))
-        return q.reshape(b, T, self.sizes["num_heads"], -1).transpose(0, 2, 1, 3)
+        return q.reshape(b, T, s["num_heads"], -1).transpose(0, 2, 1, 3)
 
     def __call__(self, X, *, cache=None, training=None, position=None):
-        s = self.sizes
+        s = dict(self.sizes)
         _checks.check_sequence_input(X.shape, s["num_hiddens"])
         _checks.check_latent_cache(cache, X.shape[0], s["kv_lora_rank"], s["qk_rope_head_size"])
         (b, T, _), heads, dn, dv = X.shape, s["num_heads"], s["qk_nope_head_size"], s["v_head_size"]

@@ -15,6 +15,7 @@ from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
+from d2lattn.mxnet.latent import MultiHeadLatentAttention
 from d2lattn.mxnet.ops import _graph_keep, _traced, _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
 from d2lattn.sampling import next_tokens
@@ -140,11 +141,15 @@ class TransformerLMBlock(nn.HybridBlock):
     model's graph: -> (X, keys, values, weights, live)."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, attention="mha", mla=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
+            self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
+                                                      **mla)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
@@ -156,7 +161,8 @@ class TransformerLMBlock(nn.HybridBlock):
         Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *rotary)
         X = X + self.dropout(F, Y)                                          # (b, T, h)
         X = X + self.dropout(F, self.ffn(self.norm2(X)))
-        return (X, keys, values, *self.attention.attention._saved)
+        recorder = getattr(self.attention, "attention", self.attention)  # its DotProductAttention, or MLA itself
+        return (X, keys, values, *recorder._saved)
 
 
 class TransformerLM(nn.HybridBlock):
@@ -171,20 +177,23 @@ class TransformerLM(nn.HybridBlock):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="mha",
+                 mla=None):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
         self.embedding = nn.Embedding(v, h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
-        for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)):
+        for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                 _checks.per_layer("rope_base", rope_base, L), kinds):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
                                                window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps,
-                                               **options))
+                                               attention=kind, mla=mla, **options))
         self.norm = RMSNorm(h, norm_eps)
         shared = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_embeddings else {}
         self.W_out = nn.Dense(v, use_bias=False, flatten=False, in_units=h, **shared)

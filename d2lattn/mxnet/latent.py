@@ -82,9 +82,14 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         _checks.check_latent_cache(cache, batch, s["kv_lora_rank"], s["qk_rope_head_size"])
         return tuple(cache or (np.zeros((batch, 0, s[n]), ctx=ctx) for n in ("kv_lora_rank", "qk_rope_head_size")))
 
-    def positions(self, T, t, ctx):
-        """(keep (T, t + T), (rotary positions,)) for T new positions after t cached ones."""
+    def positions(self, T, cache, ctx):
+        """(keep (T, t + T), (rotary positions,)) for T new positions after the t that `cache` holds."""
+        t = _checks.cached_positions(cache)
         return causal_mask(T, t + T, offset=t).as_in_ctx(ctx), (self.rope.positions(t, T, ctx),)
+
+    def cached(self, latents, rotary_keys, cache, T):
+        """The cache a call hands back (as CausalSelfAttention's, which may add a position)."""
+        return latents, rotary_keys
 
     def graph_positions(self, X):
         """As `positions`, traced inside a parent's graph for a call without a cache."""
@@ -97,7 +102,7 @@ class MultiHeadLatentAttention(nn.HybridBlock):
         else:
             _checks.check_sequence_input(X.shape, self.sizes["num_hiddens"])
             latents, rotary_keys = self.cache_inputs(X.shape[0], cache, X.ctx)
-            keep, rotary = self.positions(X.shape[1], latents.shape[1], X.ctx)
+            keep, rotary = self.positions(X.shape[1], cache, X.ctx)
         with _train_mode(training):
             return self.with_keep(X, latents, rotary_keys, keep, *rotary)
 

@@ -173,7 +173,8 @@ test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is
 
 LM_MLA = {"kv_lora_rank": 6, "q_lora_rank": 8, "qk_nope_head_size": 4, "qk_rope_head_size": 4, "v_head_size": 4}
 LM = {"vocab_size": 11, "num_hiddens": 16, "num_heads": 4, "num_layers": 3, "ffn_num_hiddens": 24,
-      "attention": ["mla", "mha", "mla"], "mla": {**LM_MLA, "absorb": True}, "num_kv_heads": 2, "window": [None, 3, None]}
+      "attention": ["mla", "mha", "mla"], "mla": {**LM_MLA, "absorb": True}, "num_kv_heads": 2,
+      "window": [None, 3, None]}
 
 
 def lm_pair(d2l, **changes):

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 import transformers
+from transformers import masking_utils
 
 from d2lattn import numpy as reference
 from d2lattn import torch as ours
@@ -76,11 +77,12 @@ def load(hf_module, state):
     return hf_module
 
 
-def additive_mask(T, window=None):
-    """(1, 1, T, T) float64, 0 where a query may attend and the lowest float elsewhere: the
-    eager attention's `attention_mask`, made from our causal_mask (a window counts the query)."""
-    keep = reference.causal_mask(T, T, window=window)
-    return torch.from_numpy(np.where(keep, 0.0, np.finfo(np.float64).min))[None, None]
+def causal_mask(cfg, T, *, sliding=False, b=1):
+    """(b, 1, T, T) float64: the eager attention's `attention_mask` as Hugging Face makes it for `cfg`
+    (0 where a query may attend, the lowest float elsewhere), causal, or with `cfg.sliding_window`."""
+    make = masking_utils.create_sliding_window_causal_mask if sliding else masking_utils.create_causal_mask
+    return make(cfg, torch.zeros(b, T, cfg.hidden_size, dtype=torch.float64), None, None,
+                position_ids=torch.arange(T)[None], allow_is_causal_skip=False)
 
 
 def rotary(hf_rotary, T, dtype=torch.float64):

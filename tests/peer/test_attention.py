@@ -37,18 +37,18 @@ def test_qwen3_attention_is_qk_norm_per_head_before_rope():
     ref, mine, params = support.pair("CausalSelfAttention", H, HEADS, num_kv_heads=KV_HEADS, qk_norm=True)
     hf = support.load(support.module(modeling_qwen3.Qwen3Attention, cfg, 0), support.attention_state(params))
     rope = support.rotary(support.module(modeling_qwen3.Qwen3RotaryEmbedding, cfg), T)
-    compare(hf, ref, mine, rope, support.additive_mask(T))
+    compare(hf, ref, mine, rope, support.causal_mask(cfg, T))
 
 
 @pytest.mark.parametrize("window", [3, None])
 def test_gemma2_attention_is_soft_capped_before_the_sliding_window(window):
     cfg = support.config("Gemma2Config", **SIZES, query_pre_attn_scalar=DH, attn_logit_softcapping=0.5,
-                         sliding_window=window or T)
+                         sliding_window=window)
     ref, mine, params = support.pair("CausalSelfAttention", H, HEADS, num_kv_heads=KV_HEADS, logit_cap=0.5,
                                      window=window)
     hf = support.load(support.module(modeling_gemma2.Gemma2Attention, cfg, 0), support.attention_state(params))
     rope = support.rotary(support.module(modeling_gemma2.Gemma2RotaryEmbedding, cfg), T)
-    compare(hf, ref, mine, rope, support.additive_mask(T, window))
+    compare(hf, ref, mine, rope, support.causal_mask(cfg, T, sliding=window is not None))
 
 
 GPT_OSS_YARN = {"type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
@@ -64,7 +64,7 @@ def test_gpt_oss_attention_has_sinks_a_sliding_window_and_yarn():
                                      bias=True, rope_base=cfg.rope_parameters["rope_theta"], rope_scaling=scaling)
     hf = support.load(support.module(modeling_gpt_oss.GptOssAttention, cfg, 0), support.attention_state(params))
     rope = support.rotary(support.module(modeling_gpt_oss.GptOssRotaryEmbedding, cfg), T)
-    compare(hf, ref, mine, rope, support.additive_mask(T, 3))
+    compare(hf, ref, mine, rope, support.causal_mask(cfg, T, sliding=True))  # HF's window: the query and 2 before
 
 
 def test_qwen3_next_attention_gates_each_head_and_rotates_part_of_it():
@@ -75,7 +75,7 @@ def test_qwen3_next_attention_gates_each_head_and_rotates_part_of_it():
     state = support.attention_state(params, gate_heads=HEADS, norm_offset=1.0)   # its RMSNorm: x (1 + weight)
     hf = support.load(support.module(modeling_qwen3_next.Qwen3NextAttention, cfg, 3), state)
     rope = support.rotary(support.module(modeling_qwen3_next.Qwen3NextRotaryEmbedding, cfg), T)
-    compare(hf, ref, mine, rope, support.additive_mask(T))
+    compare(hf, ref, mine, rope, support.causal_mask(cfg, T))
 
 
 SCALINGS = {

@@ -115,8 +115,8 @@ class TransformerLM(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
                                rope_base=base, dropout=dropout, norm_eps=norm_eps, attention=kind, mla=mla, **options)
-            for w, base, kind in zip(_checks.per_layer("window", window, L),
-                                     _checks.per_layer("rope_base", rope_base, L), kinds))
+            for w, base, kind in zip(_checks.per_layer("window", window, L), _checks.per_layer(
+                "rope_base", rope_base, L), kinds))
         self.norm = RMSNorm(h, norm_eps)
         self.W_out = None if tie_embeddings else nn.Linear(h, v, bias=False)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import cache, common, memory
+from benchmarks import cache, common, memory, shared_cpu
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -82,4 +82,5 @@ def cache_per_token():
 if __name__ == "__main__":
     main()
     cache_per_token()
+    shared_cpu.main()  # training beside a concurrent CPU load, before blockwise_memory sets one thread
     blockwise_memory()

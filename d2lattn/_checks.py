@@ -82,6 +82,25 @@ def per_layer(name, value, num_layers):
     return list(value)
 
 
+# A TransformerLM layer's attention: "mha" a CausalSelfAttention (multi-head, grouped-query with
+# num_kv_heads), "mla" a MultiHeadLatentAttention with the sizes in `mla`.
+LAYER_KINDS = ("mha", "mla")
+
+
+def checked_layer_kinds(attention, num_layers, mla):
+    """TransformerLM's `attention`: one of LAYER_KINDS, or a sequence of one per layer -> a list;
+    `mla` must be a dict (MultiHeadLatentAttention's keyword arguments) where a layer is "mla"."""
+    kinds = per_layer("attention", attention, num_layers)
+    for kind in kinds:
+        if kind not in LAYER_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(map(repr, LAYER_KINDS))} or a sequence of one per "
+                             f"layer, got {kind!r}")
+    if "mla" in kinds and not isinstance(mla, dict):
+        raise ValueError("mla must be a dict of MultiHeadLatentAttention's sizes (kv_lora_rank, qk_nope_head_size, "
+                         f"qk_rope_head_size, v_head_size, ...) for the 'mla' layers, got {type(mla).__name__}")
+    return kinds
+
+
 def check_divisible(num_hiddens, num_heads):
     if num_hiddens % num_heads:
         raise ValueError(
@@ -369,7 +388,7 @@ def cached_positions(cache_value):
     """How many positions a checked cache has seen: its length, or a rolling buffer's position."""
     if cache_value is None:
         return 0
-    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[2]
+    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[-2]  # (b, kv, t, dh) or (b, t, r)
 
 
 def check_lm_cache(cache_value, num_layers):
@@ -438,3 +457,46 @@ def check_sinks(sinks_shape, scores_shape):
     if not _broadcasts(sinks_shape, tuple(scores_shape)[:-1]):
         raise ValueError(f"sinks of shape {tuple(sinks_shape)} do not broadcast to the scores' rows "
                          f"{tuple(scores_shape)[:-1]} (one sink logit per query row)")
+
+
+# --- multi-head latent attention -----------------------------------------------------------
+
+
+def checked_latent_sizes(num_hiddens, num_heads, kv_lora_rank, q_lora_rank, qk_nope_head_size,
+                         qk_rope_head_size, v_head_size):
+    """MultiHeadLatentAttention's sizes: positive integers, an even rotary part (it rotates pairs),
+    and ranks that fit: a low-rank factor of an (in, out) map has rank at most min(in, out).
+    Returns {name: int} (q_lora_rank None where there is no query compression)."""
+    sizes = {name: checked_positive_int(name, value) for name, value in (
+        ("num_hiddens", num_hiddens), ("num_heads", num_heads), ("kv_lora_rank", kv_lora_rank),
+        ("qk_nope_head_size", qk_nope_head_size), ("qk_rope_head_size", qk_rope_head_size),
+        ("v_head_size", v_head_size))}
+    sizes["q_lora_rank"] = None if q_lora_rank is None else checked_positive_int("q_lora_rank", q_lora_rank)
+    if sizes["qk_rope_head_size"] % 2:
+        raise ValueError("qk_rope_head_size must be even (rotary encoding rotates pairs of features), "
+                         f"got {qk_rope_head_size}")
+    h, heads = sizes["num_hiddens"], sizes["num_heads"]
+    limits = {"kv_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["v_head_size"])),
+                               "min(num_hiddens, num_heads * (qk_nope_head_size + v_head_size))"),
+              "q_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["qk_rope_head_size"])),
+                              "min(num_hiddens, num_heads * (qk_nope_head_size + qk_rope_head_size))")}
+    for name, (limit, formula) in limits.items():
+        if sizes[name] is not None and sizes[name] > limit:
+            raise ValueError(f"{name} must be at most {formula} = {limit} (the rank of a low-rank factor of "
+                             f"that map), got {sizes[name]}")
+    return sizes
+
+
+def check_latent_cache(cache_value, batch, kv_lora_rank, qk_rope_head_size):
+    """A MultiHeadLatentAttention cache: None or (latents (b, t, kv_lora_rank), rotary keys
+    (b, t, qk_rope_head_size))."""
+    if cache_value is None:
+        return
+    want = f"({batch}, t, {kv_lora_rank}) and ({batch}, t, {qk_rope_head_size})"
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
+        raise ValueError(f"cache must be None or a tuple (latents, rotary keys) of shapes {want}")
+    c, k = (tuple(x.shape) for x in cache_value)
+    if not (len(c) == len(k) == 3 and all(_fits(a, b) for a, b in zip(c, (batch, k[1], kv_lora_rank)))
+            and all(_fits(a, b) for a, b in zip(k, (batch, c[1], qk_rope_head_size)))):
+        raise ValueError(f"cache must hold latents and rotary keys of shapes {want}, got {c} and {k}; "
+                         "was it made by a layer of another shape?")

@@ -468,17 +468,23 @@ class TransformerLM:
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu"):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per
         layer (window None: global; rope_base None: no rotary positions, NoPE), so Gemma 3's five
-        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None."""
+        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None.
+        `attention`, one value or one per layer: "mha" for a CausalSelfAttention (multi-head, or
+        grouped-query with num_kv_heads), "mla" for a MultiHeadLatentAttention(num_hiddens,
+        num_heads, rope_base=that layer's, dropout=dropout, **mla), `mla` a dict of its sizes
+        (kv_lora_rank, qk_nope_head_size, qk_rope_head_size, v_head_size, and q_lora_rank,
+        norm_eps, absorb as it takes them); window, num_kv_heads and the open-model options are
+        CausalSelfAttention's and leave "mla" layers alone."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
-        previous call returned (a list with one CausalSelfAttention cache per block: a windowed
-        block's is its rolling buffer, of constant size)."""
+        previous call returned (a list with one cache per block: a windowed block's is its rolling
+        buffer, of constant size; an "mla" block's its (latents, rotary keys))."""
 
     # `config`: the dict of the arguments the model was made with (what save_pretrained writes).
 
@@ -507,6 +513,39 @@ def save_pretrained(model, path, *, family="llama"):
     logits; `family` ("llama", "mistral", "qwen2", "qwen3", "gemma3_text") picks the architecture, and what it
     cannot express of the model (Mistral with per-layer windows, QK-norm outside Qwen3, ...) is a
     ValueError naming the argument."""
+
+
+# --- shrinking the cache ------------------------------------------------------------
+
+
+class MultiHeadLatentAttention:
+    """Multi-head latent attention (DeepSeek-V2/V3): the cache holds one latent c_kv
+    (kv_lora_rank) and one rotary key (qk_rope_head_size) per token, shared by every head.
+
+    Queries: X W_q, or with `q_lora_rank` RMSNorm(X W_dq) W_uq (the norm's gamma `q_norm.gamma`);
+    head i owns columns i*(dn + dr):(i+1)*(dn + dr), its qk_nope_head_size (dn) features first, then
+    its qk_rope_head_size (dr) rotary ones. Latent c = RMSNorm(X W_dkv) (`kv_norm.gamma`); head i's
+    keys are c W_uk[:, i*dn:(i+1)*dn] and values c W_uv[:, i*dv:(i+1)*dv]; the rotary key is
+    X W_kr, rotated once for all heads (split halves, base `rope_base`; DeepSeek's checkpoints pair
+    interleaved features: permute their columns). Scores (q_nope . k_nope + q_rope . k_rope) /
+    sqrt(dn + dr), causal; output heads concatenated, then W_o. No biases.
+
+    absorb=False decompresses every cached latent into each head's keys and values; absorb=True
+    folds W_uk into the queries and W_uv into the output and attends over the latents themselves,
+    reading kv_lora_rank + qk_rope_head_size numbers per cached token. Both give the same outputs."""
+
+    def __init__(self, num_hiddens, num_heads, *, kv_lora_rank, q_lora_rank=None, qk_nope_head_size,
+                 qk_rope_head_size, v_head_size, rope_base=10000.0, norm_eps=1e-6, dropout=0.0, absorb=False):
+        """W_q (num_hiddens, heads * (dn + dr)), or W_dq (num_hiddens, q_lora_rank), q_norm.gamma,
+        W_uq (q_lora_rank, heads * (dn + dr)); W_dkv (num_hiddens, kv_lora_rank), kv_norm.gamma,
+        W_kr (num_hiddens, dr), W_uk (kv_lora_rank, heads * dn), W_uv (kv_lora_rank, heads * dv),
+        W_o (heads * dv, num_hiddens). A rank above what it factors (min(in, out) of its map)
+        or an odd qk_rope_head_size is a ValueError naming it."""
+
+    def __call__(self, X, *, cache=None, training=None):
+        """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache), with CausalSelfAttention's protocol:
+        `cache` None or the previous call's (latents (b, t, kv_lora_rank), rotary keys (b, t, dr)), native
+        arrays; X's positions continue after them. `.attention_weights` (b, num_heads, T, t + T)."""
 # --- transformers for vision ---------------------------------------------------------
 # Images are channels-last (b, H, W, C) on every backend. Sizes (`image_size`, `patch_size`)
 # are an integer (square) or a (height, width) pair. The GELU is the exact one,

@@ -4,7 +4,8 @@ A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters. A module that returns a cache
-(`CausalSelfAttention`, `TransformerLM`) is checked on its output and every array of the cache.
+(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every
+array of the cache.
 """
 
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
 QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
 HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
+# multi-head latent attention: a latent of 4 for 2 heads of 3 + 2 query-key and 3 value features
+MLA = {"num_hiddens": 8, "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_size": 3, "qk_rope_head_size": 2,
+       "v_head_size": 3}
 # RoPE scalings whose bands fall inside a head of 8 at base 100 (wavelengths 6.3, 20, 63, 200)
 LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 128}
@@ -152,6 +156,18 @@ CASES = [
     Case("lm-gqa-window-pieces", "TransformerLM", (),
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
           "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
+    # multi-head latent attention: outputs Y and the cache (latents, rotary keys); naive and absorbed
+    Case("mla-naive", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6}, seed=53),
+    Case("mla-absorbed", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6, "absorb": True},
+         seed=53),
+    Case("mla-absorbed-pieces", "MultiHeadLatentAttention", ((B, 6, 8),),
+         {**MLA, "qk_rope_head_size": 4, "rope_base": 100.0, "absorb": True}, pieces=(3, 1, 2), seed=54),
+    Case("mla-naive-pieces", "MultiHeadLatentAttention", ((B, 6, 8),), {**MLA, "num_heads": 3, "v_head_size": 2},
+         pieces=(2, 4), seed=55),
+    Case("lm-mla-mha-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6,
+          "attention": ["mla", "mha"], "mla": {k: v for k, v in MLA.items() if k not in ("num_hiddens", "num_heads")}},
+         tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=56),
     # open-model attention: soft-capping and sinks in the scores (sinks differentiated as an input; a row with
     # nothing to attend to stays zeros), scaled RoPE, and CausalSelfAttention's options, cached in pieces too
     Case("dot-cap-mask", "DotProductAttention", QKV, mask="random", call={"logit_cap": 0.7}, seed=60),

@@ -63,7 +63,7 @@ def make_call(case):
     return inputs, kwargs, params
 
 
-CACHED = ("CausalSelfAttention", "TransformerLM")  # modules that return (output, cache)
+CACHED = ("CausalSelfAttention", "MultiHeadLatentAttention", "TransformerLM")  # modules that return (output, cache)
 
 
 def _leaves(out):

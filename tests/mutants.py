@@ -153,6 +153,20 @@ MUTANTS = [
     Mutant("merge-no-shift", "torch", "d2lattn/torch/blockwise.py",
            "top = lses.amax(0).detach()", "top = torch.zeros_like(lses[0])",
            "merge_attention overflows for log-sum-exps near 100 and beyond"),
+    Mutant("mla-rope-on-nope", "torch", "d2lattn/torch/latent.py",
+           'q_nope, q_rope = self._queries(X).split([dn, s["qk_rope_head_size"]], -1)',
+           'q_rope, q_nope = self._queries(X).split([s["qk_rope_head_size"], dn], -1)',
+           "MultiHeadLatentAttention rotates the first features of each query head, not its rotary part"),
+    Mutant("mla-no-kv-norm", "torch", "d2lattn/torch/latent.py",
+           "c = self.kv_norm(self.W_dkv(X))", "c = self.W_dkv(X)",
+           "MultiHeadLatentAttention caches the latent without its RMSNorm"),
+    Mutant("mla-scale-nope-only", "torch", "d2lattn/torch/latent.py",
+           "self.scale = 1 / math.sqrt(dn + dr)", "self.scale = 1 / math.sqrt(dn)",
+           "MultiHeadLatentAttention scales the scores by the non-rotary head size only"),
+    Mutant("mla-absorbed-W_uk-transposed", "torch", "d2lattn/torch/latent.py",
+           'q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, W_uk)',
+           'q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, self.W_uk.weight.t().reshape(heads, dn, -1))',
+           "the absorbed MultiHeadLatentAttention folds W_uk in with its layout transposed"),
     # the Vision Transformer (the reference's, below, are caught by tests/test_vision.py's closed forms)
     Mutant("patch-channels-first", "torch", "d2lattn/torch/vision.py",
            "X.permute(0, 1, 3, 2, 4, 5)", "X.permute(0, 1, 3, 5, 2, 4)",
@@ -204,6 +218,10 @@ MUTANTS = [
     Mutant("merge-no-inf-guard", "jax", "d2lattn/jax/blockwise.py",
            "shift = jnp.where(jnp.isfinite(top), top, 0.0)\n    weights", "shift = top\n    weights",
            "merge_attention gives NaN for a row empty in every part"),
+    Mutant("mla-absorbed-W_uk-transposed", "jax", "d2lattn/jax/latent.py",
+           'q_latent = jnp.einsum("bhtn,rhn->bhtr", q_nope, W_uk)',
+           'q_latent = jnp.einsum("bhtn,rhn->bhtr", q_nope, self.W_uk.kernel[...].T.reshape(-1, heads, dn))',
+           "the absorbed MultiHeadLatentAttention folds W_uk in with its layout transposed"),
     # --- numpy (the reference: tests/test_vision.py's closed forms and the convolution catch these)
     Mutant("patch-channels-first", "numpy", "d2lattn/numpy/vision.py",
            "X.transpose(0, 1, 3, 2, 4, 5)", "X.transpose(0, 1, 3, 5, 2, 4)",
@@ -222,6 +240,12 @@ MUTANTS = [
            "        X = self.norm1(X + self.attention(X, X, X, valid_lens, training=training))\n"
            "        return self.norm2(X + self.mlp(X, training=training))\n",
            "the reference's ViT block is post-norm"),
+    Mutant("mla-scale-nope-only", "numpy", "d2lattn/numpy/latent.py",
+           "self.scale = 1 / math.sqrt(dn + dr)", "self.scale = 1 / math.sqrt(dn)",
+           "the reference MultiHeadLatentAttention scales by the non-rotary head size only"),
+    Mutant("mla-no-kv-norm", "numpy", "d2lattn/numpy/latent.py",
+           'c = self.kv_norm(X @ p["W_dkv"])', 'c = X @ p["W_dkv"]',
+           "the reference MultiHeadLatentAttention caches the latent without its RMSNorm"),
 ]
 
 

@@ -20,6 +20,7 @@ from d2lattn import _checks, hub
 from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.jax.encoding import RotaryPositionalEncoding
+from d2lattn.jax.latent import MultiHeadLatentAttention
 from d2lattn.jax.ops import causal_mask
 from d2lattn.jax.params import get_params, set_params
 from d2lattn.sampling import next_tokens
@@ -100,11 +101,16 @@ class TransformerLMBlock(nnx.Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, rngs, post_norms=False, ffn_activation="silu", **options):
+                 norm_eps, rngs, post_norms=False, ffn_activation="silu", attention="mha",
+                 mla=None, **options):
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
-                                             **options)
+        if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
+            self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
+                                                      rngs=rngs, **mla)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
+                                                 **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation, rngs=rngs)
         self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
@@ -131,7 +137,7 @@ class TransformerLM(nnx.Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", rngs=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None, rngs=None):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         rngs = nnx.Rngs(0) if rngs is None else rngs
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
@@ -140,12 +146,15 @@ class TransformerLM(nnx.Module):
         vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                               rope_base=base, dropout=dropout, **layer, rngs=rngs, **options)
-            for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L))])
+                               rope_base=base, dropout=dropout, rngs=rngs, attention=kind,
+                               mla=mla, **layer, **options)
+            for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                     _checks.per_layer("rope_base", rope_base, L), kinds)])
         self.norm = RMSNorm(h, norm_eps)
         self.W_out = None if tie_embeddings else nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
@@ -179,7 +188,10 @@ def _logits(graphdef, state, tokens, cache, position):
 
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
-    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0; a latent
+    attention's (latents (b, L, r), rotary keys (b, L, dr))."""
+    if isinstance(attention, MultiHeadLatentAttention):
+        return tuple(jnp.zeros((b, L, dict(attention.sizes)[n])) for n in ("kv_lora_rank", "qk_rope_head_size"))
     if attention.window is None:
         shape = (b, attention.num_kv_heads, L, attention.head_size)           # (b, kv_heads, L, dh)
         return jnp.zeros(shape), jnp.zeros(shape)

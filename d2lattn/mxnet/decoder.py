@@ -17,6 +17,7 @@ from d2lattn import _checks, hub
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
+from d2lattn.mxnet.latent import MultiHeadLatentAttention
 from d2lattn.mxnet.ops import _graph_keep, _traced, _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.params import get_params, set_params
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
@@ -143,11 +144,16 @@ class TransformerLMBlock(nn.HybridBlock):
     model's graph: -> (X, keys, values, weights, live)."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, post_norms=False, ffn_activation="silu", **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
+                 mla=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
+            self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
+                                                      **mla)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
         self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
@@ -165,7 +171,8 @@ class TransformerLMBlock(nn.HybridBlock):
         Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *rotary)
         X = X + self.dropout(F, self._post(self.post_norm1, Y))             # (b, T, h)
         X = X + self.dropout(F, self._post(self.post_norm2, self.ffn(self.norm2(X))))
-        return (X, keys, values, *self.attention.attention._saved)
+        recorder = getattr(self.attention, "attention", self.attention)  # its DotProductAttention, or MLA itself
+        return (X, keys, values, *recorder._saved)
 
 
 class TransformerLM(nn.HybridBlock):
@@ -181,7 +188,7 @@ class TransformerLM(nn.HybridBlock):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu"):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
@@ -190,14 +197,16 @@ class TransformerLM(nn.HybridBlock):
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
         self.embedding = nn.Embedding(v, h)
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()
-        for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)):
+        for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                 _checks.per_layer("rope_base", rope_base, L), kinds):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                               window=w, rope_base=base, dropout=dropout, **layer,
-                                               **options))
+                                               window=w, rope_base=base, dropout=dropout, attention=kind, mla=mla,
+                                               **layer, **options))
         self.norm = RMSNorm(h, norm_eps)
         shared = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_embeddings else {}
         self.W_out = nn.Dense(v, use_bias=False, flatten=False, in_units=h, **shared)

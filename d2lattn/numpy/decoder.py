@@ -8,6 +8,7 @@ from d2lattn import _checks, hub
 from d2lattn.numpy.attention import MultiHeadAttention, _init
 from d2lattn.numpy.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.numpy.encoding import RotaryPositionalEncoding
+from d2lattn.numpy.latent import MultiHeadLatentAttention
 from d2lattn.numpy.ops import causal_mask
 from d2lattn.numpy.params import Module, get_params, set_params
 from d2lattn.sampling import next_tokens
@@ -79,11 +80,16 @@ class TransformerLMBlock(Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, post_norms=False, ffn_activation="silu", **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
+                 mla=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
+            self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
+                                                      **mla)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
         self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
@@ -107,7 +113,7 @@ class TransformerLM(Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu"):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
@@ -117,14 +123,16 @@ class TransformerLM(Module):
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
         self.params = {"embedding": rng.normal(size=(v, h))}
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         if not tie_embeddings:
             self.params["W_out"] = _init(rng, h, v)
         self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                                          rope_base=base, dropout=dropout, **layer, **options)
-                       for w, base in zip(_checks.per_layer("window", window, L),
-                                          _checks.per_layer("rope_base", rope_base, L))]
+                                          rope_base=base, dropout=dropout, attention=kind, mla=mla,
+                                          **layer, **options)
+                       for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L), kinds)]
         self.norm = RMSNorm(h, norm_eps)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
             "final_logit_cap", final_logit_cap)

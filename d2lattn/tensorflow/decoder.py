@@ -10,6 +10,7 @@ from d2lattn import _checks, hub, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
+from d2lattn.tensorflow.latent import MultiHeadLatentAttention
 from d2lattn.tensorflow.ops import _Layer, causal_mask
 from d2lattn.tensorflow.params import get_params, set_params
 from d2lattn.tensorflow.seq2seq import _embedding_layer
@@ -101,11 +102,16 @@ class TransformerLMBlock(_Layer):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, post_norms=False, ffn_activation="silu", **options):
+                 norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
+                 mla=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
+            self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
+                                                      **mla)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
         self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
@@ -133,19 +139,21 @@ class TransformerLM(_Layer):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu"):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=w, rope_base=base, dropout=dropout, **layer, **options)
-                       for w, base in zip(_checks.per_layer("window", window, L),
-                                          _checks.per_layer("rope_base", rope_base, L))]
+                                          window=w, rope_base=base, dropout=dropout, attention=kind,
+                                          mla=mla, **layer, **options)
+                       for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L), kinds)]
         self.norm = RMSNorm(num_hiddens, norm_eps)
         self.W_out = None if tie_embeddings else _dense_layer(num_hiddens, vocab_size)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
@@ -173,11 +181,8 @@ def _calls(model):
     """One tf.function per model and mode, kept on the model, whose signature leaves batch, steps
     and buffer length unknown: traced once, whatever the prompt, the number of tokens or the position."""
     if not hasattr(model, "_generate_calls"):
-        attention = model.blocks[0].attention
-        buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
         tokens, position = tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)
-        caches = [(buffer, buffer) if block.attention.window is None else (buffer, buffer, position)
-                  for block in model.blocks]
+        caches = [tuple(_spec(x) for x in _buffers(block.attention, 1, 1)) for block in model.blocks]
 
         @tf.function(input_signature=[tokens, position, caches])
         def step(tokens, position, buffers):
@@ -192,9 +197,20 @@ def _calls(model):
     return model._generate_calls
 
 
+def _spec(buffer):
+    """A cache buffer's TensorSpec, batch (first axis) and length (second to last) unknown; a scalar
+    position as it is."""
+    if not buffer.shape.rank:
+        return tf.TensorSpec((), buffer.dtype)
+    return tf.TensorSpec((None, *buffer.shape[1:-2], None, buffer.shape[-1]), buffer.dtype)
+
+
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
-    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0; a latent
+    attention's (latents (b, L, r), rotary keys (b, L, dr))."""
+    if isinstance(attention, MultiHeadLatentAttention):
+        return tuple(tf.zeros((b, L, attention.sizes[n])) for n in ("kv_lora_rank", "qk_rope_head_size"))
     if attention.window is None:
         shape = (b, attention.num_kv_heads, L, attention.head_size)        # (b, kv_heads, L, dh)
         return tf.zeros(shape), tf.zeros(shape)

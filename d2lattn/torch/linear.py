@@ -226,7 +226,9 @@ class GatedDeltaNet(nn.Module):
         conv = sum(self.conv[i] * mixed[:, i:i + T] for i in range(K))   # (b, T, channels): causal, depthwise
         q, k, v = torch.split(_silu(conv), [H * dk, H * dk, H * dv], -1)
         beta = torch.sigmoid(self.W_b(X))                                # (b, T, heads)
-        log_alpha = -torch.exp(self.A_log) * F.softplus(self.W_a(X) + self.dt_bias)  # (b, T, heads): <= 0
+        a = self.W_a(X) + self.dt_bias                                   # (b, T, heads)
+        # softplus(a) as logaddexp(a, 0): F.softplus's backward breaks under torch.compile (aot_eager) here
+        log_alpha = -torch.exp(self.A_log) * torch.logaddexp(a, torch.zeros_like(a))  # (b, T, heads): <= 0
         out, S = _delta(self._heads(q, dk), self._heads(k, dk), self._heads(v, dv), log_alpha.transpose(1, 2),
                         beta.transpose(1, 2), cache[1], "chunked", self.chunk_size)  # (b, heads, T, dv)
         out = out * torch.rsqrt((out ** 2).mean(-1, keepdim=True) + self.eps) * self.gamma  # RMSNorm per head

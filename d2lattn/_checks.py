@@ -355,18 +355,19 @@ def check_gates(queries, alpha, beta):
 
 def check_decay_values(values):
     """alpha's values (a NumPy array), where they are known (eager calls): decays in (0, 1]."""
-    low, high = np.min(values, initial=1.0), np.max(values, initial=1.0)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    low, high = (values.min(), values.max()) if values.size else (1.0, 1.0)
     if not (low > 0 and high <= 1):
         raise ValueError(f"alpha must lie in (0, 1] (the decay of the state per position), got values from "
                          f"{float(low)!r} to {float(high)!r}")
 
 
-def check_state(state, want, what):
-    """A recurrent state: an array (or tuple of arrays) of the shapes `want`, each a tuple of sizes."""
+def check_state(name, state, want, what):
+    """A recurrent state `name`: an array (or tuple of arrays) of the shapes `want`, each a tuple of sizes."""
     got = state if isinstance(state, (tuple, list)) else (state,)
     shapes = [tuple(getattr(s, "shape", ())) for s in got]
     if len(shapes) != len(want) or not all(
             len(s) == len(w) and all(_fits(a, b) for a, b in zip(s, w)) for s, w in zip(shapes, want)):
         text = ", ".join(str(tuple(w)) for w in want)
-        raise ValueError(f"state must be None or {what} of shape {text}, got "
+        raise ValueError(f"{name} must be None or {what} of shape {text}, got "
                          f"{', '.join(str(s) for s in shapes)}; was it made by inputs of another shape?")

@@ -92,7 +92,7 @@ def linear_attention(queries, keys, values, *, causal=True, feature_map="elu1", 
     lead, dk, dv = queries.shape[:-2], queries.shape[-1], values.shape[-1]
     if state is None:
         state = (np.zeros((*lead, dk, dv)), np.zeros((*lead, dk)))
-    _checks.check_state(state, ((*lead, dk, dv), (*lead, dk)), "a tuple (S, z)")
+    _checks.check_state("state", state, ((*lead, dk, dv), (*lead, dk)), "a tuple (S, z)")
     S, z = state
     q, k = _feature_map(queries, feature_map), _feature_map(keys, feature_map)  # (..., q, dk), (..., k, dk)
     if not causal:                                                     # every query reads every key
@@ -161,7 +161,7 @@ def gated_delta_rule(queries, keys, values, alpha, beta, *, chunk_size=64, state
     chunk_size = _checks.checked_positive_int("chunk_size", chunk_size)
     lead, dk, dv = queries.shape[:-2], queries.shape[-1], values.shape[-1]
     S = np.zeros((*lead, dk, dv)) if state is None else state
-    _checks.check_state(S, ((*lead, dk, dv),), "an array S")
+    _checks.check_state("state", S, ((*lead, dk, dv),), "an array S")
     out, S = _delta(queries, keys, values, np.log(alpha), beta, S, form, chunk_size)
     return (out, S) if return_state else out                           # (..., T, dv)
 
@@ -220,7 +220,7 @@ class GatedDeltaNet(Module):
         channels = 2 * H * dk + H * dv
         if cache is None:
             cache = (np.zeros((b, K - 1, channels)), np.zeros((b, H, dk, dv)))
-        _checks.check_state(cache, ((b, K - 1, channels), (b, H, dk, dv)), "a cache (conv, S)")
+        _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
         new = np.concatenate([X @ p[n] for n in ("W_q", "W_k", "W_v")], -1)     # (b, T, channels): q, k, v
         mixed = np.concatenate([cache[0], new], 1)                              # (b, K - 1 + T, channels)
         conv = sum(p["conv"][i] * mixed[:, i:i + T] for i in range(K))  # (b, T, channels): causal, depthwise

@@ -126,7 +126,7 @@ def linear_attention(queries, keys, values, *, causal=True, feature_map="elu1", 
         lead_now = tf.shape(queries)[:-2]                              # the batch size may be unknown
         state = (tf.zeros(tf.concat([lead_now, [dk, dv]], 0), queries.dtype),
                  tf.zeros(tf.concat([lead_now, [dk]], 0), queries.dtype))
-    _checks.check_state(state, ((*lead, dk, dv), (*lead, dk)), "a tuple (S, z)")
+    _checks.check_state("state", state, ((*lead, dk, dv), (*lead, dk)), "a tuple (S, z)")
     S, z = state
     q, k = _feature_map(queries, feature_map), _feature_map(keys, feature_map)  # (..., q, dk), (..., k, dk)
     if not causal:                                                     # every query reads every key
@@ -203,7 +203,7 @@ def gated_delta_rule(queries, keys, values, alpha, beta, *, chunk_size=64, state
     chunk_size = _checks.checked_positive_int("chunk_size", chunk_size)
     lead, dk, dv = queries.shape[:-2], queries.shape[-1], values.shape[-1]
     S = tf.zeros(tf.concat([tf.shape(queries)[:-2], [dk, dv]], 0), queries.dtype) if state is None else state
-    _checks.check_state(S, ((*lead, dk, dv),), "an array S")
+    _checks.check_state("state", S, ((*lead, dk, dv),), "an array S")
     out, S = _delta(queries, keys, values, tf.math.log(alpha), beta, S, form, chunk_size)
     return (out, S) if return_state else out                           # (..., T, dv)
 
@@ -268,7 +268,7 @@ class GatedDeltaNet(_Layer):
         channels = 2 * H * dk + H * dv
         if cache is None:
             cache = (tf.zeros([b, K - 1, channels], X.dtype), tf.zeros([b, H, dk, dv], X.dtype))
-        _checks.check_state(cache, ((X.shape[0], K - 1, channels), (X.shape[0], H, dk, dv)), "a cache (conv, S)")
+        _checks.check_state("cache", cache, ((X.shape[0], K - 1, channels), (X.shape[0], H, dk, dv)), "a tuple (conv, S)")
         new = tf.concat([self.W_q(X), self.W_k(X), self.W_v(X)], -1)            # (b, T, channels): q, k, v
         mixed = tf.concat([cache[0], new], 1)                                   # (b, K - 1 + T, channels)
         conv = tf.add_n([self.conv[i] * mixed[:, i:i + T] for i in range(K)])  # (b, T, channels): causal, depthwise

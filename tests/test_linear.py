@@ -40,9 +40,9 @@ def delta_by_definition(q, k, v, alpha, beta, S0):
     norm = lambda x: x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)  # noqa: E731
     q, k = norm(q) / np.sqrt(q.shape[-1]), norm(k)
     M, out = S0.T.copy(), []
-    for t in range(len(q)):
-        M = alpha[t] * M @ (np.eye(len(k[t])) - beta[t] * np.outer(k[t], k[t])) + beta[t] * np.outer(v[t], k[t])
-        out.append(M @ q[t])
+    for i in range(len(q)):
+        M = alpha[i] * M @ (np.eye(len(k[i])) - beta[i] * np.outer(k[i], k[i])) + beta[i] * np.outer(v[i], k[i])
+        out.append(M @ q[i])
     return np.array(out), M.T
 
 
@@ -203,7 +203,8 @@ BAD_INPUT = {
                            r"state must be None or a tuple \(S, z\) of shape \(2, 3, 4\), \(2, 3\), got \(2, 3, 5\), "
                            r"\(2, 3\); was it made by inputs of another shape\?"),
     "linear state not a pair": (lambda d2l: linear(d2l, state=t(d2l, 2, 3, 4)), ValueError,
-                                r"state must be None or a tuple \(S, z\) of shape \(2, 3, 4\), \(2, 3\), got \(2, 3, 4\)"),
+                                r"state must be None or a tuple \(S, z\) of shape \(2, 3, 4\), \(2, 3\), "
+                                r"got \(2, 3, 4\)"),
     "delta alpha zero": (lambda d2l: delta(d2l, alpha=0.0), ValueError,
                          r"alpha must lie in \(0, 1\] \(the decay of the state per position\), got values from 0\.0 "
                          r"to 0\.0"),
@@ -211,14 +212,15 @@ BAD_INPUT = {
                               r"alpha must lie in \(0, 1\] \(the decay of the state per position\), got values from "
                               r"1\.5 to 1\.5"),
     "delta gates shape": (lambda d2l: delta(d2l, gates=(2, 4)), ValueError,
-                          r"alpha must have shape \(\.\.\., positions\) = \(2, 5\), one number per position, got \(2, 4\)"),
+                          r"alpha must have shape \(\.\.\., positions\) = \(2, 5\), one number per position, "
+                          r"got \(2, 4\)"),
     "delta state shape": (lambda d2l: delta(d2l, state=(2, 4, 3)), ValueError,
                           r"state must be None or an array S of shape \(2, 3, 4\), got \(2, 4, 3\)"),
     "delta form": (lambda d2l: delta(d2l, form="parallel"), ValueError,
                    r"form must be one of 'chunked', 'recurrent', got 'parallel'"),
-    "layer cache shape": (lambda d2l: d2l.GatedDeltaNet(8, 2)(t(d2l, 2, 3, 8), cache=(t(d2l, 2, 3, 24), t(d2l, 2, 2, 4, 5))),
-                          ValueError, r"cache must be None or a tuple \(conv, S\) of shape \(2, 3, 24\), "
-                          r"\(2, 2, 4, 4\), got \(2, 3, 24\), \(2, 2, 4, 5\)"),
+    "layer cache shape": (lambda d2l: d2l.GatedDeltaNet(8, 2)(t(d2l, 2, 3, 8),
+                                                              cache=(t(d2l, 2, 3, 24), t(d2l, 2, 2, 4, 5))), ValueError,
+                          r"cache must be None or a tuple \(conv, S\) of shape \(2, 3, 24\), \(2, 2, 4, 4\), got \(2, 3, 24\), \(2, 2, 4, 5\)"),
     "layer heads": (lambda d2l: d2l.GatedDeltaNet(8, 3), ValueError,
                     r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
 }

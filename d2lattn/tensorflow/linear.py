@@ -268,15 +268,17 @@ class GatedDeltaNet(_Layer):
         channels = 2 * H * dk + H * dv
         if cache is None:
             cache = (tf.zeros([b, K - 1, channels], X.dtype), tf.zeros([b, H, dk, dv], X.dtype))
-        _checks.check_state("cache", cache, ((X.shape[0], K - 1, channels), (X.shape[0], H, dk, dv)), "a tuple (conv, S)")
+        want = ((X.shape[0], K - 1, channels), (X.shape[0], H, dk, dv))  # the batch size may be None
+        _checks.check_state("cache", cache, want, "a tuple (conv, S)")
         new = tf.concat([self.W_q(X), self.W_k(X), self.W_v(X)], -1)            # (b, T, channels): q, k, v
         mixed = tf.concat([cache[0], new], 1)                                   # (b, K - 1 + T, channels)
         conv = tf.add_n([self.conv[i] * mixed[:, i:i + T] for i in range(K)])  # (b, T, channels): causal, depthwise
         q, k, v = tf.split(_silu(conv), [H * dk, H * dk, H * dv], -1)
         beta = tf.sigmoid(self.W_b(X))                                   # (b, T, heads)
         log_alpha = -tf.exp(self.A_log) * tf.nn.softplus(self.W_a(X) + self.dt_bias)  # (b, T, heads): <= 0
-        out, S = _delta(self._heads(q, dk), self._heads(k, dk), self._heads(v, dv), tf.transpose(log_alpha, [0, 2, 1]),
-                        tf.transpose(beta, [0, 2, 1]), cache[1], "chunked", self.chunk_size)  # (b, heads, T, dv)
+        out, S = _delta(self._heads(q, dk), self._heads(k, dk), self._heads(v, dv),
+                        tf.transpose(log_alpha, [0, 2, 1]), tf.transpose(beta, [0, 2, 1]), cache[1], "chunked",
+                        self.chunk_size)  # (b, heads, T, dv)
         out = out * tf.math.rsqrt(tf.reduce_mean(out ** 2, -1, keepdims=True) + self.eps) * self.gamma  # per head
         out = tf.transpose(out, [0, 2, 1, 3]) * tf.reshape(_silu(self.W_z(X)), [b, T, H, dv])  # (b, T, heads, dv)
         return self.W_o(tf.reshape(out, [b, T, H * dv])), (mixed[:, mixed.shape[1] - (K - 1):], S)

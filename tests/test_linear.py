@@ -220,7 +220,8 @@ BAD_INPUT = {
                    r"form must be one of 'chunked', 'recurrent', got 'parallel'"),
     "layer cache shape": (lambda d2l: d2l.GatedDeltaNet(8, 2)(t(d2l, 2, 3, 8),
                                                               cache=(t(d2l, 2, 3, 24), t(d2l, 2, 2, 4, 5))), ValueError,
-                          r"cache must be None or a tuple \(conv, S\) of shape \(2, 3, 24\), \(2, 2, 4, 4\), got \(2, 3, 24\), \(2, 2, 4, 5\)"),
+                          r"cache must be None or a tuple \(conv, S\) of shape \(2, 3, 24\), \(2, 2, 4, 4\), "
+                          r"got \(2, 3, 24\), \(2, 2, 4, 5\)"),
     "layer heads": (lambda d2l: d2l.GatedDeltaNet(8, 3), ValueError,
                     r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
 }

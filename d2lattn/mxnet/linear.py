@@ -43,7 +43,8 @@ def _unchunked(x, T):
 
 def _read(numerator, denominator):
     """numerator / denominator; 0 for a query that reads nothing (denominator 0, relu only)."""
-    return numerator / np.where(denominator > 0, denominator, 1.0)
+    # ones_like, not 1.0: MXNet 1.9's np.where(c, x, scalar) sends x's gradient where c is False
+    return numerator / np.where(denominator > 0, denominator, np.ones_like(denominator))
 
 
 # --- linear attention -------------------------------------------------------------------
@@ -218,7 +219,10 @@ class GatedDeltaNet(nn.Block):
         """(b, T, heads * size) -> (b, heads, T, size)."""
         return X.reshape(*X.shape[:2], self.num_heads, size).swapaxes(1, 2)
 
-    def forward(self, X, *, cache=None, training=None):
+    def __call__(self, X, *, cache=None, training=None):  # no dropout: `training` is ignored
+        return super().__call__(X, cache)
+
+    def forward(self, X, cache):
         H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
         _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])      # Dense: (out, in)
         b, T = X.shape[:2]

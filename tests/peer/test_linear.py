@@ -47,7 +47,8 @@ def test_gated_delta_rule_matches_transformers(form, chunk_size):
                                      form=form, chunk_size=chunk_size, state=torch.tensor(state, dtype=torch.float32),
                                      return_state=True)
     for name, (out, S) in their_forms.items():
-        diffs = [support.largest(out, o) for o in (ref[0], mine[0])] + [support.largest(S, s) for s in (ref[1], mine[1])]
+        diffs = [support.largest(out, o) for o in (ref[0], mine[0])]
+        diffs += [support.largest(S, s) for s in (ref[1], mine[1])]
         print(f"{form} (chunk {chunk_size}) vs their {name}: largest difference {max(diffs):.2e}")
         assert max(diffs) <= support.TOLERANCE, (name, diffs)
 
@@ -70,8 +71,9 @@ def layer_state(params, heads, dk, dv):
 @pytest.mark.parametrize("conv_size", [4, 2])
 def test_gated_delta_net_matches_qwen3_next(conv_size):
     hidden, heads, dk, dv, steps = 12, 2, 4, 3, 9
-    cfg = support.config("Qwen3NextConfig", hidden_size=hidden, linear_num_key_heads=heads, linear_num_value_heads=heads,
-                         linear_key_head_dim=dk, linear_value_head_dim=dv, linear_conv_kernel_dim=conv_size,
+    cfg = support.config("Qwen3NextConfig", hidden_size=hidden, linear_num_key_heads=heads,
+                         linear_num_value_heads=heads, linear_key_head_dim=dk, linear_value_head_dim=dv,
+                         linear_conv_kernel_dim=conv_size,
                          hidden_act="silu", rms_norm_eps=1e-6, num_hidden_layers=1, layer_types=["linear_attention"])
     args = dict(head_size=dk, value_head_size=dv, conv_size=conv_size, chunk_size=4)
     ref, mine, params = support.pair("GatedDeltaNet", hidden, heads, **args)

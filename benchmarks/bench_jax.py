@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import common, memory
+from benchmarks import cache, common, memory
 from d2lattn import jax as d2l
 from tests.native.peers_jax import native_mha, padding_mask
 
@@ -89,6 +89,17 @@ def blockwise_memory():
     memory.main(d2l, fused=fused, sync=jax.block_until_ready)
 
 
+@nnx.jit
+def _step(layer, x, cache):
+    return layer(x, cache=cache, training=False)
+
+
+def cache_per_token():
+    """Cache bytes and time per generated token of MHA, GQA and MLA at 1k and 8k, each step under nnx.jit."""
+    cache.main(d2l, compile=lambda layer: lambda x, c: _step(layer, x, c), how="nnx.jit")
+
+
 if __name__ == "__main__":
     main()
+    cache_per_token()
     blockwise_memory()

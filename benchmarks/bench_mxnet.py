@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import npx
 
-from benchmarks import common, memory
+from benchmarks import cache, common, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 from tests.native.peers_mxnet import native_mha, row_lengths
@@ -115,6 +115,16 @@ def blockwise_memory():
     memory.main(d2l, sync=lambda out: out.wait_to_read())
 
 
+def cache_per_token():
+    """Cache bytes and time per generated token of MHA, GQA and MLA at 1k and 8k, each layer hybridized."""
+    def hybridized(layer):
+        layer.hybridize()
+        return lambda x, c: layer(x, cache=c, training=False)
+
+    cache.main(d2l, compile=hybridized, how="hybridized")
+
+
 if __name__ == "__main__":
     main()
+    cache_per_token()
     blockwise_memory()

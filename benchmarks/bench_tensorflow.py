@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from benchmarks import common, memory
+from benchmarks import cache, common, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -92,6 +92,13 @@ def blockwise_memory():
     memory.main(d2l, fused=fused)
 
 
+def cache_per_token():
+    """Cache bytes and time per generated token of MHA, GQA and MLA at 1k and 8k, each step in tf.function."""
+    cache.main(d2l, compile=lambda layer: tf.function(lambda x, c: layer(x, cache=c, training=False)),
+               how="tf.function")
+
+
 if __name__ == "__main__":
     main()
+    cache_per_token()
     blockwise_memory()

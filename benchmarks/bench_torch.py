@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import common, memory
+from benchmarks import cache, common, memory
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -73,6 +73,13 @@ def blockwise_memory():
     memory.main(d2l, fused=lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
+def cache_per_token():
+    """Cache bytes and time per generated token of MHA, GQA and MLA at 1k and 8k, eager, one thread."""
+    torch.set_num_threads(1)
+    cache.main(d2l, how="eager, no grad, one thread")
+
+
 if __name__ == "__main__":
     main()
+    cache_per_token()
     blockwise_memory()

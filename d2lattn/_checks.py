@@ -66,6 +66,16 @@ def checked_window(value):
     return int(value)
 
 
+def per_layer(name, value, num_layers):
+    """One value for every layer, or a list or tuple of one per layer: -> a list of num_layers."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_layers
+    if len(value) != num_layers:
+        raise ValueError(f"{name} must be one value or a sequence of one per layer (num_layers = {num_layers}), "
+                         f"got {len(value)} entries")
+    return list(value)
+
+
 def check_divisible(num_hiddens, num_heads):
     if num_hiddens % num_heads:
         raise ValueError(
@@ -298,18 +308,30 @@ def check_param_shapes(expected, given):
 # --- caches ---------------------------------------------------------------------------
 
 
-def check_cache(cache_value, batch, num_kv_heads, head_size):
-    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size)."""
+def check_cache(cache_value, batch, num_kv_heads, head_size, window=None):
+    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size);
+    with a window w the rolling buffer (keys, values, position), each (b, num_kv_heads, max(w - 1, 1), head_size)."""
     if cache_value is None:
         return
-    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, t, {head_size})"
-    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
-        raise ValueError(f"cache must be None or a tuple (keys, values), each of shape {want}")
-    k, v = (tuple(c.shape) for c in cache_value)
+    steps = "t" if window is None else max(window - 1, 1)
+    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, {steps}, {head_size})"
+    size = 2 if window is None else 3
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != size:
+        form = "(keys, values)" if window is None else f"(keys, values, position) (the window {window}'s buffer)"
+        raise ValueError(f"cache must be None or a tuple {form}, each of shape {want}")
+    k, v = (tuple(c.shape) for c in cache_value[:2])
     for shape in (k, v):
-        if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, (batch, num_kv_heads, k[2], head_size))):
+        if len(shape) != 4 or not all(_fits(a, b) for a, b in
+                                      zip(shape, (batch, num_kv_heads, k[2] if window is None else steps, head_size))):
             raise ValueError(f"cache must hold keys and values of shape {want}, got {k} and {v}; "
                              "was it made by a layer of another shape?")
+
+
+def cached_positions(cache_value):
+    """How many positions a checked cache has seen: its length, or a rolling buffer's position."""
+    if cache_value is None:
+        return 0
+    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[2]
 
 
 def check_lm_cache(cache_value, num_layers):
@@ -429,3 +451,46 @@ def check_sinks(sinks_shape, scores_shape):
     if not _broadcasts(sinks_shape, tuple(scores_shape)[:-1]):
         raise ValueError(f"sinks of shape {tuple(sinks_shape)} do not broadcast to the scores' rows "
                          f"{tuple(scores_shape)[:-1]} (one sink logit per query row)")
+
+
+# --- multi-head latent attention -----------------------------------------------------------
+
+
+def checked_latent_sizes(num_hiddens, num_heads, kv_lora_rank, q_lora_rank, qk_nope_head_size,
+                         qk_rope_head_size, v_head_size):
+    """MultiHeadLatentAttention's sizes: positive integers, an even rotary part (it rotates pairs),
+    and ranks that fit: a low-rank factor of an (in, out) map has rank at most min(in, out).
+    Returns {name: int} (q_lora_rank None where there is no query compression)."""
+    sizes = {name: checked_positive_int(name, value) for name, value in (
+        ("num_hiddens", num_hiddens), ("num_heads", num_heads), ("kv_lora_rank", kv_lora_rank),
+        ("qk_nope_head_size", qk_nope_head_size), ("qk_rope_head_size", qk_rope_head_size),
+        ("v_head_size", v_head_size))}
+    sizes["q_lora_rank"] = None if q_lora_rank is None else checked_positive_int("q_lora_rank", q_lora_rank)
+    if sizes["qk_rope_head_size"] % 2:
+        raise ValueError("qk_rope_head_size must be even (rotary encoding rotates pairs of features), "
+                         f"got {qk_rope_head_size}")
+    h, heads = sizes["num_hiddens"], sizes["num_heads"]
+    limits = {"kv_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["v_head_size"])),
+                               "min(num_hiddens, num_heads * (qk_nope_head_size + v_head_size))"),
+              "q_lora_rank": (min(h, heads * (sizes["qk_nope_head_size"] + sizes["qk_rope_head_size"])),
+                              "min(num_hiddens, num_heads * (qk_nope_head_size + qk_rope_head_size))")}
+    for name, (limit, formula) in limits.items():
+        if sizes[name] is not None and sizes[name] > limit:
+            raise ValueError(f"{name} must be at most {formula} = {limit} (the rank of a low-rank factor of "
+                             f"that map), got {sizes[name]}")
+    return sizes
+
+
+def check_latent_cache(cache_value, batch, kv_lora_rank, qk_rope_head_size):
+    """A MultiHeadLatentAttention cache: None or (latents (b, t, kv_lora_rank), rotary keys
+    (b, t, qk_rope_head_size))."""
+    if cache_value is None:
+        return
+    want = f"({batch}, t, {kv_lora_rank}) and ({batch}, t, {qk_rope_head_size})"
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
+        raise ValueError(f"cache must be None or a tuple (latents, rotary keys) of shapes {want}")
+    c, k = (tuple(x.shape) for x in cache_value)
+    if not (len(c) == len(k) == 3 and all(_fits(a, b) for a, b in zip(c, (batch, k[1], kv_lora_rank)))
+            and all(_fits(a, b) for a, b in zip(k, (batch, c[1], qk_rope_head_size)))):
+        raise ValueError(f"cache must hold latents and rotary keys of shapes {want}, got {c} and {k}; "
+                         "was it made by a layer of another shape?")

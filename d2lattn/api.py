@@ -438,27 +438,41 @@ class CausalSelfAttention:
         values) of native arrays (b, num_kv_heads, t, head_size) holding the rotated keys and
         the values of every position so far; the positions of X continue after them. Feeding
         a sequence in pieces of any sizes gives the outputs of one full pass.
-        `.attention_weights` (b, num_heads, T, t + T)."""
+        `.attention_weights` (b, num_heads, T, t + T).
+
+        With a `window` w the cache is a rolling buffer (keys, values, position): the last
+        max(w - 1, 1) positions' keys and values (b, num_kv_heads, max(w - 1, 1), head_size),
+        oldest first, zeros before position 0 (masked), and `position`, the number of positions
+        seen (an int; an int32 scalar of the framework inside generate's compiled steps). Its
+        size never grows, and the outputs are those of the unbounded cache; called with a cache,
+        `.attention_weights` (b, num_heads, T, max(w - 1, 1) + T)."""
 
 
 class TransformerLM:
     """A decoder-only language model: `embedding` (vocab_size, num_hiddens); `num_layers`
     pre-norm blocks `blocks.{i}`, each X = X + attention(norm1(X)), then X = X + ffn(norm2(X)),
-    with norm1, norm2 RMSNorm, attention a CausalSelfAttention (num_kv_heads, window,
-    rope_base and the open-model options qk_norm, sinks, output_gate, logit_cap,
-    rope_fraction, rope_scaling, attention_bias passed on) and ffn a SwiGLUFFN(num_hiddens,
-    ffn_num_hiddens); a final `norm` (RMSNorm) and W_out (num_hiddens, vocab_size), not tied
-    to the embedding."""
+    with norm1, norm2 RMSNorm(eps=norm_eps), attention a CausalSelfAttention (num_kv_heads,
+    window, rope_base, norm_eps (its qk_norm's) and the open-model options qk_norm, sinks,
+    output_gate, logit_cap, rope_fraction, rope_scaling, attention_bias passed on) and ffn a
+    SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm` (RMSNorm(eps=norm_eps)) and W_out
+    (num_hiddens, vocab_size), or with tie_embeddings=True the embedding's transpose (one
+    parameter, as GPT-2, Gemma and the small LLaMA 3.2s have). `final_logit_cap` c: the logits
+    become c * tanh(logits / c) (Gemma 2's soft-capping)."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
-                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
-        blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out."""
+        blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
+        `window` and `rope_base` may be one value for every layer or a list or tuple of one per
+        layer (window None: global; rope_base None: no rotary positions, NoPE), so Gemma 3's five
+        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
-        previous call returned (a list with one CausalSelfAttention cache per block)."""
+        previous call returned (a list with one CausalSelfAttention cache per block: a windowed
+        block's is its rolling buffer, of constant size)."""
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
@@ -467,6 +481,39 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     temperature) with numpy.random.default_rng(seed), so the same logits give the same tokens
     on every backend. use_cache=False recomputes the whole sequence at every step and gives
     the same tokens."""
+
+
+# --- shrinking the cache ------------------------------------------------------------
+
+
+class MultiHeadLatentAttention:
+    """Multi-head latent attention (DeepSeek-V2/V3): the cache holds one latent c_kv
+    (kv_lora_rank) and one rotary key (qk_rope_head_size) per token, shared by every head.
+
+    Queries: X W_q, or with `q_lora_rank` RMSNorm(X W_dq) W_uq (the norm's gamma `q_norm.gamma`);
+    head i owns columns i*(dn + dr):(i+1)*(dn + dr), its qk_nope_head_size (dn) features first, then
+    its qk_rope_head_size (dr) rotary ones. Latent c = RMSNorm(X W_dkv) (`kv_norm.gamma`); head i's
+    keys are c W_uk[:, i*dn:(i+1)*dn] and values c W_uv[:, i*dv:(i+1)*dv]; the rotary key is
+    X W_kr, rotated once for all heads (split halves, base `rope_base`; DeepSeek's checkpoints pair
+    interleaved features: permute their columns). Scores (q_nope . k_nope + q_rope . k_rope) /
+    sqrt(dn + dr), causal; output heads concatenated, then W_o. No biases.
+
+    absorb=False decompresses every cached latent into each head's keys and values; absorb=True
+    folds W_uk into the queries and W_uv into the output and attends over the latents themselves,
+    reading kv_lora_rank + qk_rope_head_size numbers per cached token. Both give the same outputs."""
+
+    def __init__(self, num_hiddens, num_heads, *, kv_lora_rank, q_lora_rank=None, qk_nope_head_size,
+                 qk_rope_head_size, v_head_size, rope_base=10000.0, norm_eps=1e-6, dropout=0.0, absorb=False):
+        """W_q (num_hiddens, heads * (dn + dr)), or W_dq (num_hiddens, q_lora_rank), q_norm.gamma,
+        W_uq (q_lora_rank, heads * (dn + dr)); W_dkv (num_hiddens, kv_lora_rank), kv_norm.gamma,
+        W_kr (num_hiddens, dr), W_uk (kv_lora_rank, heads * dn), W_uv (kv_lora_rank, heads * dv),
+        W_o (heads * dv, num_hiddens). A rank above what it factors (min(in, out) of its map)
+        or an odd qk_rope_head_size is a ValueError naming it."""
+
+    def __call__(self, X, *, cache=None, training=None):
+        """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache), with CausalSelfAttention's protocol:
+        `cache` None or the previous call's (latents (b, t, kv_lora_rank), rotary keys (b, t, dr)), native
+        arrays; X's positions continue after them. `.attention_weights` (b, num_heads, T, t + T)."""
 
 
 # --- attention that fits in memory ---------------------------------------------------

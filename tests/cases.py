@@ -4,7 +4,8 @@ A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters. A module that returns a cache
-(`CausalSelfAttention`, `TransformerLM`) is checked on its output and every array of the cache.
+(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every
+array of the cache.
 """
 
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
 LIN7 = ((B, 2, 7, 4), (B, 2, 7, 4), (B, 2, 7, DV))  # linear attention: 7 positions, chunks need not divide them
 DELTA7 = LIN7 + ((B, 2, 7), (B, 2, 7))              # ... and the gated delta rule's alpha and beta
 STATE = ((B, 2, 4, DV), (B, 2, 4))                  # linear attention's state (S, z)
+# multi-head latent attention: a latent of 4 for 2 heads of 3 + 2 query-key and 3 value features
+MLA = {"num_hiddens": 8, "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_size": 3, "qk_rope_head_size": 2,
+       "v_head_size": 3}
 # RoPE scalings whose bands fall inside a head of 8 at base 100 (wavelengths 6.3, 20, 63, 200)
 LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 128}
@@ -157,6 +161,14 @@ CASES = [
     Case("lm-gqa-window-pieces", "TransformerLM", (),
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
           "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
+    # multi-head latent attention: outputs Y and the cache (latents, rotary keys); naive and absorbed
+    Case("mla-naive", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6}, seed=53),
+    Case("mla-absorbed", "MultiHeadLatentAttention", ((B, 5, 8),), {**MLA, "q_lora_rank": 6, "absorb": True},
+         seed=53),
+    Case("mla-absorbed-pieces", "MultiHeadLatentAttention", ((B, 6, 8),),
+         {**MLA, "qk_rope_head_size": 4, "rope_base": 100.0, "absorb": True}, pieces=(3, 1, 2), seed=54),
+    Case("mla-naive-pieces", "MultiHeadLatentAttention", ((B, 6, 8),), {**MLA, "num_heads": 3, "v_head_size": 2},
+         pieces=(2, 4), seed=55),
     # open-model attention: soft-capping and sinks in the scores (sinks differentiated as an input; a row with
     # nothing to attend to stays zeros), scaled RoPE, and CausalSelfAttention's options, cached in pieces too
     Case("dot-cap-mask", "DotProductAttention", QKV, mask="random", call={"logit_cap": 0.7}, seed=60),
@@ -189,6 +201,17 @@ CASES = [
          {"vocab_size": 7, "num_hiddens": 16, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12, "qk_norm": True,
           "sinks": True, "output_gate": True, "logit_cap": 1.0, "rope_fraction": 0.5, "rope_scaling": YARN,
           "attention_bias": True}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=73),
+    # today's open models: a tied head, the final soft-cap, the norms' eps; per-layer windows and bases
+    # (None: global, NoPE) and the rolling caches of the windowed layers, fed in pieces
+    Case("lm-tied-cap-eps", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 1, "ffn_num_hiddens": 6,
+          "tie_embeddings": True, "final_logit_cap": 1.5, "norm_eps": 0.1}, tokens=(("tokens", (B, 5), 7),), seed=35),
+    Case("lm-per-layer-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 4,
+          "window": [2, None], "rope_base": [100.0, None]}, tokens=(("tokens", (B, 5), 7),), pieces=(2, 1, 2),
+         seed=36),
+    Case("csa-window1-pieces", "CausalSelfAttention", ((B, 4, 8),), {"num_hiddens": 8, "num_heads": 2, "window": 1},
+         pieces=(1, 2, 1), seed=37),
     # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
     Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
     Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),
@@ -211,23 +234,23 @@ CASES = [
     Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
     Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),
     # linear attention in its three forms, and the gated delta rule in its two, states in and out
-    Case("linear-chunked", "linear_attention", LIN7, call={"chunk_size": 3}, seed=60),
-    Case("linear-recurrent", "linear_attention", LIN7, call={"form": "recurrent"}, seed=61),
-    Case("linear-parallel-relu", "linear_attention", LIN7, call={"form": "parallel", "feature_map": "relu"}, seed=62),
-    Case("linear-noncausal", "linear_attention", ((B, Q, 4), (B, 6, 4), (B, 6, DV)), call={"causal": False}, seed=63),
+    Case("linear-chunked", "linear_attention", LIN7, call={"chunk_size": 3}, seed=80),
+    Case("linear-recurrent", "linear_attention", LIN7, call={"form": "recurrent"}, seed=81),
+    Case("linear-parallel-relu", "linear_attention", LIN7, call={"form": "parallel", "feature_map": "relu"}, seed=82),
+    Case("linear-noncausal", "linear_attention", ((B, Q, 4), (B, 6, 4), (B, 6, DV)), call={"causal": False}, seed=83),
     Case("linear-state-chunked", "linear_attention", LIN7 + STATE, keywords=("state", "state"), positive=(4,),
-         call={"chunk_size": 2, "return_state": True}, seed=64),
+         call={"chunk_size": 2, "return_state": True}, seed=84),
     Case("linear-state-recurrent", "linear_attention", LIN7 + STATE, keywords=("state", "state"), positive=(4,),
-         call={"form": "recurrent", "return_state": True}, seed=65),
-    Case("delta-chunked", "gated_delta_rule", DELTA7, positive=(3, 4), call={"chunk_size": 3}, seed=66),
-    Case("delta-recurrent", "gated_delta_rule", DELTA7, positive=(3, 4), call={"form": "recurrent"}, seed=67),
+         call={"form": "recurrent", "return_state": True}, seed=85),
+    Case("delta-chunked", "gated_delta_rule", DELTA7, positive=(3, 4), call={"chunk_size": 3}, seed=86),
+    Case("delta-recurrent", "gated_delta_rule", DELTA7, positive=(3, 4), call={"form": "recurrent"}, seed=87),
     Case("delta-state-chunked", "gated_delta_rule", DELTA7 + ((B, 2, 4, DV),), keywords=("state",), positive=(3, 4),
-         call={"chunk_size": 4, "return_state": True}, seed=68),
+         call={"chunk_size": 4, "return_state": True}, seed=88),
     Case("delta-state-recurrent-3d", "gated_delta_rule", ((B, 5, 3), (B, 5, 3), (B, 5, 2), (B, 5), (B, 5), (B, 3, 2)),
-         keywords=("state",), positive=(3,), call={"form": "recurrent", "return_state": True}, seed=69),
+         keywords=("state",), positive=(3,), call={"form": "recurrent", "return_state": True}, seed=89),
     # the Gated DeltaNet layer: output and its cache (conv inputs, state), in one pass and in pieces
-    Case("gdn", "GatedDeltaNet", ((B, 6, 8),), {"num_hiddens": 8, "num_heads": 2, "chunk_size": 4}, seed=70),
+    Case("gdn", "GatedDeltaNet", ((B, 6, 8),), {"num_hiddens": 8, "num_heads": 2, "chunk_size": 4}, seed=90),
     Case("gdn-sizes-pieces", "GatedDeltaNet", ((B, 6, 8),),
          {"num_hiddens": 8, "num_heads": 2, "head_size": 3, "value_head_size": 2, "conv_size": 3, "chunk_size": 2},
-         pieces=(3, 1, 2), seed=71),
+         pieces=(3, 1, 2), seed=91),
 ]

@@ -65,12 +65,15 @@ def make_call(case):
     return inputs, kwargs, params
 
 
-CACHED = ("CausalSelfAttention", "TransformerLM", "GatedDeltaNet")  # modules that return (output, cache)
+CACHED = ("CausalSelfAttention", "MultiHeadLatentAttention", "TransformerLM", "GatedDeltaNet")  # return (output, cache)
 
 
 def _leaves(out):
-    """The arrays of an output that nests tuples and lists (a cache), in order."""
-    return [leaf for o in out for leaf in _leaves(o)] if isinstance(out, (tuple, list)) else [out]
+    """The float arrays of an output that nests tuples and lists (a cache), in order: a rolling
+    buffer's position (an int, or an int32 scalar) is no output to differentiate."""
+    if isinstance(out, (tuple, list)):
+        return [leaf for o in out for leaf in _leaves(o)]
+    return [] if isinstance(out, int) or "int" in str(getattr(out, "dtype", "")) else [out]
 
 
 @functools.cache

@@ -96,9 +96,9 @@ def test_continuing_queries_need_the_offset(d2l):
 
 
 def test_cache_holds_every_position(d2l):
-    """Keys and values of every position so far, (b, num_kv_heads, t, head_size), and the attention
-    weights of the last call (b, num_heads, T, t + T), also with a window."""
-    csa = d2l.CausalSelfAttention(8, 4, num_kv_heads=2, window=2)
+    """Without a window: keys and values of every position so far, (b, num_kv_heads, t, head_size),
+    and the attention weights of the last call (b, num_heads, T, t + T)."""
+    csa = d2l.CausalSelfAttention(8, 4, num_kv_heads=2, rope_base=None)
     X = d2l.tensor(np.random.default_rng(5).normal(size=(3, 4, 8)))
     _, cache = csa(X[:, :3], training=False)
     Y, (keys, values) = csa(X[:, 3:], cache=cache, training=False)
@@ -106,7 +106,7 @@ def test_cache_holds_every_position(d2l):
     assert tuple(Y.shape) == (3, 1, 8)
     weights = d2l.to_numpy(csa.attention_weights)
     assert weights.shape == (3, 4, 1, 4)
-    np.testing.assert_array_equal(weights[..., :2], 0)  # the window: position 3 sees 2 and 3 only
+    assert np.all(weights > 0)  # position 3 sees every position
 
 
 @PROFILE
@@ -143,6 +143,10 @@ def test_cached_pieces_equal_the_full_pass(d2l, data):
     for ours, theirs in zip(cache, want_cache):
         np.testing.assert_allclose(d2l.to_numpy(ours), theirs, atol=1e-5)
     last = full_weights[:, :, T - outs[-1].shape[1]:]                 # the full pass's rows of the last piece
+    if args["window"] is not None and cuts:                           # over the buffer's slots, then the piece
+        slots = max(args["window"] - 1, 1)
+        keys = start - slots + np.arange(slots + T - start)           # the positions of those keys
+        last = np.where(keys >= 0, last[..., np.maximum(keys, 0)], 0.0)  # the slots before position 0: no weight
     np.testing.assert_allclose(d2l.to_numpy(csa.attention_weights), last, atol=1e-5)
 
 
@@ -165,9 +169,9 @@ def test_parameter_names_and_shapes(d2l):
 
 
 def test_logits_and_cached_pieces(d2l):
-    """The logits are the reference's; the cache holds every position of every block; the tokens fed
-    in pieces (a prefill, then pieces of one and of several tokens, the window of 4 sliding over the
-    cache) give the logits of one pass."""
+    """The logits are the reference's; the cache of every block is its window's rolling buffer (the
+    last 3 positions of a window of 4, and the position); the tokens fed in pieces (a prefill, then
+    pieces of one and of several tokens) give the logits of one pass."""
     model, ref = small(d2l, seed=2)
     tokens = np.random.default_rng(3).integers(0, SMALL["vocab_size"], (2, 9)).astype(np.int32)
     full, cache = model(d2l.tensor(tokens), training=False)
@@ -175,14 +179,15 @@ def test_logits_and_cached_pieces(d2l):
     np.testing.assert_allclose(full, ref(tokens, training=False)[0], atol=1e-4)
     head_size = SMALL["num_hiddens"] // SMALL["num_heads"]
     assert len(cache) == SMALL["num_layers"]
-    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+    buffer = (2, SMALL["num_kv_heads"], SMALL["window"] - 1, head_size)
+    assert all(tuple(k.shape) == tuple(v.shape) == buffer and int(p) == 9 for k, v, p in cache)
     pieces, cache, start = [], None, 0
     for size in (4, 1, 3, 1):
         out, cache = model(d2l.tensor(tokens[:, start:start + size]), cache=cache, training=False)
         pieces.append(d2l.to_numpy(out))
         start += size
     np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
-    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+    assert all(tuple(k.shape) == tuple(v.shape) == buffer and int(p) == 9 for k, v, p in cache)
 
 
 # --- generate ---------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ class CausalSelfAttention(MultiHeadAttention):
 
     def forward(self, X, *, cache=None, training=None):
         _checks.check_sequence_input(X.shape, self.params["W_q"].shape[0])
-        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]    # new and cached positions
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size, self.window)
+        T, t = X.shape[1], _checks.cached_positions(cache)              # new positions, and those seen before
         q = self._split_heads(self._dense(X, "q"))                     # (b, heads, T, dh)
         k = self._split_heads(self._dense(X, "k"))                     # (b, kv_heads, T, dh)
         v = self._split_heads(self._dense(X, "v"))                     # (b, kv_heads, T, dh)
@@ -51,14 +51,25 @@ class CausalSelfAttention(MultiHeadAttention):
         if self.rope is not None:
             q, k = self._rotate(q, t), self._rotate(k, t)               # at positions t .. t + T - 1
         if cache is not None:
-            k = np.concatenate([cache[0], k], axis=2)                   # (b, kv_heads, t + T, dh)
-            v = np.concatenate([cache[1], v], axis=2)                   # (b, kv_heads, t + T, dh)
-        mask = causal_mask(T, t + T, offset=t, window=self.window)      # (T, t + T): lower right
+            k = np.concatenate([cache[0], k], axis=2)                   # (b, kv_heads, n = cached + T, dh)
+            v = np.concatenate([cache[1], v], axis=2)                   # (b, kv_heads, n, dh)
+        n = k.shape[2]
+        mask = causal_mask(T, n, offset=n - T, window=self.window)      # (T, n): lower right
+        mask = mask & (np.arange(n) >= n - T - t)                       # not a buffer's slots before position 0
         gate = None if "W_gate" not in self.params else self._split_heads(
             1 / (1 + np.exp(-X @ self.params["W_gate"])))               # (b, heads, T, dh): sigmoid(X W_gate)
         sinks = self.params["sinks"][:, None] if "sinks" in self.params else None  # (heads, 1): every row
         Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
-        return Y, (k, v)                                                # (b, T, num_hiddens)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, t + T)  # (b, T, num_hiddens)
+
+
+def _rolled(k, v, window, position):
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at. Nothing older
+    is ever seen again, so its memory stays the same however long the sequence grows."""
+    keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
+    k, v = (np.concatenate([np.zeros(x.shape[:2] + (keep,) + x.shape[3:]), x], axis=2) for x in (k, v))
+    return k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], position
 
 
 class TransformerLMBlock(Module):
@@ -66,12 +77,12 @@ class TransformerLMBlock(Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 **options):
+                 norm_eps, **options):
         super().__init__()
-        self.norm1 = RMSNorm(num_hiddens)
+        self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, **options)
-        self.norm2 = RMSNorm(num_hiddens)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
 
@@ -84,19 +95,26 @@ class TransformerLMBlock(Module):
 
 class TransformerLM(Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
-                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         rng = np.random.default_rng(3)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
-        self.params = {"embedding": rng.normal(size=(v, h)), "W_out": _init(rng, h, v)}
-        self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
-                                          rope_base=rope_base, dropout=dropout, **options)
-                       for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
-        self.norm = RMSNorm(h)
+        L = _checks.checked_positive_int("num_layers", num_layers)
+        self.params = {"embedding": rng.normal(size=(v, h))}
+        if not tie_embeddings:
+            self.params["W_out"] = _init(rng, h, v)
+        self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
+                                          rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
+                       for w, base in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L))]
+        self.norm = RMSNorm(h, norm_eps)
+        self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
+            "final_logit_cap", final_logit_cap)
 
     def forward(self, tokens, *, cache=None, training=None):
         _checks.check_tokens(np.shape(tokens), "tokens")
@@ -106,7 +124,11 @@ class TransformerLM(Module):
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, training=training)
             caches.append(block_cache)
-        return self.norm(X) @ self.params["W_out"], caches             # (b, T, vocab), one cache per block
+        W_out = self.params.get("W_out", self.params["embedding"].T)   # (h, vocab): tied, the embedding's transpose
+        logits = self.norm(X) @ W_out                                  # (b, T, vocab)
+        if self.final_logit_cap is not None:
+            logits = self.final_logit_cap * np.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)
+        return logits, caches                                          # one cache per block
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):

@@ -49,8 +49,8 @@ class CausalSelfAttention(MultiHeadAttention):
 
     def call(self, X, *, cache=None, position=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
-        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size, self.window)
+        start = position if position is not None else _seen(cache)     # positions seen before
         q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
@@ -58,16 +58,39 @@ class CausalSelfAttention(MultiHeadAttention):
             q, k = self.q_norm(q), self.k_norm(k)                          # per head, before the rotation
         if self.rope is not None:
             q, k = self._rotate(q, start), self._rotate(k, start)          # at positions start .. start + T - 1
-        if position is not None:
+        T = tf.shape(X)[1] if X.shape[1] is None else X.shape[1]          # a number where it is known
+        if position is not None and self.window is None:
             k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
                     for buffer, new in zip(cache, (k, v)))
-        elif cache is not None:
-            k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
-        mask = causal_mask(tf.shape(X)[1], tf.shape(k)[2], offset=start, window=self.window)  # (T, t + T)
+            mask = causal_mask(T, tf.shape(k)[2], offset=start)            # (T, max_len): later slots unseen
+        else:
+            if cache is not None:
+                k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
+            n = tf.shape(k)[2]
+            mask = causal_mask(T, n, offset=n - T, window=self.window)     # (T, n): lower right
+            mask &= tf.range(n) >= n - T - start                           # not a buffer's slots before 0
         gate = None if self.W_gate is None else self._split_heads(tf.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
         sinks = None if self.sinks is None else self.sinks[:, None]        # (heads, 1): every row
         Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
-        return Y, (k, v)                                                   # (b, T, num_hiddens)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, start + T)  # (b, T, num_hiddens)
+
+
+def _seen(cache):
+    """How many positions a cache has seen (its length may be known only at run time)."""
+    if cache is None or len(cache) == 3:
+        return _checks.cached_positions(cache)
+    return tf.shape(cache[0])[2]
+
+
+def _rolled(k, v, window, position):
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at (an int32
+    tensor: Keras takes no nested argument that mixes tensors and numbers). Nothing older is ever
+    seen again, so its memory stays the same however long the sequence grows (and its shape too,
+    so one trace serves every token)."""
+    keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
+    k, v = (tf.concat([tf.zeros(tf.concat([tf.shape(x)[:2], [keep], tf.shape(x)[3:]], 0)), x], 2) for x in (k, v))
+    return k[:, :, tf.shape(k)[2] - keep:], v[:, :, tf.shape(v)[2] - keep:], tf.cast(position, tf.int32)
 
 
 class TransformerLMBlock(_Layer):
@@ -75,12 +98,12 @@ class TransformerLMBlock(_Layer):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 **options):
+                 norm_eps, **options):
         super().__init__()
-        self.norm1 = RMSNorm(num_hiddens)
+        self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, **options)
-        self.norm2 = RMSNorm(num_hiddens)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # weights made above: nothing for Keras to build on the first call
@@ -93,20 +116,26 @@ class TransformerLMBlock(_Layer):
 
 
 class TransformerLM(_Layer):
-    """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step)."""
+    """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step).
+    Tied (W_out None), the Embedding's table (vocab, h) maps back to the vocabulary."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
-                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=window, rope_base=rope_base, dropout=dropout, **options)
-                       for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
-        self.norm = RMSNorm(num_hiddens)
-        self.W_out = _dense_layer(num_hiddens, vocab_size)
+                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
+                       for w, base in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L))]
+        self.norm = RMSNorm(num_hiddens, norm_eps)
+        self.W_out = None if tie_embeddings else _dense_layer(num_hiddens, vocab_size)
+        self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
+            "final_logit_cap", final_logit_cap)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, tokens, *, cache=None, position=None, training=None):
@@ -118,7 +147,12 @@ class TransformerLM(_Layer):
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, position=position, training=training)
             caches.append(block_cache)
-        return self.W_out(self.norm(X)), caches                            # (b, T, vocab), one cache per block
+        X = self.norm(X)
+        logits = (tf.matmul(X, self.embedding.embeddings, transpose_b=True) if self.W_out is None
+                  else self.W_out(X))                                      # (b, T, vocab)
+        if self.final_logit_cap is not None:
+            logits = self.final_logit_cap * tf.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)
+        return logits, caches                                              # one cache per block
 
 
 def _calls(model):
@@ -127,9 +161,11 @@ def _calls(model):
     if not hasattr(model, "_generate_calls"):
         attention = model.blocks[0].attention
         buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
-        tokens = tf.TensorSpec((None, None), tf.int32)
+        tokens, position = tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)
+        caches = [(buffer, buffer) if block.attention.window is None else (buffer, buffer, position)
+                  for block in model.blocks]
 
-        @tf.function(input_signature=[tokens, tf.TensorSpec((), tf.int32), [(buffer, buffer)] * len(model.blocks)])
+        @tf.function(input_signature=[tokens, position, caches])
         def step(tokens, position, buffers):
             logits, buffers = model(tokens, cache=buffers, position=position, training=False)
             return logits[:, -1], buffers                                  # (b, vocab), the buffers
@@ -140,6 +176,16 @@ def _calls(model):
 
         model._generate_calls = step, full
     return model._generate_calls
+
+
+def _buffers(attention, b, L):
+    """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    if attention.window is None:
+        shape = (b, attention.num_kv_heads, L, attention.head_size)        # (b, kv_heads, L, dh)
+        return tf.zeros(shape), tf.zeros(shape)
+    shape = (b, attention.num_kv_heads, max(attention.window - 1, 1), attention.head_size)  # (b, kv_heads, keep, dh)
+    return tf.zeros(shape), tf.zeros(shape), tf.constant(0)
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
@@ -153,9 +199,8 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     num_tokens = _checks.checked_positive_int("num_tokens", num_tokens)
     rng = np.random.default_rng(seed)
     step, full = _calls(model)
-    attention = model.blocks[0].attention
-    shape = (len(tokens), attention.num_kv_heads, tokens.shape[1] + num_tokens, attention.head_size)
-    buffers = [(tf.zeros(shape), tf.zeros(shape)) for _ in model.blocks] if use_cache else None
+    buffers = [_buffers(block.attention, len(tokens), tokens.shape[1] + num_tokens)
+               for block in model.blocks] if use_cache else None
     new, position = tokens, 0                                              # what the next step feeds, and where
     for _ in range(num_tokens):
         if use_cache:

@@ -42,8 +42,8 @@ class CausalSelfAttention(MultiHeadAttention):
 
     def forward(self, X, *, cache=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
-        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]   # new and cached positions
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size, self.window)
+        T, t = X.shape[1], _checks.cached_positions(cache)             # new positions, and those seen before
         q = self._split_heads(self.W_q(X))                             # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                             # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                             # (b, kv_heads, T, dh)
@@ -52,12 +52,23 @@ class CausalSelfAttention(MultiHeadAttention):
         if self.rope is not None:
             q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
         if cache is not None:
-            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
-        mask = causal_mask(T, t + T, offset=t, window=self.window).to(X.device)  # (T, t + T): lower right
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
+        n = k.shape[2]
+        mask = causal_mask(T, n, offset=n - T, window=self.window).to(X.device)  # (T, n): lower right
+        mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # not a buffer's slots before position 0
         gate = None if self.W_gate is None else self._split_heads(torch.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
         sinks = None if self.sinks is None else self.sinks.unsqueeze(1)         # (heads, 1): every row
         Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
-        return Y, (k, v)                                               # (b, T, num_hiddens)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, t + T)  # (b, T, num_hiddens)
+
+
+def _rolled(k, v, window, position):
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at. Nothing older
+    is ever seen again, so its memory stays the same however long the sequence grows."""
+    keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
+    k, v = (torch.cat([x.new_zeros(x.shape[:2] + (keep,) + x.shape[3:]), x], 2) for x in (k, v))
+    return k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], position
 
 
 class TransformerLMBlock(nn.Module):
@@ -65,12 +76,12 @@ class TransformerLMBlock(nn.Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 **options):
+                 norm_eps, **options):
         super().__init__()
-        self.norm1 = RMSNorm(num_hiddens)
+        self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, **options)
-        self.norm2 = RMSNorm(num_hiddens)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
 
@@ -84,23 +95,27 @@ class TransformerLMBlock(nn.Module):
 
 class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
-                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nn.Embedding(v, h)
         self.blocks = nn.ModuleList(
-            TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
-                               rope_base=rope_base, dropout=dropout, **options)
-            for _ in range(_checks.checked_positive_int("num_layers", num_layers)))
-        self.norm = RMSNorm(h)
-        self.W_out = nn.Linear(h, v, bias=False)
+            TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
+                               rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
+            for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)))
+        self.norm = RMSNorm(h, norm_eps)
+        self.W_out = None if tie_embeddings else nn.Linear(h, v, bias=False)
+        self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
+            "final_logit_cap", final_logit_cap)
 
     def forward(self, tokens, *, cache=None, training=None):
-        tokens = torch.as_tensor(tokens, device=self.W_out.weight.device)
+        tokens = torch.as_tensor(tokens, device=self.embedding.weight.device)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
         X = self.embedding(tokens)                                     # (b, T, h)
@@ -108,7 +123,12 @@ class TransformerLM(nn.Module):
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, training=training)
             caches.append(block_cache)
-        return self.W_out(self.norm(X)), caches                        # (b, T, vocab), one cache per block
+        X = self.norm(X)
+        # tied: the embedding's own (vocab, h) table maps back to the vocabulary, one parameter for both
+        logits = X @ self.embedding.weight.T if self.W_out is None else self.W_out(X)  # (b, T, vocab)
+        if self.final_logit_cap is not None:
+            logits = self.final_logit_cap * torch.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)
+        return logits, caches                                          # one cache per block
 
 
 @torch.no_grad()

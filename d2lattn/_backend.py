@@ -81,6 +81,10 @@ LACKS = {
         "compiled linear_attention": (
             "linear_attention runs imperatively on MXNet: its recurrent and chunked forms loop over positions and "
             "chunks, and a hybridized graph's symbols have no length to count them by"),
+        "hybrid lm": (
+            "MXNet's TransformerLM is one hybridizable graph, and GatedDeltaNet loops over positions and chunks, "
+            "which a graph symbol has no length for: TransformerLM(attention='gated_deltanet') raises "
+            "NotImplementedError; GatedDeltaNet runs on its own, imperatively"),
         "compiled gated_delta_rule": (
             "gated_delta_rule runs imperatively on MXNet: both forms loop over positions or chunks, and a "
             "hybridized graph's symbols have no length to count them by"),

@@ -76,6 +76,22 @@ def per_layer(name, value, num_layers):
     return list(value)
 
 
+# TransformerLM's layer types: softmax attention (CausalSelfAttention) or GatedDeltaNet
+LAYER_TYPES = ("softmax", "gated_deltanet")
+
+
+# Why MXNet's TransformerLM takes no GatedDeltaNet layer (_backend.LACKS["mxnet"]["hybrid lm"] says the same)
+NO_GRAPH_GATED_DELTANET = (
+    "attention='gated_deltanet' is not available on MXNet: its TransformerLM is one hybridizable graph, and "
+    "GatedDeltaNet loops over positions and chunks, which a graph symbol has no length for (use GatedDeltaNet "
+    "on its own, imperatively)")
+
+
+def checked_layer_types(value, num_layers):
+    """TransformerLM's `attention`: one layer type for every layer, or a list or tuple of one per layer."""
+    return [checked_choice("attention", kind, LAYER_TYPES) for kind in per_layer("attention", value, num_layers)]
+
+
 def check_divisible(num_hiddens, num_heads):
     if num_hiddens % num_heads:
         raise ValueError(

@@ -462,8 +462,13 @@ class TransformerLM:
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
-        """Parameter names follow the children: embedding, blocks.0.attention.W_q,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="softmax"):
+        """`attention`: each layer's type, one for every layer or a list or tuple of one per layer:
+        "softmax" (CausalSelfAttention) or "gated_deltanet" (GatedDeltaNet(num_hiddens, num_heads,
+        norm_eps=norm_eps), whose cache is its (conv, S) state, the same size at every position; the
+        attention-only options do not apply to it), so Qwen3-Next's three linear layers per full one is
+        attention=["gated_deltanet"] * 3 + ["softmax"]. Parameter names follow the children: embedding,
+        blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per
         layer (window None: global; rope_base None: no rotary positions, NoPE), so Gemma 3's five

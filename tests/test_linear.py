@@ -226,3 +226,49 @@ BAD_INPUT = {
                     r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- a hybrid stack: GatedDeltaNet layers in TransformerLM -----------------------------------
+
+HYBRID = dict(vocab_size=11, num_hiddens=8, num_heads=2, num_layers=4, ffn_num_hiddens=12,
+              attention=["gated_deltanet"] * 3 + ["softmax"])
+
+
+@pytest.mark.needs("hybrid lm")
+def test_hybrid_lm_matches_the_reference_and_generates_with_its_state(d2l):
+    """Three GatedDeltaNet layers per softmax one: logits as the reference's with the same parameters;
+    the linear layers' caches keep one size while the softmax layer's grows; generate with the cache
+    gives the tokens of generate without it."""
+    model = d2l.TransformerLM(**HYBRID)
+    ref = reference.TransformerLM(**HYBRID)
+    reference.set_params(ref, d2l.get_params(model))
+    assert {n.split(".")[3] for n in d2l.get_params(model) if n.startswith("blocks.0.attention.")} >= {"conv", "A_log"}
+    tokens = np.random.default_rng(5).integers(0, 11, (2, 7)).astype(np.int32)
+    logits, cache = model(d2l.tensor(tokens), training=False)
+    want, _ = ref(tokens)
+    np.testing.assert_allclose(d2l.to_numpy(logits), want, atol=1e-4)
+    _, cache = model(d2l.tensor(tokens[:, :1]), cache=None, training=False)
+    sizes = [tuple(tuple(c.shape) for c in layer) for layer in cache]
+    _, cache = model(d2l.tensor(tokens[:, 1:4]), cache=cache, training=False)
+    assert [tuple(tuple(c.shape) for c in layer) for layer in cache][:3] == sizes[:3]
+    assert tuple(cache[3][0].shape)[2] == 4                                # the softmax layer's keys grow
+    with_cache = d2l.generate(model, tokens[:, :3], 5)
+    np.testing.assert_array_equal(with_cache, d2l.generate(model, tokens[:, :3], 5, use_cache=False))
+
+
+def test_layer_types_are_checked(d2l):
+    with pytest.raises(ValueError, match=r"attention must be one of 'softmax', 'gated_deltanet', got 'linear'"):
+        d2l.TransformerLM(11, 8, 2, 2, 12, attention="linear")
+    with pytest.raises(ValueError, match=r"attention must be one value or a sequence of one per layer "
+                                         r"\(num_layers = 2\), got 3 entries"):
+        d2l.TransformerLM(11, 8, 2, 2, 12, attention=["softmax"] * 3)
+
+
+@pytest.mark.needs("training", "hybrid lm")
+def test_hybrid_lm_trains(d2l):
+    """train_lm lowers the loss of the hybrid stack on a sequence it can learn (counting up mod 11)."""
+    model = d2l.TransformerLM(**HYBRID)
+    seq = (np.arange(9)[None] + np.arange(8)[:, None]) % 11                  # (8, 9)
+    batches = [(seq[:, :-1].astype(np.int32), seq[:, 1:].astype(np.int32), np.full(8, 8, np.int32))]
+    losses = d2l.train_lm(model, batches, epochs=30, lr=1e-2, progress=False)
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses

@@ -19,6 +19,7 @@ from d2lattn import _checks
 from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.jax.encoding import RotaryPositionalEncoding
+from d2lattn.jax.linear import GatedDeltaNet
 from d2lattn.jax.ops import causal_mask
 from d2lattn.sampling import next_tokens
 
@@ -98,11 +99,14 @@ class TransformerLMBlock(nnx.Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, rngs, **options):
+                 norm_eps, attention="softmax", rngs, **options):
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
-                                             **options)
+        if attention == "gated_deltanet":                                # a linear layer: a state, not a cache
+            self.attention = GatedDeltaNet(num_hiddens, num_heads, norm_eps=norm_eps, rngs=rngs)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
+                                                 **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, rngs=rngs)
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
@@ -122,7 +126,8 @@ class TransformerLM(nnx.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, rngs=None):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="softmax",
+                 rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
@@ -132,8 +137,11 @@ class TransformerLM(nnx.Module):
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                               rope_base=base, dropout=dropout, norm_eps=norm_eps, rngs=rngs, **options)
-            for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L))])
+                               rope_base=base, dropout=dropout, norm_eps=norm_eps, attention=kind, rngs=rngs,
+                               **options)
+            for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                     _checks.per_layer("rope_base", rope_base, L),
+                                     _checks.checked_layer_types(attention, L))])
         self.norm = RMSNorm(h, norm_eps)
         self.W_out = None if tie_embeddings else nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
@@ -167,7 +175,10 @@ def _logits(graphdef, state, tokens, cache, position):
 
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
-    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0; a GatedDeltaNet's
+    is its (conv, S), the same size at every position."""
+    if isinstance(attention, GatedDeltaNet):
+        return attention.empty_cache(jnp.zeros((b, 0, attention.W_q.in_features)))
     if attention.window is None:
         shape = (b, attention.num_kv_heads, L, attention.head_size)           # (b, kv_heads, L, dh)
         return jnp.zeros(shape), jnp.zeros(shape)

@@ -224,17 +224,22 @@ class GatedDeltaNet(nnx.Module):
         self.gamma = nnx.Param(jnp.ones(dv))
         self.W_o = dense(H * dv, h)
 
+    def empty_cache(self, X):
+        """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        b, channels = X.shape[0], 2 * H * dk + H * dv
+        return (jnp.zeros((b, K - 1, channels), X.dtype), jnp.zeros((b, H, dk, dv), X.dtype))
+
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
         return jnp.swapaxes(X.reshape(*X.shape[:2], self.num_heads, size), 1, 2)
 
-    def __call__(self, X, *, cache=None, training=None):
+    def __call__(self, X, *, cache=None, training=None, position=None):  # no positions: `position` is ignored
         H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
         b, T = X.shape[:2]
         channels = 2 * H * dk + H * dv
-        if cache is None:
-            cache = (jnp.zeros((b, K - 1, channels), X.dtype), jnp.zeros((b, H, dk, dv), X.dtype))
+        cache = self.empty_cache(X) if cache is None else cache
         _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
         new = jnp.concatenate([self.W_q(X), self.W_k(X), self.W_v(X)], -1)      # (b, T, channels): q, k, v
         mixed = jnp.concatenate([cache[0], new], 1)                             # (b, K - 1 + T, channels)

@@ -171,13 +171,15 @@ class TransformerLM(nn.HybridBlock):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="softmax"):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
+        if "gated_deltanet" in _checks.checked_layer_types(attention, L):
+            raise NotImplementedError(_checks.NO_GRAPH_GATED_DELTANET)
         self.embedding = nn.Embedding(v, h)
         self.embedding.initialize(EMBEDDING_INIT)
         self.blocks = nn.HybridSequential()

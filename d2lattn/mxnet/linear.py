@@ -215,6 +215,12 @@ class GatedDeltaNet(nn.Block):
         self.gamma = self.params.get("gamma", shape=(dv,), init="ones")
         self.initialize(init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1))
 
+    def empty_cache(self, X):
+        """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        b, channels = X.shape[0], 2 * H * dk + H * dv
+        return (np.zeros((b, K - 1, channels), ctx=X.ctx), np.zeros((b, H, dk, dv), ctx=X.ctx))
+
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
         return X.reshape(*X.shape[:2], self.num_heads, size).swapaxes(1, 2)
@@ -227,8 +233,7 @@ class GatedDeltaNet(nn.Block):
         _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])      # Dense: (out, in)
         b, T = X.shape[:2]
         channels = 2 * H * dk + H * dv
-        if cache is None:
-            cache = (np.zeros((b, K - 1, channels), ctx=X.ctx), np.zeros((b, H, dk, dv), ctx=X.ctx))
+        cache = self.empty_cache(X) if cache is None else cache
         _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
         new = np.concatenate([self.W_q(X), self.W_k(X), self.W_v(X)], -1)       # (b, T, channels): q, k, v
         mixed = np.concatenate([cache[0], new], 1)                              # (b, K - 1 + T, channels)

@@ -6,6 +6,7 @@ from d2lattn import _checks
 from d2lattn.numpy.attention import MultiHeadAttention, _init
 from d2lattn.numpy.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.numpy.encoding import RotaryPositionalEncoding
+from d2lattn.numpy.linear import GatedDeltaNet
 from d2lattn.numpy.ops import causal_mask
 from d2lattn.numpy.params import Module
 from d2lattn.sampling import next_tokens
@@ -77,11 +78,14 @@ class TransformerLMBlock(Module):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, attention="softmax", **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "gated_deltanet":                                # a linear layer: a state, not a cache
+            self.attention = GatedDeltaNet(num_hiddens, num_heads, norm_eps=norm_eps)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
@@ -97,7 +101,7 @@ class TransformerLM(Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="softmax"):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
@@ -109,9 +113,11 @@ class TransformerLM(Module):
         if not tie_embeddings:
             self.params["W_out"] = _init(rng, h, v)
         self.blocks = [TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
-                                          rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
-                       for w, base in zip(_checks.per_layer("window", window, L),
-                                          _checks.per_layer("rope_base", rope_base, L))]
+                                          rope_base=base, dropout=dropout, norm_eps=norm_eps, attention=kind,
+                                          **options)
+                       for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L),
+                                          _checks.checked_layer_types(attention, L))]
         self.norm = RMSNorm(h, norm_eps)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
             "final_logit_cap", final_logit_cap)

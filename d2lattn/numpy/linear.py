@@ -209,6 +209,12 @@ class GatedDeltaNet(Module):
                        "A_log": np.log(np.linspace(1.0, 16.0, H)), "gamma": np.ones(dv),
                        "W_o": _init(rng, H * dv, h)}
 
+    def empty_cache(self, X):
+        """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        b, channels = X.shape[0], 2 * H * dk + H * dv
+        return (np.zeros((b, K - 1, channels)), np.zeros((b, H, dk, dv)))
+
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
         return np.swapaxes(X.reshape(*X.shape[:2], self.num_heads, size), 1, 2)
@@ -218,8 +224,7 @@ class GatedDeltaNet(Module):
         _checks.check_sequence_input(X.shape, p["W_q"].shape[0])
         b, T = X.shape[:2]
         channels = 2 * H * dk + H * dv
-        if cache is None:
-            cache = (np.zeros((b, K - 1, channels)), np.zeros((b, H, dk, dv)))
+        cache = self.empty_cache(X) if cache is None else cache
         _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
         new = np.concatenate([X @ p[n] for n in ("W_q", "W_k", "W_v")], -1)     # (b, T, channels): q, k, v
         mixed = np.concatenate([cache[0], new], 1)                              # (b, K - 1 + T, channels)

@@ -8,6 +8,7 @@ from d2lattn import _checks, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
+from d2lattn.tensorflow.linear import GatedDeltaNet
 from d2lattn.tensorflow.ops import _Layer, causal_mask
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
@@ -98,11 +99,14 @@ class TransformerLMBlock(_Layer):
     only) on the attention weights and on each branch before it is added."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
-                 norm_eps, **options):
+                 norm_eps, attention="softmax", **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
-        self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        if attention == "gated_deltanet":                                # a linear layer: a state, not a cache
+            self.attention = GatedDeltaNet(num_hiddens, num_heads, norm_eps=norm_eps)
+        else:
+            self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
+                                                 rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -122,16 +126,18 @@ class TransformerLM(_Layer):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
-                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, attention="softmax"):
         super().__init__()
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps, **options)
-                       for w, base in zip(_checks.per_layer("window", window, L),
-                                          _checks.per_layer("rope_base", rope_base, L))]
+                                          window=w, rope_base=base, dropout=dropout, norm_eps=norm_eps,
+                                          attention=kind, **options)
+                       for w, base, kind in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L),
+                                          _checks.checked_layer_types(attention, L))]
         self.norm = RMSNorm(num_hiddens, norm_eps)
         self.W_out = None if tie_embeddings else _dense_layer(num_hiddens, vocab_size)
         self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
@@ -159,11 +165,8 @@ def _calls(model):
     """One tf.function per model and mode, kept on the model, whose signature leaves batch, steps
     and buffer length unknown: traced once, whatever the prompt, the number of tokens or the position."""
     if not hasattr(model, "_generate_calls"):
-        attention = model.blocks[0].attention
-        buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
         tokens, position = tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)
-        caches = [(buffer, buffer) if block.attention.window is None else (buffer, buffer, position)
-                  for block in model.blocks]
+        caches = [_specs(block.attention, position) for block in model.blocks]
 
         @tf.function(input_signature=[tokens, position, caches])
         def step(tokens, position, buffers):
@@ -178,9 +181,22 @@ def _calls(model):
     return model._generate_calls
 
 
+def _specs(attention, position):
+    """The signature of a layer's cache in generate's step: its buffers with batch and length unknown
+    (a window's with its position); a GatedDeltaNet's (conv, S) with the batch unknown."""
+    if isinstance(attention, GatedDeltaNet):
+        return tuple(tf.TensorSpec((None, *c.shape[1:]), tf.float32)
+                     for c in attention.empty_cache(tf.zeros((1, 0, attention.W_q.kernel.shape[0]))))
+    buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
+    return (buffer, buffer) if attention.window is None else (buffer, buffer, position)
+
+
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
-    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0; a GatedDeltaNet's
+    is its (conv, S), the same size at every position."""
+    if isinstance(attention, GatedDeltaNet):
+        return attention.empty_cache(tf.zeros((b, 0, attention.W_q.kernel.shape[0])))
     if attention.window is None:
         shape = (b, attention.num_kv_heads, L, attention.head_size)        # (b, kv_heads, L, dh)
         return tf.zeros(shape), tf.zeros(shape)

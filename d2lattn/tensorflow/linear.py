@@ -4,7 +4,7 @@ equivalent forms, and GatedDeltaNet, the layer built around the delta rule.
 A state S (..., d_k, d_v) holds what the keys wrote, one (d_k, d_v) matrix per head; a query reads it
 as q^T S. The chunked forms pad the sequence to whole chunks with positions that write nothing. The
 loops over positions and chunks are tf.while_loop (`_scan`): one traced step under tf.function. The
-batch size may be unknown there (None), so zeros take their shape from tf.shape.
+batch size and the length may be unknown there (None), so sizes come from tf.shape.
 """
 
 import math
@@ -29,7 +29,7 @@ def _l2_normalized(x):
 
 def _chunks(x, size):
     """(..., T, f) zero-padded to whole chunks and split: (..., n, size, f)."""
-    rank, T = len(x.shape), x.shape[-2]
+    rank, T = len(x.shape), tf.shape(x)[-2]
     x = tf.pad(x, [(0, 0)] * (rank - 2) + [(0, -T % size), (0, 0)])
     return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [(T + size - 1) // size, size, x.shape[-1]]], 0))
 
@@ -103,7 +103,7 @@ def _linear_recurrent(q, k, v, S, z):
 
 def _linear_chunked(q, k, v, S, z, chunk_size):
     """Parallel within chunks of `chunk_size`, recurrent across them: O(T c) time."""
-    T = q.shape[-2]
+    T = tf.shape(q)[-2]
     keep = _chunks(tf.ones((T, 1), q.dtype), chunk_size)              # (n, c, 1): 0 on the padding
     q, k, v = _chunks(q, chunk_size), _chunks(k, chunk_size) * keep, _chunks(v, chunk_size)  # (..., n, c, f)
 
@@ -170,7 +170,7 @@ def _delta_chunked(q, k, v, log_alpha, beta, S, chunk_size):
     """The WY/UT form (Yang et al.): within a chunk, the delta updates are one lower-triangular solve
     (the UT transform) for the new values u = beta (v - S^T k) all positions would write; across chunks,
     the state. The cumulative log decay G_i gives the decay between positions j <= i as exp(G_i - G_j)."""
-    T = q.shape[-2]
+    T = tf.shape(q)[-2]
     q, k, v = (_chunks(x, chunk_size) for x in (q, k, v))              # (..., n, c, f)
     G = tf.cumsum(_chunks(log_alpha[..., None], chunk_size)[..., 0], -1)  # (..., n, c): padding decays by 1
     beta = _chunks(beta[..., None], chunk_size)                        # (..., n, c, 1): padding writes 0
@@ -257,17 +257,22 @@ class GatedDeltaNet(_Layer):
         self.W_o = _dense_layer(H * dv, h)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
+    def empty_cache(self, X):
+        """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        b, channels = tf.shape(X)[0], 2 * H * dk + H * dv
+        return (tf.zeros([b, K - 1, channels], X.dtype), tf.zeros([b, H, dk, dv], X.dtype))
+
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
-        return tf.transpose(tf.reshape(X, [tf.shape(X)[0], X.shape[1], self.num_heads, size]), [0, 2, 1, 3])
+        return tf.transpose(tf.reshape(X, [tf.shape(X)[0], tf.shape(X)[1], self.num_heads, size]), [0, 2, 1, 3])
 
-    def call(self, X, *, cache=None, training=None):
+    def call(self, X, *, cache=None, training=None, position=None):  # no positions: `position` is ignored
         H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
         _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
-        b, T = tf.shape(X)[0], X.shape[1]                                # the batch size may be unknown
+        b, T = tf.shape(X)[0], tf.shape(X)[1]                            # either may be unknown while tracing
         channels = 2 * H * dk + H * dv
-        if cache is None:
-            cache = (tf.zeros([b, K - 1, channels], X.dtype), tf.zeros([b, H, dk, dv], X.dtype))
+        cache = self.empty_cache(X) if cache is None else cache
         want = ((X.shape[0], K - 1, channels), (X.shape[0], H, dk, dv))  # the batch size may be None
         _checks.check_state("cache", cache, want, "a tuple (conv, S)")
         new = tf.concat([self.W_q(X), self.W_k(X), self.W_v(X)], -1)            # (b, T, channels): q, k, v
@@ -281,4 +286,4 @@ class GatedDeltaNet(_Layer):
                         self.chunk_size)  # (b, heads, T, dv)
         out = out * tf.math.rsqrt(tf.reduce_mean(out ** 2, -1, keepdims=True) + self.eps) * self.gamma  # per head
         out = tf.transpose(out, [0, 2, 1, 3]) * tf.reshape(_silu(self.W_z(X)), [b, T, H, dv])  # (b, T, heads, dv)
-        return self.W_o(tf.reshape(out, [b, T, H * dv])), (mixed[:, mixed.shape[1] - (K - 1):], S)
+        return self.W_o(tf.reshape(out, [b, T, H * dv])), (mixed[:, tf.shape(mixed)[1] - (K - 1):], S)

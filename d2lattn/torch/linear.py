@@ -209,6 +209,12 @@ class GatedDeltaNet(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dv))
         self.W_o = nn.Linear(H * dv, h, bias=False)
 
+    def empty_cache(self, X):
+        """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        b, channels = X.shape[0], 2 * H * dk + H * dv
+        return (X.new_zeros(b, K - 1, channels), X.new_zeros(b, H, dk, dv))
+
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
         return X.reshape(*X.shape[:2], self.num_heads, size).transpose(1, 2)
@@ -218,8 +224,7 @@ class GatedDeltaNet(nn.Module):
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
         b, T = X.shape[:2]
         channels = 2 * H * dk + H * dv
-        if cache is None:
-            cache = (X.new_zeros(b, K - 1, channels), X.new_zeros(b, H, dk, dv))
+        cache = self.empty_cache(X) if cache is None else cache
         _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
         new = torch.cat([self.W_q(X), self.W_k(X), self.W_v(X)], -1)            # (b, T, channels): q, k, v
         mixed = torch.cat([cache[0], new], 1)                                   # (b, K - 1 + T, channels)

@@ -104,8 +104,7 @@ def _linear_recurrent(q, k, v, S, z):
 def _linear_chunked(q, k, v, S, z, chunk_size):
     """Parallel within chunks of `chunk_size`, recurrent across them: O(T c) time."""
     T = tf.shape(q)[-2]
-    keep = _chunks(tf.ones((T, 1), q.dtype), chunk_size)              # (n, c, 1): 0 on the padding
-    q, k, v = _chunks(q, chunk_size), _chunks(k, chunk_size) * keep, _chunks(v, chunk_size)  # (..., n, c, f)
+    q, k, v = (_chunks(x, chunk_size) for x in (q, k, v))              # (..., n, c, f): featurised, so padding writes 0
 
     def step(carry, x):
         out, S, z = _linear_block(*x, *carry)                          # out (..., c, dv)

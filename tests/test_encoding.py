@@ -119,10 +119,6 @@ test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is
 
 
 @pytest.mark.needs("dropout")
-def _rope(scaling):
-    return lambda d2l: d2l.RotaryPositionalEncoding(8, scaling=scaling)
-
-
 def test_positional_encoding_dropout_is_inverted(d2l):
     encoding = d2l.PositionalEncoding(32, dropout=RATE, max_len=64)
     X = d2l.zeros((4, 64, 32))
@@ -131,6 +127,11 @@ def test_positional_encoding_dropout_is_inverted(d2l):
 
 
 # --- bad input --------------------------------------------------------------------------------
+
+
+def _rope(scaling):
+    return lambda d2l: d2l.RotaryPositionalEncoding(8, scaling=scaling)
+
 
 BAD_INPUT = {
     "unknown scaling type": (_rope({"type": "ntk", "factor": 2.0}), ValueError,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import cache, common, memory
+from benchmarks import cache, common, linear, memory
 from d2lattn import jax as d2l
 from tests.native.peers_jax import native_mha, padding_mask
 
@@ -99,7 +99,13 @@ def cache_per_token():
     cache.main(d2l, compile=lambda layer: lambda x, c: _step(layer, x, c), how="nnx.jit")
 
 
+def linear_forms():
+    """Linear attention and the delta rule at T = 4096: chunked against recurrent, each under jax.jit."""
+    linear.main(d2l, compile=jax.jit, how="jax.jit")
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
+    linear_forms()
     blockwise_memory()

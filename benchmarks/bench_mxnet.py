@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import npx
 
-from benchmarks import cache, common, memory
+from benchmarks import cache, common, linear, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 from tests.native.peers_mxnet import native_mha, row_lengths
@@ -124,7 +124,14 @@ def cache_per_token():
     cache.main(d2l, compile=hybridized, how="hybridized")
 
 
+def linear_forms():
+    """Linear attention and the delta rule at T = 4096: chunked against recurrent, imperative (the two
+    functions loop over positions or chunks, which a hybridized graph cannot count: _backend.LACKS)."""
+    linear.main(d2l, how="imperative")
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
+    linear_forms()
     blockwise_memory()

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from benchmarks import cache, common, memory
+from benchmarks import cache, common, linear, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -98,7 +98,13 @@ def cache_per_token():
                how="tf.function")
 
 
+def linear_forms():
+    """Linear attention and the delta rule at T = 4096: chunked against recurrent, each in tf.function."""
+    linear.main(d2l, compile=tf.function, how="tf.function")
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
+    linear_forms()
     blockwise_memory()

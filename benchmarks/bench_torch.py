@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import cache, common, memory, shared_cpu
+from benchmarks import cache, common, linear, memory, shared_cpu
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -79,8 +79,16 @@ def cache_per_token():
     cache.main(d2l, how="eager, no grad, one thread")
 
 
+def linear_forms():
+    """Linear attention and the delta rule at T = 4096: chunked against recurrent, eager, no grad, one thread."""
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        linear.main(d2l, how="eager, no grad, one thread")
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
     shared_cpu.main()  # training beside a concurrent CPU load, before blockwise_memory sets one thread
+    linear_forms()
     blockwise_memory()

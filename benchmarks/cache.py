@@ -1,6 +1,7 @@
 """What one attention layer caches per token, and what one generated token costs it, at long
 contexts: multi-head (MHA), grouped-query (GQA) and multi-head latent attention (MLA, absorbed and
-naive), same model width, on any backend.
+naive) and GatedDeltaNet (a state of constant size, so its bytes per token fall with the context),
+same model width, on any backend.
 
 Each layer gets a cache of `context` random positions, made directly in its own layout (a
 prefill of 8k tokens would need the (8k, 8k) scores of every head), and is timed on one new token
@@ -37,6 +38,13 @@ def _latent_cache(layer, context, rng, d2l):
     return tuple(d2l.tensor(rng.normal(size=(1, context, n)).astype(np.float32)) for n in sizes)  # (b, t, r), (.., dr)
 
 
+def _state(layer, context, rng, d2l):
+    """GatedDeltaNet's cache at any context: its convolution's last inputs and its state, constant in size."""
+    conv, S = layer.empty_cache(d2l.tensor(np.zeros((1, 0, HIDDEN), np.float32)))
+    return d2l.tensor(rng.normal(size=conv.shape).astype(np.float32)), d2l.tensor(
+        rng.normal(size=S.shape).astype(np.float32))
+
+
 # (name, the layer on backend d2l, its cache of `context` positions)
 LAYERS = [
     ("MHA", lambda d2l: d2l.CausalSelfAttention(HIDDEN, HEADS), _kv_cache),
@@ -44,6 +52,7 @@ LAYERS = [
      _kv_cache),
     ("MLA (absorbed)", lambda d2l: d2l.MultiHeadLatentAttention(HIDDEN, HEADS, **MLA, absorb=True), _latent_cache),
     ("MLA (naive)", lambda d2l: d2l.MultiHeadLatentAttention(HIDDEN, HEADS, **MLA), _latent_cache),
+    ("GatedDeltaNet", lambda d2l: d2l.GatedDeltaNet(HIDDEN, HEADS), _state),
 ]
 
 

@@ -46,7 +46,8 @@ DISTRIBUTIONS = {
 # Every backend folder holds these modules, the same names in the same order (the mirror a
 # reader relies on); together with the backend-free figures and notebook helpers they
 # define every name of the contract (d2lattn/api.py).
-MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "latent", "vision", "blockwise", "params",
+MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "latent", "vision", "blockwise", "linear",
+           "params",
            "grads", "train")
 SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # What a backend cannot do, with the reason. A test that needs a capability says so with
@@ -79,6 +80,12 @@ LACKS = {
             "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "
             "which records on NDArrays and cannot enter a hybridized graph, and a graph symbol has no shape to "
             "count the key blocks by"),
+        "compiled linear_attention": (
+            "linear_attention runs imperatively on MXNet: its recurrent and chunked forms loop over positions and "
+            "chunks, and a hybridized graph's symbols have no length to count them by"),
+        "compiled gated_delta_rule": (
+            "gated_delta_rule runs imperatively on MXNet: both forms loop over positions or chunks, and a "
+            "hybridized graph's symbols have no length to count them by"),
         "peer": PEER,
     },
     "jax": {"peer": PEER},

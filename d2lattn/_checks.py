@@ -44,12 +44,6 @@ def checked_positive_number(name, value):
     return float(value)
 
 
-def checked_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
 def checked_integer(name, value):
     """Any integer (offsets may be negative)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -399,6 +393,57 @@ def check_lm_cache(cache_value, num_layers):
         got = f"{len(cache_value)} entries" if isinstance(cache_value, (tuple, list)) else type(cache_value).__name__
         raise ValueError(f"cache must be None or a list with one (keys, values) per block ({num_layers}, "
                          f"num_layers), got {got}")
+
+
+# --- linear attention and the gated delta rule ----------------------------------------
+
+FEATURE_MAPS = ("elu1", "relu")
+LINEAR_FORMS = ("chunked", "recurrent", "parallel")
+DELTA_FORMS = ("chunked", "recurrent")
+
+
+def checked_choice(name, value, choices):
+    """One of a few named options (a feature map, a form)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_linear_inputs(queries, keys, values, causal):
+    """linear_attention: (..., q, d), (..., k, d), (..., k, dv); causal: as many queries as keys."""
+    check_block_inputs(queries, keys, values)
+    if causal and not _fits(queries[-2], keys[-2]):
+        raise ValueError(f"causal linear attention needs one key per query (axis -2), got queries "
+                         f"{tuple(queries)} and keys {tuple(keys)}")
+
+
+def check_gates(queries, alpha, beta):
+    """gated_delta_rule: alpha and beta (..., T), one number per position of the queries (..., T, d)."""
+    want = tuple(queries[:-1])
+    for name, shape in (("alpha", alpha), ("beta", beta)):
+        if len(shape) != len(want) or not all(_fits(a, b) for a, b in zip(shape, want)):
+            raise ValueError(f"{name} must have shape (..., positions) = {want}, one number per position, "
+                             f"got {tuple(shape)}")
+
+
+def check_decay_values(values):
+    """alpha's values (a NumPy array), where they are known (eager calls): decays in (0, 1]."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    low, high = (values.min(), values.max()) if values.size else (1.0, 1.0)
+    if not (low > 0 and high <= 1):
+        raise ValueError(f"alpha must lie in (0, 1] (the decay of the state per position), got values from "
+                         f"{float(low)!r} to {float(high)!r}")
+
+
+def check_state(name, state, want, what):
+    """A recurrent state `name`: an array (or tuple of arrays) of the shapes `want`, each a tuple of sizes."""
+    got = state if isinstance(state, (tuple, list)) else (state,)
+    shapes = [tuple(getattr(s, "shape", ())) for s in got]
+    if len(shapes) != len(want) or not all(
+            len(s) == len(w) and all(_fits(a, b) for a, b in zip(s, w)) for s, w in zip(shapes, want)):
+        text = ", ".join(str(tuple(w)) for w in want)
+        raise ValueError(f"{name} must be None or {what} of shape {text}, got "
+                         f"{', '.join(str(s) for s in shapes)}; was it made by inputs of another shape?")
 
 
 # --- open-model attention options -----------------------------------------------------

@@ -629,6 +629,61 @@ def merge_attention(outputs, lses):
     a row empty in every part stays zeros with lse = -inf."""
 
 
+# --- a state of constant size: linear attention and the gated delta rule -------------
+
+
+def linear_attention(queries, keys, values, *, causal=True, feature_map="elu1", chunk_size=64, state=None,
+                     return_state=False, form="chunked"):
+    """Normalised linear attention (Katharopoulos et al. 2020): softmax(q.k) becomes phi(q).phi(k), so
+    o_i = phi(q_i)^T S_i / phi(q_i)^T z_i with S_i = sum_{j<=i} phi(k_j) v_j^T (..., d_k, d_v) and
+    z_i = sum_{j<=i} phi(k_j) (..., d_k); a query whose normaliser is 0 (relu only) reads zeros.
+
+    (..., T, d_k), (..., T, d_k), (..., T, d_v) -> (..., T, d_v), any leading axes. feature_map:
+    "elu1" (elu(x) + 1) or "relu". `form` picks one of three computations that give the same numbers:
+    "parallel" (the masked quadratic form, O(T^2)), "recurrent" (the RNN, one position at a time, O(T)
+    steps) or "chunked" (parallel within chunks of `chunk_size`, recurrent across them; the default).
+    `state`: None (zeros) or the (S, z) a previous call returned with return_state=True, which then
+    returns (output, (S, z)); feeding a sequence in pieces with the state passed on gives the outputs
+    of one full pass, so generation costs O(1) per token. causal=False: every query reads every key
+    (any number of keys), whatever the form."""
+
+
+def gated_delta_rule(queries, keys, values, alpha, beta, *, chunk_size=64, state=None, return_state=False,
+                     form="chunked"):
+    """The gated delta rule (Gated DeltaNet, Yang et al. 2025) as Qwen3-Next computes it: keys and
+    queries L2-normalised over their features (x / sqrt(|x|^2 + 1e-6)), queries then scaled by
+    1/sqrt(d_k); with the state S (..., d_k, d_v), per position
+    S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T and o_t = S_t^T q_t
+    (S is the transpose of the paper's (d_v, d_k) matrix: a query reads q^T S, as in linear attention).
+
+    queries, keys (..., T, d_k), values (..., T, d_v), alpha in (0, 1] and beta (..., T) ->
+    (..., T, d_v). `form`: "recurrent" (one position at a time) or "chunked" (the WY/UT form: a
+    lower-triangular solve within each chunk of `chunk_size`, the state across chunks; the default).
+    `state`: None (zeros) or the S a previous call returned with return_state=True, which then
+    returns (output, S). transformers' torch_recurrent_gated_delta_rule and torch_chunk_gated_delta_rule
+    with use_qk_l2norm_in_kernel=True compute the same with g = log(alpha), in layout (b, T, h, d)."""
+
+
+class GatedDeltaNet:
+    """Qwen3-Next's linear-attention layer (one key head per value head): W_q, W_k (num_hiddens,
+    num_heads * head_size), W_v, W_z (num_hiddens, num_heads * value_head_size), W_b, W_a (num_hiddens,
+    num_heads); a causal depthwise convolution `conv` (conv_size, channels) over the concatenated
+    q, k, v (channels = 2 * num_heads * head_size + num_heads * value_head_size), then SiLU;
+    beta = sigmoid(X W_b), alpha = exp(-exp(A_log) * softplus(X W_a + dt_bias)) (A_log, dt_bias
+    (num_heads,)); gated_delta_rule per head; an RMSNorm of each head's output (gamma (value_head_size,))
+    times SiLU(X W_z); W_o (num_heads * value_head_size, num_hiddens). No biases."""
+
+    def __init__(self, num_hiddens, num_heads, *, head_size=None, value_head_size=None, conv_size=4,
+                 norm_eps=1e-6, chunk_size=64):
+        """head_size defaults to num_hiddens // num_heads, value_head_size to head_size."""
+
+    def __call__(self, X, *, cache=None, training=None):
+        """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache). `cache`: None at the start or
+        what the previous call returned, (conv, S): the convolution's last conv_size - 1 inputs
+        (b, conv_size - 1, channels) and the delta rule's state (b, num_heads, head_size, value_head_size);
+        its size does not grow with the sequence. Pieces with the cache passed on give one full pass."""
+
+
 # --- portable parameters --------------------------------------------------------
 
 

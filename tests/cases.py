@@ -22,7 +22,9 @@ class Case:
     seed: int = 0
     tokens: tuple = ()                # integer inputs, passed by name: ((name, shape, vocab size), ...)
     lens_arg: str = "valid_lens"      # the name the lengths are passed by
-    keywords: tuple = ()              # names the last float inputs are passed by (differentiated like the rest)
+    keywords: tuple = ()              # names the last float inputs are passed by (differentiated like the rest);
+                                      # a name given more than once takes a tuple of them (a state (S, z))
+    positive: tuple = ()              # indices of float inputs drawn from U(0.2, 0.95), not N(0, 1): decays, gates
     bias: str | None = None           # "alibi": the score_bias input holds alibi_bias(heads, q, k), not noise
     call: dict = field(default_factory=dict)  # fixed keyword arguments of the call (e.g. a RoPE offset)
     pieces: tuple = ()                # a cached module fed its sequence in pieces of these sizes, cache passed on
@@ -33,6 +35,9 @@ QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
 QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
 HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
+LIN7 = ((B, 2, 7, 4), (B, 2, 7, 4), (B, 2, 7, DV))  # linear attention: 7 positions, chunks need not divide them
+DELTA7 = LIN7 + ((B, 2, 7), (B, 2, 7))              # ... and the gated delta rule's alpha and beta
+STATE = ((B, 2, 4, DV), (B, 2, 4))                  # linear attention's state (S, z)
 # multi-head latent attention: a latent of 4 for 2 heads of 3 + 2 query-key and 3 value features
 MLA = {"num_hiddens": 8, "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_size": 3, "qk_rope_head_size": 2,
        "v_head_size": 3}
@@ -248,4 +253,24 @@ CASES = [
     # merging partial results: outputs then log-sum-exps, one of each per part
     Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
     Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),
+    # linear attention in its three forms, and the gated delta rule in its two, states in and out
+    Case("linear-chunked", "linear_attention", LIN7, call={"chunk_size": 3}, seed=80),
+    Case("linear-recurrent", "linear_attention", LIN7, call={"form": "recurrent"}, seed=81),
+    Case("linear-parallel-relu", "linear_attention", LIN7, call={"form": "parallel", "feature_map": "relu"}, seed=82),
+    Case("linear-noncausal", "linear_attention", ((B, Q, 4), (B, 6, 4), (B, 6, DV)), call={"causal": False}, seed=83),
+    Case("linear-state-chunked", "linear_attention", LIN7 + STATE, keywords=("state", "state"), positive=(4,),
+         call={"chunk_size": 2, "return_state": True}, seed=84),
+    Case("linear-state-recurrent", "linear_attention", LIN7 + STATE, keywords=("state", "state"), positive=(4,),
+         call={"form": "recurrent", "return_state": True}, seed=85),
+    Case("delta-chunked", "gated_delta_rule", DELTA7, positive=(3, 4), call={"chunk_size": 3}, seed=86),
+    Case("delta-recurrent", "gated_delta_rule", DELTA7, positive=(3, 4), call={"form": "recurrent"}, seed=87),
+    Case("delta-state-chunked", "gated_delta_rule", DELTA7 + ((B, 2, 4, DV),), keywords=("state",), positive=(3, 4),
+         call={"chunk_size": 4, "return_state": True}, seed=88),
+    Case("delta-state-recurrent-3d", "gated_delta_rule", ((B, 5, 3), (B, 5, 3), (B, 5, 2), (B, 5), (B, 5), (B, 3, 2)),
+         keywords=("state",), positive=(3,), call={"form": "recurrent", "return_state": True}, seed=89),
+    # the Gated DeltaNet layer: output and its cache (conv inputs, state), in one pass and in pieces
+    Case("gdn", "GatedDeltaNet", ((B, 6, 8),), {"num_hiddens": 8, "num_heads": 2, "chunk_size": 4}, seed=90),
+    Case("gdn-sizes-pieces", "GatedDeltaNet", ((B, 6, 8),),
+         {"num_hiddens": 8, "num_heads": 2, "head_size": 3, "value_head_size": 2, "conv_size": 3, "chunk_size": 2},
+         pieces=(3, 1, 2), seed=91),
 ]

@@ -47,6 +47,8 @@ def make_call(case):
     """(inputs, keyword arguments, parameters) for `case`, all NumPy, the same for every backend."""
     rng = np.random.default_rng(case.seed)
     inputs = [rng.normal(size=shape) for shape in case.inputs]
+    for i in case.positive:
+        inputs[i] = rng.uniform(0.2, 0.95, case.inputs[i])
     if case.bias == "alibi":
         inputs[-1] = reference.alibi_bias(*case.inputs[-1])  # (heads, q, k)
     kwargs = {name: rng.integers(0, vocab, shape).astype(np.int32) for name, shape, vocab in case.tokens}
@@ -63,7 +65,7 @@ def make_call(case):
     return inputs, kwargs, params
 
 
-CACHED = ("CausalSelfAttention", "MultiHeadLatentAttention", "TransformerLM")  # modules that return (output, cache)
+CACHED = ("CausalSelfAttention", "MultiHeadLatentAttention", "TransformerLM", "GatedDeltaNet")  # return (output, cache)
 
 
 def _leaves(out):
@@ -108,11 +110,23 @@ def module_class(d2l, case_name):
 
 def function(d2l, case):
     """A plain function's call with `case.call` bound; merge_attention takes its parts as
-    positional inputs, the outputs then the lses (so each is differentiated)."""
+    positional inputs, the outputs then the lses (so each is differentiated). With `case.keywords`
+    the last inputs are passed by those names (a name given twice takes a tuple), and an output
+    that nests a state, (out, (S, z)), comes back as the flat tuple of its arrays."""
     fn = getattr(d2l, case.component)
     if case.component == "merge_attention":
         fn = functools.partial(lambda merge, *parts: merge(parts[: len(parts) // 2], parts[len(parts) // 2:]), fn)
-    return functools.partial(fn, **case.call) if case.call else fn
+    fn = functools.partial(fn, **case.call) if case.call else fn
+    return functools.partial(_keywords_and_leaves, fn, case.keywords) if case.keywords else fn
+
+
+def _keywords_and_leaves(fn, names, *inputs, **kwargs):
+    split, named = len(inputs) - len(names), {}
+    for name, x in zip(names, inputs[split:]):
+        named.setdefault(name, []).append(x)
+    kwargs.update({name: xs[0] if len(xs) == 1 else tuple(xs) for name, xs in named.items()})
+    out = fn(*inputs[:split], **kwargs)
+    return tuple(_leaves(out)) if isinstance(out, (tuple, list)) else out
 
 
 def run_case(d2l, case, mode="eager"):
@@ -149,7 +163,7 @@ def _output_shapes(case_name):
         fn = module_class(reference, case_name)(**case.args)
         reference.set_params(fn, params)
     out = fn(*inputs, **kwargs)
-    return tuple(o.shape for o in out) if isinstance(out, tuple) else (out.shape,)
+    return tuple(o.shape for o in _leaves(out)) if isinstance(out, tuple) else (out.shape,)
 
 
 @functools.cache

@@ -153,6 +153,31 @@ MUTANTS = [
     Mutant("merge-no-shift", "torch", "d2lattn/torch/blockwise.py",
            "top = lses.amax(0).detach()", "top = torch.zeros_like(lses[0])",
            "merge_attention overflows for log-sum-exps near 100 and beyond"),
+    Mutant("delta-keys-not-normalized", "torch", "d2lattn/torch/linear.py",
+           "    k = _l2_normalized(keys)                                           # (..., T, dk)",
+           "    k = keys                                                           # (..., T, dk)",
+           "the delta rule on raw keys: beta k k^T is no projection, and the state blows up with |k|"),
+    Mutant("delta-decay-after-update", "torch", "d2lattn/torch/linear.py",
+           """        S = torch.exp(log_alpha[..., t, None, None]) * S               # (..., dk, dv)
+        error = v[..., t, :] - (k[..., t, :, None] * S).sum(-2)        # (..., dv): v_t - S^T k_t
+        S = S + k[..., t, :, None] * (beta[..., t, None] * error)[..., None, :]
+""", """        error = v[..., t, :] - (k[..., t, :, None] * S).sum(-2)        # (..., dv): v_t - S^T k_t
+        S = S + k[..., t, :, None] * (beta[..., t, None] * error)[..., None, :]
+        S = torch.exp(log_alpha[..., t, None, None]) * S               # (..., dk, dv)
+""", "the recurrent delta rule decays after writing: the new value is decayed too, and the error is "
+             "measured against the undecayed state"),
+    Mutant("delta-chunk-boundary-off-by-one", "torch", "d2lattn/torch/linear.py",
+           "k_decayed[..., i, :, :].transpose(-1, -2) @ new",
+           "k_decayed[..., i, :-1, :].transpose(-1, -2) @ new[..., :-1, :]",
+           "the state carried to the next chunk leaves out each chunk's last position"),
+    Mutant("linear-normaliser-missing", "torch", "d2lattn/torch/linear.py",
+           "    return _read(numerator, denominator[..., None]), S, z + k.sum(-2)",
+           "    return numerator, S, z + k.sum(-2)",
+           "linear attention without its normaliser (parallel and chunked forms): outputs grow with the length"),
+    Mutant("gdn-conv-sees-the-future", "torch", "d2lattn/torch/linear.py",
+           "conv = sum(self.conv[i] * mixed[:, i:i + T] for i in range(K))",
+           "conv = sum(self.conv[i] * torch.roll(mixed, -1, 1)[:, i:i + T] for i in range(K))",
+           "GatedDeltaNet's convolution reads one position ahead: not causal"),
     Mutant("mla-rope-on-nope", "torch", "d2lattn/torch/latent.py",
            'q_nope, q_rope = self._queries(X).split([dn, s["qk_rope_head_size"]], -1)',
            'q_rope, q_nope = self._queries(X).split([s["qk_rope_head_size"], dn], -1)',

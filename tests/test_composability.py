@@ -42,6 +42,7 @@ MODULES = [harness.CASE_BY_NAME[name] for name in (
     "concat-lens2d", "layernorm", "ffn", "rmsnorm", "swiglu", "addnorm", "encoder-block", "decoder-block",
     "gru-2layers-state", "seq2seq-encoder", "seq2seq-lens", "csa-cache-pieces", "lm-gqa-window-pieces",
     "patch-embedding", "vit-block-bias-lens", "vit",
+    "gdn-sizes-pieces",
 )] + [DECODER, LM_STEP]
 IDS = [case.name for case in MODULES]
 # The modules built on the GRU, which a framework may not map (_backend.LACKS: "vmap GRU")

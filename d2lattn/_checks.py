@@ -320,3 +320,34 @@ def check_lm_cache(cache_value, num_layers):
         got = f"{len(cache_value)} entries" if isinstance(cache_value, (tuple, list)) else type(cache_value).__name__
         raise ValueError(f"cache must be None or a list with one (keys, values) per block ({num_layers}, "
                          f"num_layers), got {got}")
+
+
+# --- flex attention -------------------------------------------------------------------------
+
+
+def check_mod(name, mod, what):
+    """A score_mod / mask_mod: None or a function (a mask_mod may be a BlockMask from block_mask)."""
+    if mod is not None and not callable(mod):
+        raise TypeError(f"{name} must be None or a function {what}, got {type(mod).__name__}")
+
+
+def check_mask_mod_result(dtype):
+    if str(dtype) != "bool":
+        raise TypeError(f"mask_mod must return booleans (True = may attend), got {dtype}")
+
+
+def block_mask_mismatch(got, got_axes, want, want_axes):
+    return (f"block_mask was built for (num_queries, num_keys, block_size) = {got} and (batch, heads) = "
+            f"{got_axes}, but the call has {want} and {want_axes} (batch and heads may also be 1)")
+
+
+def checked_document_ids(shape):
+    """document_mask: per-token document ids, (k,) or (b, k)."""
+    if len(shape) not in (1, 2):
+        raise ValueError(f"document_ids must have shape (positions,) or (batch, positions), got {tuple(shape)}")
+
+
+def checked_nonnegative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)

@@ -74,6 +74,9 @@ LACKS = {
             "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "
             "which records on NDArrays and cannot enter a hybridized graph, and a graph symbol has no shape to "
             "count the key blocks by"),
+        "compiled flex_attention": (
+            "flex_attention runs imperatively on MXNet, for blockwise_attention's reasons: its custom backward "
+            "is an mxnet.autograd.Function, and a graph symbol has no shape to plan the tiles by"),
     },
 }
 # Where each framework's Adam adds epsilon: to sqrt(v) after the bias correction (PyTorch, optax)

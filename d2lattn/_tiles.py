@@ -29,6 +29,10 @@ class BlockMask:
     batch_size: int = 1
     num_heads: int = 1
 
+    def __call__(self, b, h, q_idx, kv_idx):
+        """A BlockMask is a mask_mod too: its own."""
+        return self.mask_mod(b, h, q_idx, kv_idx)
+
     @property
     def fraction(self):
         """The fraction of tiles that are computed (partial or full)."""

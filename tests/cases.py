@@ -27,11 +27,21 @@ class Case:
     pieces: tuple = ()                # a cached module fed its sequence in pieces of these sizes, cache passed on
 
 
+@dataclass(frozen=True)
+class Mod:
+    """A ready-made score_mod or mask_mod of the backend under test: getattr(d2l, name)(*args), a Mod
+    among the args built first (tests/harness.py builds it), so the same case runs on every backend."""
+    name: str
+    args: tuple = ()
+
+
 B, Q, K, D, DV = 2, 3, 4, 6, 5
 QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
 QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
 HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
+SELF7 = ((B, 2, 7, 4), (B, 2, 7, 4), (B, 2, 7, DV))  # flex: 7 queries and 7 keys, tiles that need not divide them
+DOCS = ((0, 0, 0, 1, 1, 2, 2), (0, 1, 1, 1, 1, 1, 1))  # per-token document ids of each sequence (packed)
 CONCAT = {"query_size": 3, "key_size": 4, "num_values": 5, "value_size": 2, "output_size": 6}
 
 CASES = [
@@ -166,6 +176,23 @@ CASES = [
     Case("blockwise-one-block", "blockwise_attention", QKV7, call={"causal": True, "return_lse": True}, seed=49),
     Case("blockwise-empty-rows-lse", "blockwise_attention", QKV7, valid_lens=(0, 6),
          call={"causal": True, "offset": -1, "block_size": 4, "return_lse": True}, seed=52),
+    # flex attention: ready-made mask and score mods, tiles skipped, partial and full
+    Case("flex-plain", "flex_attention", SELF7, call={"block_size": 3}, seed=60),
+    Case("flex-causal", "flex_attention", SELF7, call={"mask_mod": Mod("causal_mod"), "block_size": 3}, seed=61),
+    Case("flex-window-lse", "flex_attention", SELF7,
+         call={"mask_mod": Mod("window_mod", (3,)), "block_size": 2, "return_lse": True}, seed=62),
+    Case("flex-document-causal", "flex_attention", SELF7,
+         call={"mask_mod": Mod("and_mods", (Mod("document_mod", (DOCS,)), Mod("causal_mod"))), "block_size": 2},
+         seed=63),
+    Case("flex-prefix-softcap", "flex_attention", SELF7,
+         call={"mask_mod": Mod("prefix_lm_mod", (3,)), "score_mod": Mod("softcap_mod", (1.5,)), "block_size": 3},
+         seed=64),
+    Case("flex-alibi-causal-offset", "flex_attention", HEADS7,
+         call={"mask_mod": Mod("causal_mod", (4,)), "score_mod": Mod("alibi_mod", (2, 4)), "block_size": 2}, seed=65),
+    Case("flex-relative-bias-3d", "flex_attention", QKV7,
+         call={"score_mod": Mod("relative_bias_mod", (((0.5, -1.0, 2.0, 0.3, -0.7),),)), "block_size": 4}, seed=66),
+    Case("flex-empty-rows-lse", "flex_attention", SELF7,
+         call={"mask_mod": Mod("causal_mod", (-2,)), "block_size": 2, "return_lse": True}, seed=67),
     # merging partial results: outputs then log-sum-exps, one of each per part
     Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
     Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),

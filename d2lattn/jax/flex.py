@@ -16,7 +16,7 @@ from jax import lax
 
 from d2lattn import _checks, _tiles
 from d2lattn.jax.encoding import alibi_slopes
-from d2lattn.jax.ops import take
+from d2lattn.jax.ops import take, tensor
 
 
 def _index(lead, q_start, q_size, k_start, k_size):
@@ -268,6 +268,6 @@ def softcap_mod(cap):
 
 
 def relative_bias_mod(table):
-    table = jnp.asarray(table)
+    table = tensor(table)                                                # (heads, 2 D + 1) floats
     reach = (table.shape[-1] - 1) // 2                                   # D: the largest distance told apart
     return lambda score, b, h, q_idx, kv_idx: score + take(table, h, jnp.clip(kv_idx - q_idx, -reach, reach) + reach)

@@ -12,7 +12,7 @@ from mxnet import autograd, np
 
 from d2lattn import _checks, _tiles
 from d2lattn.mxnet.encoding import alibi_slopes
-from d2lattn.mxnet.ops import take
+from d2lattn.mxnet.ops import take, tensor
 
 IMPERATIVE_ONLY = ("flex_attention and blockwise_attention run imperatively on MXNet: their mxnet.autograd.Function "
                    "cannot enter a hybridized graph, and a graph symbol has no shape to plan the tiles by")
@@ -110,16 +110,16 @@ class _Flex(autograd.Function):
                 if self.score_mod is not None:                               # back through score_mod
                     modded.backward(d_scores)
                     d_scores = raw.grad
-                _add(d_queries, q0, self.block_size, np.matmul(d_scores, k) * scale)  # (..., qb, d)
-                _add(d_keys, k0, self.block_size, np.matmul(np.swapaxes(d_scores, -1, -2), q) * scale)
-                _add(d_values, k0, self.block_size, np.matmul(np.swapaxes(p, -1, -2), do))  # (..., kb, dv)
+                _add(d_queries, q0, q1, self.block_size, np.matmul(d_scores, k) * scale)  # (..., qb, d)
+                _add(d_keys, k0, k1, self.block_size, np.matmul(np.swapaxes(d_scores, -1, -2), q) * scale)
+                _add(d_values, k0, k1, self.block_size, np.matmul(np.swapaxes(p, -1, -2), do))  # (..., kb, dv)
         grads = [_joined(g, x, self.block_size) for g, x in ((d_queries, queries), (d_keys, keys), (d_values, values))]
         return tuple(g.as_nd_ndarray() for g in grads)                      # and takes them back
 
 
-def _add(parts, start, block_size, grad):
-    """Accumulate a run's gradient (..., width, f) into the blocks it covers."""
-    for s in range(0, grad.shape[-2], block_size):
+def _add(parts, start, stop, block_size, grad):
+    """Accumulate a run's gradient (..., stop - start, f) into the blocks it covers."""
+    for s in range(0, stop - start, block_size):
         piece = grad[..., s:s + block_size, :]
         parts[start + s] = piece if start + s not in parts else parts[start + s] + piece
 
@@ -232,6 +232,6 @@ def softcap_mod(cap):
 
 
 def relative_bias_mod(table):
-    table = table if isinstance(table, np.ndarray) else np.array(onp.asarray(table))
+    table = tensor(table)                                                # (heads, 2 D + 1) floats
     reach = (table.shape[-1] - 1) // 2                                   # D: the largest distance told apart
     return lambda score, b, h, q_idx, kv_idx: score + take(table, h, np.clip(kv_idx - q_idx, -reach, reach) + reach)

@@ -10,7 +10,7 @@ import numpy as np
 
 from d2lattn import _checks, _tiles
 from d2lattn.numpy.encoding import alibi_slopes
-from d2lattn.numpy.ops import take
+from d2lattn.numpy.ops import take, tensor
 
 
 def _index(lead, q_start, q_stop, k_start, k_stop):
@@ -160,7 +160,7 @@ def softcap_mod(cap):
 
 
 def relative_bias_mod(table):
-    table = np.asarray(table)
+    table = tensor(table)                                                # (heads, 2 D + 1) floats
     reach = (table.shape[-1] - 1) // 2                                   # D: the largest distance told apart
     return lambda score, b, h, q_idx, kv_idx: score + take(table, h, np.clip(kv_idx - q_idx, -reach, reach) + reach)
 

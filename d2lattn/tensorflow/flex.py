@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from d2lattn import _checks, _tiles
 from d2lattn.tensorflow.encoding import alibi_slopes
-from d2lattn.tensorflow.ops import take
+from d2lattn.tensorflow.ops import take, tensor
 
 
 def _index(lead, q_start, q_stop, k_start, k_stop):
@@ -100,16 +100,16 @@ def _backward(queries, keys, values, lens, score_mod, mask_mod, plan, block_size
             if score_mod is not None:                                         # back through score_mod
                 d_scores = tape.gradient(modded, raw, output_gradients=d_scores)
             d_q += tf.matmul(d_scores, k) * scale                             # (..., qb, d)
-            _add(d_keys, k0, block_size, tf.matmul(d_scores, q, transpose_a=True) * scale)  # (..., kb, d)
-            _add(d_values, k0, block_size, tf.matmul(p, do, transpose_a=True))  # (..., kb, dv)
+            _add(d_keys, k0, k1, block_size, tf.matmul(d_scores, q, transpose_a=True) * scale)  # (..., kb, d)
+            _add(d_values, k0, k1, block_size, tf.matmul(p, do, transpose_a=True))  # (..., kb, dv)
         d_queries.append((q0, d_q))
     return (_joined(dict(d_queries), queries, block_size), _joined(d_keys, keys, block_size),
             _joined(d_values, values, block_size))
 
 
-def _add(parts, start, block_size, grad):
-    """Accumulate a run's gradient (..., width, f) into the key blocks it covers."""
-    width = grad.shape[-2]
+def _add(parts, start, stop, block_size, grad):
+    """Accumulate a run's gradient (..., stop - start, f) into the key blocks it covers."""
+    width = stop - start
     sizes = [min(block_size, width - s) for s in range(0, width, block_size)]
     for n, piece in enumerate(tf.split(grad, sizes, axis=-2)):
         block = start + n * block_size
@@ -247,7 +247,7 @@ def softcap_mod(cap):
 
 
 def relative_bias_mod(table):
-    table = tf.convert_to_tensor(table)
+    table = tensor(table)                                                # (heads, 2 D + 1) floats
     reach = (table.shape[-1] - 1) // 2                                   # D: the largest distance told apart
     return lambda score, b, h, q_idx, kv_idx: score + take(table, h, tf.clip_by_value(kv_idx - q_idx, -reach, reach)
                                                            + reach)

@@ -8,7 +8,7 @@ import torch
 
 from d2lattn import _checks, _tiles
 from d2lattn.torch.encoding import alibi_slopes
-from d2lattn.torch.ops import take, to_numpy
+from d2lattn.torch.ops import take, tensor, to_numpy
 
 
 def _index(lead, q_start, q_stop, k_start, k_stop, device=None):
@@ -200,6 +200,6 @@ def softcap_mod(cap):
 
 
 def relative_bias_mod(table):
-    table = torch.as_tensor(table)
+    table = tensor(table)                                                # (heads, 2 D + 1) floats
     reach = (table.shape[-1] - 1) // 2                                   # D: the largest distance told apart
     return lambda score, b, h, q_idx, kv_idx: score + take(table, h, (kv_idx - q_idx).clamp(-reach, reach) + reach)

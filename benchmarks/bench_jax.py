@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import common, memory
+from benchmarks import common, flex, memory
 from d2lattn import jax as d2l
 from tests.native.peers_jax import native_mha, padding_mask
 
@@ -92,3 +92,4 @@ def blockwise_memory():
 if __name__ == "__main__":
     main()
     blockwise_memory()
+    flex.main(d2l, sync=jax.block_until_ready)

@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import npx
 
-from benchmarks import common, memory
+from benchmarks import common, flex, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 from tests.native.peers_mxnet import native_mha, row_lengths
@@ -118,3 +118,4 @@ def blockwise_memory():
 if __name__ == "__main__":
     main()
     blockwise_memory()
+    flex.main(d2l, sync=wait)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from benchmarks import common, memory
+from benchmarks import common, flex, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -95,3 +95,4 @@ def blockwise_memory():
 if __name__ == "__main__":
     main()
     blockwise_memory()
+    flex.main(d2l)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import common, memory
+from benchmarks import common, flex, memory
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -73,6 +73,13 @@ def blockwise_memory():
     memory.main(d2l, fused=lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
+def flex_masks():
+    """flex_attention's skipped tiles (benchmarks/flex.py), gradients on (main turned them off)."""
+    with torch.enable_grad():
+        flex.main(d2l)
+
+
 if __name__ == "__main__":
     main()
     blockwise_memory()
+    flex_masks()

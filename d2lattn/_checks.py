@@ -351,3 +351,19 @@ def checked_nonnegative_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def checked_flex_call(queries, keys, values, score_mod, mask_mod, block_size):
+    """flex_attention's arguments (the shapes of its arrays); returns the block size."""
+    check_block_inputs(queries, keys, values)
+    check_mod("score_mod", score_mod, "(score, b, h, q_idx, kv_idx) -> score")
+    check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool, or a BlockMask")
+    return checked_positive_int("block_size", block_size)
+
+
+def checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size, num_heads):
+    """block_mask's arguments: ((num_queries, num_keys), block_size, (batch_size, num_heads))."""
+    check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool")
+    sizes = (checked_nonnegative_int("num_queries", num_queries), checked_nonnegative_int("num_keys", num_keys))
+    return (sizes, checked_positive_int("block_size", block_size),
+            (checked_positive_int("batch_size", batch_size), checked_positive_int("num_heads", num_heads)))

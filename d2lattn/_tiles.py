@@ -74,6 +74,20 @@ def checked(block_mask, mask_mod, num_queries, num_keys, block_size, batch_size,
     return block_mask
 
 
+_CACHE, _CACHED = {}, 64  # the block masks of the latest calls, by (mask_mod, sizes)
+
+
+def cached(key, build):
+    """build() once per key (a mask_mod function and the call's sizes): a model's layers call attention
+    with the same mod again and again, and classifying its tiles costs O(q k) mask evaluations. A
+    mask_mod is keyed by the function object, so a mod whose arrays change is built anew (document_mod)."""
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHED:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
 def pieces(kinds, block_size, num_queries, num_keys, max_width=None):
     """[(q_start, q_stop, [(k_start, k_stop, partial), ...]), ...]: the query blocks with something to
     attend to, each with the runs of key blocks it computes. Empty tiles are left out; neighbouring

@@ -69,7 +69,7 @@ def dense(queries, keys, values, keep, score_mod=None):
 
 def brute_kinds(keep, block_size):
     """Each tile's kind from the dense mask (B, H, T, T), tile by tile."""
-    T, n = keep.shape[-1], -(-keep.shape[-1] // block_size)
+    n = -(-keep.shape[-1] // block_size)
     kinds = np.zeros((n, n), np.int8)
     for i in range(n):
         for j in range(n):
@@ -100,7 +100,7 @@ def test_block_mask_classifies_every_tile(d2l, T):
     do not divide the length (the tiles at the edges of a block are where an off-by-one shows)."""
     for name, spec in mask_specs(T)[1:]:
         keep = dense_keep(spec, T)
-        for block_size in (1, 2, 3, 4, 5, 16):
+        for block_size in (1, 3, 4, 16):
             blocks = d2l.block_mask(built(d2l, spec), T, T, block_size, batch_size=B, num_heads=H)
             np.testing.assert_array_equal(blocks.kinds, brute_kinds(keep, block_size), err_msg=f"{name} {block_size}")
             assert blocks.fraction == pytest.approx((brute_kinds(keep, block_size) != _tiles.EMPTY).mean())
@@ -114,7 +114,7 @@ def flex_calls(draw):
             draw(st.sampled_from([2, 3, 5, 16])), draw(st.integers(0, 2**16)))
 
 
-@settings(PROFILE, max_examples=12)
+@settings(PROFILE, max_examples=8)
 @given(call=flex_calls())
 def test_equals_dense_attention(d2l, call):
     """The forward against dense attention in NumPy with the same mask and score_mod (by the reference)."""
@@ -126,7 +126,7 @@ def test_equals_dense_attention(d2l, call):
 
 
 @pytest.mark.needs("autodiff")
-@settings(PROFILE, max_examples=8)
+@settings(PROFILE, max_examples=5)
 @given(call=flex_calls().filter(lambda call: call[2][0] != "softcap"))
 def test_gradients_equal_dense_attention(d2l, call):
     """Forward and gradients against the backend's own DotProductAttention with the mask and the additive

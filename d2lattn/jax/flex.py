@@ -19,14 +19,15 @@ from d2lattn.jax.encoding import alibi_slopes
 from d2lattn.jax.ops import take, tensor
 
 
-def _index(lead, q_start, q_size, k_start, k_size):
+def _index(lead, q_start, q_size, k_start, k_size, xp=jnp):
     """b, h, q_idx, kv_idx: int32 arrays shaped to broadcast against a tile's scores (*lead, qb, kb);
-    h indexes axis 1 of 4-d inputs (0 for 3-d ones). The starts may be traced."""
+    h indexes axis 1 of 4-d inputs (0 for 3-d ones). The starts may be traced. xp=np: NumPy arrays,
+    which block_mask evaluates ready-made mods on without compiling an operation per shape."""
     rank = len(lead) + 2
-    b = jnp.arange(lead[0], dtype=jnp.int32).reshape((-1,) + (1,) * (rank - 1))          # (b, 1, .., 1)
-    h = jnp.arange(lead[1] if rank > 3 else 1, dtype=jnp.int32).reshape((1, -1) + (1,) * (rank - 2))
-    i = (q_start + jnp.arange(q_size, dtype=jnp.int32)).reshape((1,) * (rank - 2) + (-1, 1))  # (1, .., qb, 1)
-    j = (k_start + jnp.arange(k_size, dtype=jnp.int32)).reshape((1,) * (rank - 1) + (-1,))    # (1, .., 1, kb)
+    b = xp.arange(lead[0], dtype=xp.int32).reshape((-1,) + (1,) * (rank - 1))          # (b, 1, .., 1)
+    h = xp.arange(lead[1] if rank > 3 else 1, dtype=xp.int32).reshape((1, -1) + (1,) * (rank - 2))
+    i = (q_start + xp.arange(q_size, dtype=xp.int32)).reshape((1,) * (rank - 2) + (-1, 1))  # (1, .., qb, 1)
+    j = (k_start + xp.arange(k_size, dtype=xp.int32)).reshape((1,) * (rank - 1) + (-1,))    # (1, .., 1, kb)
     return b, h, i, j
 
 
@@ -170,7 +171,8 @@ def _plan(queries, keys, mask_mod, block_size):
     heads = lead[1] if len(lead) > 1 else 1
     blocks = _tiles.checked(mask_mod, mask_mod, q, k, block_size, lead[0], heads)
     if blocks is None:
-        blocks = block_mask(mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads)
+        blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
+            mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
     return blocks.mask_mod, tuple(jnp.asarray(t) for t in _tiles.tiles(blocks.kinds))
 
 
@@ -180,10 +182,7 @@ def _flex(queries, keys, values, lens, score_mod, mask_mod, block_size):
 
 
 def _checked_call(queries, keys, values, score_mod, mask_mod, block_size):
-    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
-    _checks.check_mod("score_mod", score_mod, "(score, b, h, q_idx, kv_idx) -> score")
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool, or a BlockMask")
-    return _checks.checked_positive_int("block_size", block_size)
+    return _checks.checked_flex_call(queries.shape, keys.shape, values.shape, score_mod, mask_mod, block_size)
 
 
 def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, block_size=128, return_lse=False):
@@ -195,23 +194,21 @@ def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, bloc
 def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1, num_heads=1):
     """mask_mod evaluated one block of query rows at a time against every key, classified per tile;
     evaluated at once even inside jax.jit (ensure_compile_time_eval), as the tile list is static."""
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool")
-    sizes = [_checks.checked_nonnegative_int(n, v) for n, v in (("num_queries", num_queries), ("num_keys", num_keys))]
-    block_size = _checks.checked_positive_int("block_size", block_size)
-    lead = (_checks.checked_positive_int("batch_size", batch_size), _checks.checked_positive_int("num_heads", num_heads))
+    sizes, block_size, lead = _checks.checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size,
+                                                         num_heads)
     kinds = np.full((_tiles.num_blocks(sizes[0], block_size), _tiles.num_blocks(sizes[1], block_size)), _tiles.FULL,
                     dtype=np.int8)
     with jax.ensure_compile_time_eval():
         for n, q0 in enumerate(range(0, sizes[0], block_size)):
             if mask_mod is not None and sizes[1]:
-                keep = mask_mod(*_index(lead, q0, min(block_size, sizes[0] - q0), 0, sizes[1]))  # (.., qb, k)
+                keep = mask_mod(*_index(lead, q0, min(block_size, sizes[0] - q0), 0, sizes[1], np))  # (.., qb, k)
                 kinds[n] = _tiles.classify_rows(np.asarray(keep), block_size, sizes[1])
     return _tiles.BlockMask(kinds, mask_mod, *sizes, block_size, *lead)
 
 
 # --- ready-made mods: the same arithmetic on every backend -----------------------------------------
-# Cached where their arguments are plain numbers: jax.jit keys its compilations on the mod, so the
-# same causal_mod(offset) is the same function, compiled once.
+# Cached where their arguments are plain numbers: the same causal_mod(offset) is the same function,
+# whose block masks flex_attention keeps (d2lattn/_tiles.py) and whose compilations jax.jit reuses.
 
 
 @functools.cache

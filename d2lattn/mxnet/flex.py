@@ -5,6 +5,7 @@ Imperative only, as blockwise_attention: the custom backward is an mxnet.autogra
 cannot enter a hybridized graph, and a graph symbol has no shape to plan the tiles by.
 """
 
+import functools
 import math
 
 import numpy as onp
@@ -59,7 +60,8 @@ class _Flex(autograd.Function):
 
     def __init__(self, lens, score_mod, mask_mod, plan, block_size):
         super().__init__()
-        self.lens, self.score_mod, self.mask_mod, self.plan, self.block_size = lens, score_mod, mask_mod, plan, block_size
+        self.lens, self.score_mod, self.mask_mod = lens, score_mod, mask_mod
+        self.plan, self.block_size = plan, block_size
 
     def forward(self, queries, keys, values):
         lead, ctx = tuple(queries.shape[:-2]), queries.ctx
@@ -138,7 +140,8 @@ def _plan(queries, keys, mask_mod, block_size):
     heads = lead[1] if len(lead) > 1 else 1
     blocks = _tiles.checked(mask_mod, mask_mod, q, k, block_size, lead[0], heads)
     if blocks is None:
-        blocks = block_mask(mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads)
+        blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
+            mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
     return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k)
 
 
@@ -152,10 +155,7 @@ def _flex(queries, keys, values, lens, score_mod, mask_mod, block_size):
 def _checked_call(queries, keys, values, score_mod, mask_mod, block_size):
     if not isinstance(queries, np.ndarray):                                  # a graph symbol
         raise TypeError(IMPERATIVE_ONLY)
-    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
-    _checks.check_mod("score_mod", score_mod, "(score, b, h, q_idx, kv_idx) -> score")
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool, or a BlockMask")
-    return _checks.checked_positive_int("block_size", block_size)
+    return _checks.checked_flex_call(queries.shape, keys.shape, values.shape, score_mod, mask_mod, block_size)
 
 
 def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, block_size=128, return_lse=False):
@@ -166,10 +166,8 @@ def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, bloc
 
 def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1, num_heads=1):
     """mask_mod evaluated one block of query rows at a time against every key, classified per tile."""
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool")
-    sizes = [_checks.checked_nonnegative_int(n, v) for n, v in (("num_queries", num_queries), ("num_keys", num_keys))]
-    block_size = _checks.checked_positive_int("block_size", block_size)
-    lead = (_checks.checked_positive_int("batch_size", batch_size), _checks.checked_positive_int("num_heads", num_heads))
+    sizes, block_size, lead = _checks.checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size,
+                                                         num_heads)
     kinds = onp.full((_tiles.num_blocks(sizes[0], block_size), _tiles.num_blocks(sizes[1], block_size)), _tiles.FULL,
                      dtype=onp.int8)
     for n, q0 in enumerate(range(0, sizes[0], block_size)):
@@ -180,26 +178,31 @@ def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1,
 
 
 # --- ready-made mods: the same arithmetic on every backend -----------------------------------------
+# Cached where their arguments are plain numbers: the same causal_mod(offset) is the same function,
+# whose block masks flex_attention keeps (d2lattn/_tiles.py).
 
 
+@functools.cache
 def causal_mod(offset=0):
     offset = _checks.checked_integer("offset", offset)
     return lambda b, h, q_idx, kv_idx: kv_idx <= offset + q_idx
 
 
+@functools.cache
 def window_mod(window, offset=0):
     window, offset = _checks.checked_positive_int("window", window), _checks.checked_integer("offset", offset)
     return lambda b, h, q_idx, kv_idx: (kv_idx <= offset + q_idx) & (offset + q_idx - kv_idx < window)
 
 
 def document_mod(document_ids):
-    ids = document_ids if isinstance(document_ids, np.ndarray) else np.array(onp.asarray(document_ids))  # (k,) or (b, k)
+    ids = tensor(document_ids)                                           # (k,) or (b, k)
     _checks.checked_document_ids(ids.shape)
     if ids.ndim == 1:
         return lambda b, h, q_idx, kv_idx: take(ids, q_idx) == take(ids, kv_idx)
     return lambda b, h, q_idx, kv_idx: take(ids, b, q_idx) == take(ids, b, kv_idx)
 
 
+@functools.cache
 def prefix_lm_mod(prefix_length):
     prefix = _checks.checked_nonnegative_int("prefix_length", prefix_length)
     return lambda b, h, q_idx, kv_idx: np.where(kv_idx < prefix, True, kv_idx <= q_idx)  # broadcasts, unlike |
@@ -221,11 +224,13 @@ def _fold(op, masks):
     return result
 
 
+@functools.cache
 def alibi_mod(num_heads, offset=0):
     slopes, offset = alibi_slopes(num_heads), _checks.checked_integer("offset", offset)
     return lambda score, b, h, q_idx, kv_idx: score - take(slopes, h) * np.abs(offset + q_idx - kv_idx)
 
 
+@functools.cache
 def softcap_mod(cap):
     cap = _checks.checked_positive_number("cap", cap)
     return lambda score, b, h, q_idx, kv_idx: cap * np.tanh(score / cap)

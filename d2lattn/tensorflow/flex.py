@@ -2,6 +2,7 @@
 mask empties (d2lattn/_tiles.py classifies them), with a recomputing backward; the ready-made mods."""
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -133,7 +134,8 @@ def _plan(queries, keys, mask_mod, block_size):
     batch = 1 if lead[0] is None else lead[0]
     blocks = _tiles.checked(mask_mod, mask_mod, q, k, block_size, batch, heads)
     if blocks is None:
-        blocks = block_mask(mask_mod, q, k, block_size, batch_size=batch, num_heads=heads)
+        blocks = _tiles.cached((mask_mod, q, k, block_size, batch, heads), lambda: block_mask(
+            mask_mod, q, k, block_size, batch_size=batch, num_heads=heads))
         if lead[0] is None and mask_mod is not None and _depends_on_batch(mask_mod, heads):
             blocks = dataclasses.replace(blocks, kinds=np.full_like(blocks.kinds, _tiles.PARTIAL))
     return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k)
@@ -165,10 +167,7 @@ def _flex(queries, keys, values, lens, score_mod, mask_mod, block_size):
 
 
 def _checked_call(queries, keys, values, score_mod, mask_mod, block_size):
-    _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
-    _checks.check_mod("score_mod", score_mod, "(score, b, h, q_idx, kv_idx) -> score")
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool, or a BlockMask")
-    return _checks.checked_positive_int("block_size", block_size)
+    return _checks.checked_flex_call(queries.shape, keys.shape, values.shape, score_mod, mask_mod, block_size)
 
 
 def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, block_size=128, return_lse=False):
@@ -180,10 +179,8 @@ def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, bloc
 def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1, num_heads=1):
     """mask_mod evaluated one block of query rows at a time against every key, classified per tile;
     evaluated eagerly even inside a tf.function (tf.init_scope), as the tiles are fixed when it traces."""
-    _checks.check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool")
-    sizes = [_checks.checked_nonnegative_int(n, v) for n, v in (("num_queries", num_queries), ("num_keys", num_keys))]
-    block_size = _checks.checked_positive_int("block_size", block_size)
-    lead = (_checks.checked_positive_int("batch_size", batch_size), _checks.checked_positive_int("num_heads", num_heads))
+    sizes, block_size, lead = _checks.checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size,
+                                                         num_heads)
     kinds = np.full((_tiles.num_blocks(sizes[0], block_size), _tiles.num_blocks(sizes[1], block_size)), _tiles.FULL,
                     dtype=np.int8)
     with tf.init_scope():
@@ -195,13 +192,17 @@ def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1,
 
 
 # --- ready-made mods: the same arithmetic on every backend -----------------------------------------
+# Cached where their arguments are plain numbers: the same causal_mod(offset) is the same function,
+# whose block masks flex_attention keeps (d2lattn/_tiles.py).
 
 
+@functools.cache
 def causal_mod(offset=0):
     offset = _checks.checked_integer("offset", offset)
     return lambda b, h, q_idx, kv_idx: kv_idx <= offset + q_idx
 
 
+@functools.cache
 def window_mod(window, offset=0):
     window, offset = _checks.checked_positive_int("window", window), _checks.checked_integer("offset", offset)
     return lambda b, h, q_idx, kv_idx: (kv_idx <= offset + q_idx) & (offset + q_idx - kv_idx < window)
@@ -215,6 +216,7 @@ def document_mod(document_ids):
     return lambda b, h, q_idx, kv_idx: take(ids, b, q_idx) == take(ids, b, kv_idx)
 
 
+@functools.cache
 def prefix_lm_mod(prefix_length):
     prefix = _checks.checked_nonnegative_int("prefix_length", prefix_length)
     return lambda b, h, q_idx, kv_idx: (kv_idx < prefix) | (kv_idx <= q_idx)
@@ -235,12 +237,14 @@ def _fold(op, masks):
     return result
 
 
+@functools.cache
 def alibi_mod(num_heads, offset=0):
     slopes, offset = alibi_slopes(num_heads), _checks.checked_integer("offset", offset)
     return lambda score, b, h, q_idx, kv_idx: score - take(slopes, h) * tf.cast(tf.abs(offset + q_idx - kv_idx),
                                                                                 score.dtype)
 
 
+@functools.cache
 def softcap_mod(cap):
     cap = _checks.checked_positive_number("cap", cap)
     return lambda score, b, h, q_idx, kv_idx: cap * tf.tanh(score / cap)

@@ -227,3 +227,12 @@ BAD_INPUT = {
                          r"num_queries must be a non-negative integer, got -1"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+def test_a_mask_that_empties_everything(d2l):
+    """Every tile empty (keys all in the future): zeros, lse -inf, zero gradients, nothing computed."""
+    xs = inputs(7, 4)
+    flex = functools.partial(d2l.flex_attention, mask_mod=d2l.causal_mod(-7), block_size=3)
+    out, grads, _ = d2l.value_and_grads(flex, xs, np.ones((B, H, 7, DV)))
+    _, lse = flex(*(d2l.tensor(x) for x in xs), return_lse=True)
+    assert not out.any() and np.isneginf(d2l.to_numpy(lse)).all() and not any(g.any() for g in grads)

@@ -19,6 +19,29 @@ from d2lattn.jax.encoding import alibi_slopes
 from d2lattn.jax.ops import take, tensor
 
 
+@jax.tree_util.register_pytree_node_class
+class _Mod:
+    """A mod as jax.jit sees it: the function, static, and the numbers it reads, traced, so that
+    causal_mod(offset) compiles once for every offset (a plain function has no numbers: static)."""
+
+    def __init__(self, fn, params=()):
+        self.fn, self.params = fn, tuple(params)
+
+    def __call__(self, *args):
+        return self.fn(*self.params, *args)
+
+    def tree_flatten(self):
+        return self.params, self.fn
+
+    @classmethod
+    def tree_unflatten(cls, fn, params):
+        return cls(fn, params)
+
+
+def _as_mod(mod):
+    return mod if mod is None or isinstance(mod, _Mod) else _Mod(mod)
+
+
 def _index(lead, q_start, q_size, k_start, k_size, xp=jnp):
     """b, h, q_idx, kv_idx: int32 arrays shaped to broadcast against a tile's scores (*lead, qb, kb);
     h indexes axis 1 of 4-d inputs (0 for 3-d ones). The starts may be traced. xp=np: NumPy arrays,
@@ -72,14 +95,17 @@ def _by_kind(partial, mask_mod, tile):
     return lax.cond(partial, lambda: tile(mask_mod), lambda: tile(None))
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(6,))
 def _forward(queries, keys, values, lens, score_mod, mask_mod, block_size, tiles):
     """The online softmax over the tiles: a running max m, sum l and output a for every query row,
     the rows of a tile's query block read and written back at each step."""
     lead, num_queries, num_keys = queries.shape[:-2], queries.shape[-2], keys.shape[-2]
+    if not tiles[0].shape[0]:                                                   # every tile empty: every row
+        return (jnp.zeros_like(queries, shape=(*queries.shape[:-1], values.shape[-1])),
+                jnp.full_like(queries, -jnp.inf, shape=queries.shape[:-1]))
     pad_keys = None if num_keys % block_size == 0 else num_keys
     queries, keys, values = (_padded(x, block_size) for x in (queries, keys, values))  # whole blocks
-    lens = None if lens is None or lens.shape[-2] == 1 else _padded(lens, block_size)
+    lens = lens if lens is None or lens.shape[-2] == 1 else _padded(lens, block_size)  # per-query rows: padded
 
     def step(n, carry):
         m, l, a = carry
@@ -108,18 +134,20 @@ def _forward(queries, keys, values, lens, score_mod, mask_mod, block_size, tiles
     return out[..., :num_queries, :], lse[..., :num_queries]
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(6,))
 def _backward(queries, keys, values, lens, score_mod, mask_mod, block_size, tiles, out, lse, d_out, d_lse):
     """FlashAttention-2's backward over the same tiles: each tile's probabilities are recomputed as
     exp(scores - lse), and score_mod is differentiated on the tile by jax.vjp."""
     lead, num_queries, num_keys = queries.shape[:-2], queries.shape[-2], keys.shape[-2]
+    if not tiles[0].shape[0]:                                                   # nothing computed, no gradient
+        return jnp.zeros_like(queries), jnp.zeros_like(keys), jnp.zeros_like(values)
     pad_keys, scale = None if num_keys % block_size == 0 else num_keys, 1 / math.sqrt(queries.shape[-1])
     # d scores = p * (d p - D) + p * d lse, with D = rowsum(d out * out)
     delta = ((d_out * out).sum(-1) - d_lse)[..., None]                          # (..., q, 1)
     lse = jnp.where(jnp.isfinite(lse), lse, 0.0)[..., None]                     # (..., q, 1)
     queries, keys, values, d_out, delta, lse = (_padded(x, block_size) for x in (queries, keys, values, d_out,
                                                                                  delta, lse))
-    lens = None if lens is None or lens.shape[-2] == 1 else _padded(lens, block_size)
+    lens = lens if lens is None or lens.shape[-2] == 1 else _padded(lens, block_size)  # per-query rows: padded
 
     def tile_grads(q, k, v, do, lse_i, delta_i, lens_i, index, mod):
         raw = _raw_scores(q, k)                                                 # (..., qb, kb)
@@ -178,7 +206,7 @@ def _plan(queries, keys, mask_mod, block_size):
 
 def _flex(queries, keys, values, lens, score_mod, mask_mod, block_size):
     mask_mod, tiles = _plan(queries, keys, mask_mod, block_size)
-    return _flex_vjp(queries, keys, values, lens, score_mod, mask_mod, block_size, tiles)
+    return _flex_vjp(queries, keys, values, lens, _as_mod(score_mod), _as_mod(mask_mod), block_size, tiles)
 
 
 def _checked_call(queries, keys, values, score_mod, mask_mod, block_size):
@@ -208,19 +236,26 @@ def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1,
 
 # --- ready-made mods: the same arithmetic on every backend -----------------------------------------
 # Cached where their arguments are plain numbers: the same causal_mod(offset) is the same function,
-# whose block masks flex_attention keeps (d2lattn/_tiles.py) and whose compilations jax.jit reuses.
+# whose block masks flex_attention keeps (d2lattn/_tiles.py); causal and window masks are _Mods, so
+# jax.jit traces their offsets and compiles once for all of them.
 
 
 @functools.cache
 def causal_mod(offset=0):
-    offset = _checks.checked_integer("offset", offset)
-    return lambda b, h, q_idx, kv_idx: kv_idx <= offset + q_idx
+    return _Mod(_causal, (_checks.checked_integer("offset", offset),))
+
+
+def _causal(offset, b, h, q_idx, kv_idx):
+    return kv_idx <= offset + q_idx
 
 
 @functools.cache
 def window_mod(window, offset=0):
-    window, offset = _checks.checked_positive_int("window", window), _checks.checked_integer("offset", offset)
-    return lambda b, h, q_idx, kv_idx: (kv_idx <= offset + q_idx) & (offset + q_idx - kv_idx < window)
+    return _Mod(_window, (_checks.checked_positive_int("window", window), _checks.checked_integer("offset", offset)))
+
+
+def _window(window, offset, b, h, q_idx, kv_idx):
+    return (kv_idx <= offset + q_idx) & (offset + q_idx - kv_idx < window)
 
 
 def document_mod(document_ids):

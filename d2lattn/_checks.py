@@ -44,6 +44,12 @@ def checked_positive_number(name, value):
     return float(value)
 
 
+def checked_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
 def checked_integer(name, value):
     """Any integer (offsets may be negative)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -64,6 +70,16 @@ def checked_window(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"window must be None or an integer >= 1 (positions each query sees), got {value!r}")
     return int(value)
+
+
+def per_layer(name, value, num_layers):
+    """One value for every layer, or a list or tuple of one per layer: -> a list of num_layers."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_layers
+    if len(value) != num_layers:
+        raise ValueError(f"{name} must be one value or a sequence of one per layer (num_layers = {num_layers}), "
+                         f"got {len(value)} entries")
+    return list(value)
 
 
 def check_divisible(num_hiddens, num_heads):
@@ -281,6 +297,38 @@ def check_recurrent_input(X, input_size, state=None, num_layers=None, num_hidden
                          f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")
 
 
+def checked_size_pair(name, value):
+    """An image or patch size: a positive integer (square) or a (height, width) pair of them."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0 for n in pair):
+        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def checked_patch_grid(image_size, patch_size):
+    """(image (H, W), patch (P_h, P_w)): the patch must tile the image exactly."""
+    image, patch = checked_size_pair("image_size", image_size), checked_size_pair("patch_size", patch_size)
+    if image[0] % patch[0] or image[1] % patch[1]:
+        raise ValueError(f"patch_size {patch} (height, width) must divide image_size {image} into whole patches")
+    return image, patch
+
+
+def check_images(shape, image_size, num_channels):
+    """Channels-last images (batch, height, width, channels) of the size a module was built for."""
+    shape = tuple(shape)
+    want = (None, *image_size, num_channels)
+    if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, want)):
+        raise ValueError(f"images must have shape (batch, height, width, channels) = (b, {image_size[0]}, "
+                         f"{image_size[1]}, {num_channels}), channels last, got {shape}")
+
+
+def check_class_labels(labels_shape, batch):
+    """One integer class label per image of a batch of `batch`."""
+    if tuple(labels_shape) != (batch,):
+        raise ValueError(f"labels must have shape (batch,) = ({batch},), one class per image, got "
+                         f"{tuple(labels_shape)}")
+
+
 def check_param_shapes(expected, given):
     """Compare {name: shape} from the module with {name: array} from the caller."""
     missing = sorted(set(expected) - set(given))
@@ -298,18 +346,30 @@ def check_param_shapes(expected, given):
 # --- caches ---------------------------------------------------------------------------
 
 
-def check_cache(cache_value, batch, num_kv_heads, head_size):
-    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size)."""
+def check_cache(cache_value, batch, num_kv_heads, head_size, window=None):
+    """A CausalSelfAttention cache: None or (keys, values), each (b, num_kv_heads, t, head_size);
+    with a window w the rolling buffer (keys, values, position), each (b, num_kv_heads, max(w - 1, 1), head_size)."""
     if cache_value is None:
         return
-    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, t, {head_size})"
-    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != 2:
-        raise ValueError(f"cache must be None or a tuple (keys, values), each of shape {want}")
-    k, v = (tuple(c.shape) for c in cache_value)
+    steps = "t" if window is None else max(window - 1, 1)
+    want = f"(batch, num_kv_heads, steps, head_size) = ({batch}, {num_kv_heads}, {steps}, {head_size})"
+    size = 2 if window is None else 3
+    if not isinstance(cache_value, (tuple, list)) or len(cache_value) != size:
+        form = "(keys, values)" if window is None else f"(keys, values, position) (the window {window}'s buffer)"
+        raise ValueError(f"cache must be None or a tuple {form}, each of shape {want}")
+    k, v = (tuple(c.shape) for c in cache_value[:2])
     for shape in (k, v):
-        if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, (batch, num_kv_heads, k[2], head_size))):
+        if len(shape) != 4 or not all(_fits(a, b) for a, b in
+                                      zip(shape, (batch, num_kv_heads, k[2] if window is None else steps, head_size))):
             raise ValueError(f"cache must hold keys and values of shape {want}, got {k} and {v}; "
                              "was it made by a layer of another shape?")
+
+
+def cached_positions(cache_value):
+    """How many positions a checked cache has seen: its length, or a rolling buffer's position."""
+    if cache_value is None:
+        return 0
+    return cache_value[2] if len(cache_value) == 3 else cache_value[0].shape[2]
 
 
 def check_lm_cache(cache_value, num_layers):
@@ -367,3 +427,59 @@ def checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size, 
     sizes = (checked_nonnegative_int("num_queries", num_queries), checked_nonnegative_int("num_keys", num_keys))
     return (sizes, checked_positive_int("block_size", block_size),
             (checked_positive_int("batch_size", batch_size), checked_positive_int("num_heads", num_heads)))
+# --- open-model attention options -----------------------------------------------------
+
+# RoPE scalings: {type: (required fields, optional fields)}, as Hugging Face's configs name them.
+ROPE_SCALINGS = {
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), ()),
+    "yarn": (("factor", "original_max_position_embeddings"),
+             ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate")),
+}
+
+
+def checked_rope_scaling(scaling):
+    """None or {"type": "llama3" | "yarn", field: number, ...} -> (type, {field: value}) with every
+    required field present, no unknown one, and every number positive (truncate: a bool)."""
+    if not isinstance(scaling, dict) or scaling.get("type") not in ROPE_SCALINGS:
+        kinds = ", ".join(repr(k) for k in ROPE_SCALINGS)
+        got = scaling.get("type") if isinstance(scaling, dict) else scaling
+        raise ValueError(f"scaling must be None or a dict with 'type' one of {kinds}, got {got!r}")
+    kind = scaling["type"]
+    required, optional = ROPE_SCALINGS[kind]
+    fields = {k: v for k, v in scaling.items() if k != "type"}
+    missing, unknown = [k for k in required if k not in fields], sorted(set(fields) - set(required) - set(optional))
+    if missing or unknown:
+        raise ValueError(f"scaling of type {kind!r} needs the fields {list(required)} (optional: {list(optional)}), "
+                         f"got {'missing ' + str(missing) if missing else 'unknown ' + str(unknown)}")
+    return kind, {k: v if k == "truncate" else checked_positive_number(f"scaling[{k!r}]", v)
+                  for k, v in fields.items() if v is not None}
+
+
+def checked_rope_fraction(head_size, fraction):
+    """The number of features each head rotates: fraction * head_size, a positive even count."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"rope_fraction must be a number in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return checked_head_size(head_size)                      # all of them: an even head_size
+    count = fraction * head_size
+    if count != int(count) or int(count) % 2:
+        raise ValueError(f"rope_fraction * head_size must be an even whole number of features (rotary encoding "
+                         f"rotates pairs), got {fraction!r} * {head_size} = {count:g}")
+    return int(count)
+
+
+def checked_logit_cap(value):
+    """None (no soft-capping) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"logit_cap must be None or a positive number (scores become cap * tanh(scores / cap)), "
+                         f"got {value!r}")
+    return float(value)
+
+
+def check_sinks(sinks_shape, scores_shape):
+    """One sink logit per row of scores: sinks broadcast to the scores' shape without the keys axis."""
+    if not _broadcasts(sinks_shape, tuple(scores_shape)[:-1]):
+        raise ValueError(f"sinks of shape {tuple(sinks_shape)} do not broadcast to the scores' rows "
+                         f"{tuple(scores_shape)[:-1]} (one sink logit per query row)")

@@ -118,12 +118,18 @@ class DotProductAttention:
     def __init__(self, dropout=0.0):
         """`dropout` on the attention weights, active only in training."""
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                 sinks=None, training=None):
         """(b, q, d), (b, k, d), (b, k, dv) -> (b, q, dv); sets `.attention_weights` (b, q, k).
 
         `score_bias`: floats broadcastable to the scores (b, q, k), added to the scaled
         scores before masking and softmax (masked positions still get weight 0);
-        gradients flow into it. Queries may carry one more leading axis (b, heads, q, d)."""
+        gradients flow into it. Queries may carry one more leading axis (b, heads, q, d).
+        `logit_cap` (a positive number): the scaled scores become cap * tanh(scores / cap)
+        before the bias and the mask (Gemma 2's soft-capping). `sinks`: one logit per row,
+        broadcastable to (b, q), that joins the row's softmax as one more column and is then
+        dropped (gpt-oss's attention sinks), so a row's weights sum to at most 1 and a row with
+        nothing to attend to is still all zeros."""
 
 
 class AdditiveAttention:
@@ -182,13 +188,34 @@ class RotaryPositionalEncoding:
     i < head_size / 2; each pair (a, b) becomes (a cos(p theta_i) - b sin(p theta_i),
     a sin(p theta_i) + b cos(p theta_i)). Pairs are (x[i], x[i + head_size / 2]) (split
     halves, GPT-NeoX and Hugging Face's LLaMA) by default, (x[2i], x[2i + 1]) with
-    `interleaved=True` (RoFormer, Meta's original LLaMA)."""
+    `interleaved=True` (RoFormer, Meta's original LLaMA).
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
-        """An odd head_size is a ValueError naming head_size."""
+    `scaling` rescales theta for contexts longer than the model was trained on, exactly as
+    Hugging Face's `modeling_rope_utils` does (see rope_frequencies):
+    {"type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} (Llama 3.1+), or {"type": "yarn", "factor",
+    "original_max_position_embeddings"} with optional "beta_fast" (32), "beta_slow" (1),
+    "attention_factor", "mscale", "mscale_all_dim", "truncate" (True) (YaRN: Qwen, gpt-oss,
+    DeepSeek); YaRN also multiplies cos and sin by its attention factor."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
+        """An odd head_size is a ValueError naming head_size; an unknown scaling type, or a
+        missing or unknown field, a ValueError naming scaling."""
 
     def __call__(self, X, *, offset=0, training=None):
         """X (..., T, head_size) -> the same shape, rotated."""
+
+
+def rope_frequencies(head_size, base=10000.0, scaling=None):
+    """(theta, attention_factor): theta NumPy float64 (head_size / 2,), theta_i = base ** (-2 i /
+    head_size) rescaled by `scaling` (as RotaryPositionalEncoding's), and the factor YaRN puts
+    on cos and sin (1.0 otherwise). Llama 3: wavelengths 2 pi / theta_i longer than
+    original_max_position_embeddings / low_freq_factor are divided by `factor`, those shorter
+    than original_max_position_embeddings / high_freq_factor kept, and between them theta
+    moves smoothly from one to the other. YaRN: a linear ramp over the feature index, from
+    the features that turn beta_fast times or more over the original context (kept) to those
+    that turn beta_slow times or fewer (divided by `factor`); attention factor
+    0.1 ln(factor) + 1. Backend-free (d2lattn/rotary.py): every backend uses these numbers."""
 
 
 class ConcatAttention:
@@ -247,11 +274,13 @@ class RMSNorm:
 
 
 class SwiGLUFFN:
-    """The gated FFN of current models: (silu(X W_gate) * (X W_up)) W_down, no biases."""
+    """The gated FFN of current models: (g(X W_gate) * (X W_up)) W_down, no biases; the gate g is
+    SiLU (SwiGLU, LLaMA's) or, with activation="gelu_tanh", GELU in its tanh form (GeGLU, Gemma's:
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))))."""
 
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         """W_gate, W_up (num_inputs, ffn_num_hiddens), W_down (ffn_num_hiddens, ffn_num_outputs
-        or num_inputs)."""
+        or num_inputs); activation "silu" or "gelu_tanh"."""
 
     def __call__(self, X, *, training=None):
         """(..., num_inputs) -> (..., ffn_num_outputs)."""
@@ -383,14 +412,35 @@ class CausalSelfAttention:
 
     Parameters as MultiHeadAttention(num_hiddens, num_heads, bias=bias,
     num_kv_heads=num_kv_heads): W_q, W_k, W_v, W_o. Rotary encoding (split halves, base
-    `rope_base`; None for none) rotates each head's queries and keys at their absolute
+    `rope_base`; None for none, a NoPE layer) rotates each head's queries and keys at their absolute
     positions; causal, and with a sliding `window` each position sees itself and the
     window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
-    equals MultiHeadAttention with mask=causal_mask(T) and the same parameters."""
+    equals MultiHeadAttention with mask=causal_mask(T) and the same parameters.
+
+    The options of today's open models (keyword-only; the defaults are the plain layer):
+    - `qk_norm`: RMSNorm (eps `norm_eps`) of each head's queries and keys over head_size,
+      before the rotation, with gains `q_norm.gamma`, `k_norm.gamma` (head_size,) shared by
+      the heads: Qwen3's per-head variant (also Gemma 3's). OLMo 2 normalizes the whole
+      projection instead, over num_heads * head_size (its gains (num_hiddens,) and
+      (num_kv_heads * head_size,)), before splitting the heads: the same only with one head.
+    - `sinks`: `sinks` (num_heads,), one learned logit per head that joins every row's softmax
+      and is dropped (gpt-oss; DotProductAttention's `sinks`).
+    - `output_gate`: `W_gate` (num_hiddens, num_heads * head_size); each head's output is
+      multiplied by sigmoid(X W_gate) (its columns of it) before W_o (Qwen3-Next's gated
+      attention; Qwen3-Next stores the gate in q_proj, head by head after each head's query).
+    - `logit_cap`: scores become cap * tanh(scores / cap) before the mask (Gemma 2).
+    - `rope_fraction`: only the first rope_fraction * head_size features of each head (an
+      even number) are rotated, with the frequencies of that many features, the rest pass
+      unrotated (GPT-NeoX, Qwen3-Next's 0.25).
+    - `rope_scaling`: RotaryPositionalEncoding's `scaling` (llama3 or yarn).
+    - `attention_bias`: biases b_q, b_k, b_v on the projections, none on W_o (Qwen2).
+    """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
-        """num_kv_heads must divide num_heads; window >= 1 or None."""
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        """num_kv_heads must divide num_heads; window >= 1 or None; logit_cap None or > 0;
+        rope_fraction in (0, 1] leaving an even count of rotated features."""
 
     def __call__(self, X, *, cache=None, training=None):
         """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache).
@@ -399,24 +449,47 @@ class CausalSelfAttention:
         values) of native arrays (b, num_kv_heads, t, head_size) holding the rotated keys and
         the values of every position so far; the positions of X continue after them. Feeding
         a sequence in pieces of any sizes gives the outputs of one full pass.
-        `.attention_weights` (b, num_heads, T, t + T)."""
+        `.attention_weights` (b, num_heads, T, t + T).
+
+        With a `window` w the cache is a rolling buffer (keys, values, position): the last
+        max(w - 1, 1) positions' keys and values (b, num_kv_heads, max(w - 1, 1), head_size),
+        oldest first, zeros before position 0 (masked), and `position`, the number of positions
+        seen (an int; an int32 scalar of the framework inside generate's compiled steps). Its
+        size never grows, and the outputs are those of the unbounded cache; called with a cache,
+        `.attention_weights` (b, num_heads, T, max(w - 1, 1) + T)."""
 
 
 class TransformerLM:
     """A decoder-only language model: `embedding` (vocab_size, num_hiddens); `num_layers`
     pre-norm blocks `blocks.{i}`, each X = X + attention(norm1(X)), then X = X + ffn(norm2(X)),
-    with norm1, norm2 RMSNorm, attention a CausalSelfAttention (num_kv_heads, window,
-    rope_base passed on) and ffn a SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm`
-    (RMSNorm) and W_out (num_hiddens, vocab_size), not tied to the embedding."""
+    with norm1, norm2 RMSNorm(eps=norm_eps), attention a CausalSelfAttention (num_kv_heads,
+    window, rope_base, norm_eps (its qk_norm's) and the open-model options qk_norm, sinks,
+    output_gate, logit_cap, rope_fraction, rope_scaling, attention_bias passed on) and ffn a
+    SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm` (RMSNorm(eps=norm_eps)) and W_out
+    (num_hiddens, vocab_size), or with tie_embeddings=True the embedding's transpose (one
+    parameter, as GPT-2, Gemma and the small LLaMA 3.2s have). `final_logit_cap` c: the logits
+    become c * tanh(logits / c) (Gemma 2's soft-capping). Gemma 3's block: post_norms=True adds
+    RMSNorms `post_norm1`, `post_norm2` on the attention's and the FFN's outputs before each is
+    added, scale_embeddings=True multiplies the embeddings by sqrt(num_hiddens), and
+    ffn_activation="gelu_tanh" makes the FFN a GeGLU."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
-        blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out."""
+        blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
+        `window` and `rope_base` may be one value for every layer or a list or tuple of one per
+        layer (window None: global; rope_base None: no rotary positions, NoPE), so Gemma 3's five
+        local layers per global one is window=[1024] * 5 + [None]; final_logit_cap > 0 or None."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
-        previous call returned (a list with one CausalSelfAttention cache per block)."""
+        previous call returned (a list with one CausalSelfAttention cache per block: a windowed
+        block's is its rolling buffer, of constant size)."""
+
+    # `config`: the dict of the arguments the model was made with (what save_pretrained writes).
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
@@ -425,6 +498,83 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     temperature) with numpy.random.default_rng(seed), so the same logits give the same tokens
     on every backend. use_cache=False recomputes the whole sequence at every step and gives
     the same tokens."""
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A ready TransformerLM with the weights of a Hugging Face model directory on disk
+    (config.json, and model.safetensors or the shards model.safetensors.index.json lists, float32,
+    float16 or bfloat16): LLaMA 2 and 3.x (llama3 RoPE scaling, tied or untied), Mistral, Qwen2,
+    Qwen3 and Gemma 3 (text). `d2lattn.hub` maps config.json to TransformerLM's arguments and transformers' tensor
+    names to the canonical ones; what TransformerLM cannot express (a mixture of experts, an
+    unknown rope_type, heads wider than hidden_size / num_attention_heads, ...) is a ValueError
+    naming the config field. A path only: nothing is downloaded. `dtype`: "float32"."""
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """Write `model` (a TransformerLM) as a Hugging Face directory, config.json and
+    model.safetensors, that transformers' AutoModelForCausalLM.from_pretrained opens with the same
+    logits; `family` ("llama", "mistral", "qwen2", "qwen3", "gemma3_text") picks the architecture, and what it
+    cannot express of the model (Mistral with per-layer windows, QK-norm outside Qwen3, ...) is a
+    ValueError naming the argument."""
+# --- transformers for vision ---------------------------------------------------------
+# Images are channels-last (b, H, W, C) on every backend. Sizes (`image_size`, `patch_size`)
+# are an integer (square) or a (height, width) pair. The GELU is the exact one,
+# x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))) (PyTorch's and Keras' default; not the tanh
+# approximation, JAX's default), the same on every backend.
+
+
+class PatchEmbedding:
+    """Non-overlapping patch_size patches, each flattened and mapped by one dense map
+    (equivalently a convolution with kernel and stride patch_size).
+
+    Patches are taken in row-major order over the grid (left to right, then top to bottom);
+    a patch flattens to P_h * P_w * C features in the order (row, column, channel), channels
+    innermost: feature (i * P_w + j) * C + c is pixel (i, j), channel c of the patch. So the
+    dense map W_patch (P_h * P_w * C, num_hiddens) is a convolution kernel (P_h, P_w, C,
+    num_hiddens) reshaped."""
+
+    def __init__(self, image_size, patch_size, num_channels, num_hiddens):
+        """W_patch (P_h * P_w * num_channels, num_hiddens), b_patch (num_hiddens,). A patch_size that
+        does not divide image_size is a ValueError naming patch_size. `.num_patches`."""
+
+    def __call__(self, X, *, training=None):
+        """X (b, H, W, num_channels) -> (b, num_patches, num_hiddens); any other image shape or
+        channel count is a ValueError."""
+
+
+class ViTBlock:
+    """A pre-norm encoder block: X + MHA(norm1(X)), then X + mlp(norm2(X)), where mlp is
+    W_1, GELU, dropout, W_2, dropout (with biases b_1, b_2). Dropout (training only) on the
+    attention weights and in the MLP, as d2l's.
+    Children: norm1, attention (MultiHeadAttention(num_hiddens, num_heads, dropout, bias)), norm2,
+    mlp (mlp.W_1 (num_hiddens, mlp_num_hiddens), mlp.b_1, mlp.W_2, mlp.b_2)."""
+
+    def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, dropout=0.0, bias=False):
+        """`bias`: biases of the attention's maps (the MLP always has them)."""
+
+    def __call__(self, X, valid_lens=None, *, training=None):
+        """(b, T, num_hiddens) -> same shape; `.attention_weights` (b, heads, T, T)."""
+
+
+class ViT:
+    """The Vision Transformer: patch_embedding, a learned cls_token (1, 1, num_hiddens) prepended to
+    the patches, learned pos_embedding (1, num_patches + 1, num_hiddens) added, dropout, the blocks
+    `blocks.{i}` (ViTBlock), a final `norm` (LayerNorm) and a dense head W_head (num_hiddens,
+    num_classes), b_head on the class token's output."""
+
+    def __init__(self, image_size, patch_size, num_channels, num_hiddens, mlp_num_hiddens, num_heads, num_blocks,
+                 num_classes, dropout=0.0, bias=False):
+        """Sizes as PatchEmbedding and ViTBlock."""
+
+    def __call__(self, images, *, training=None):
+        """images (b, H, W, num_channels) -> logits (b, num_classes); `.attention_weights` a list,
+        one (b, heads, num_patches + 1, num_patches + 1) per block (row 0: the class token's)."""
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """The framework's own Adam with global-norm clipping on the mean softmax cross-entropy of
+    model(images, training=True), a progress bar, and the loss curve (each epoch's mean loss).
+    batches: a re-iterable of NumPy (images float (b, H, W, C), labels int (b,))."""
 
 
 # --- attention that fits in memory ---------------------------------------------------

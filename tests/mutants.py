@@ -35,6 +35,10 @@ class Mutant:
 
 MUTANTS = [
     # --- backend-free
+    Mutant("llama3-smoothing-swapped", "any", "d2lattn/rotary.py",
+           "np.where(medium, (1 - smooth) * theta / factor + smooth * theta, scaled)",
+           "np.where(medium, smooth * theta / factor + (1 - smooth) * theta, scaled)",
+           "Llama 3's middle band interpolates the wrong way round: a jump at each band edge"),
     Mutant("temperature-ignored", "any", "d2lattn/sampling.py",
            'scaled = logits / _checks.checked_positive_number("temperature", temperature)',
            'scaled = logits + 0 * _checks.checked_positive_number("temperature", temperature)',
@@ -46,9 +50,66 @@ MUTANTS = [
            'text = f"# {where}\\n{source}"', 'text = f"# {where}\\n{source[:len(source) // 2]}"',
            "show_source prints only the first half of the code"),
     # --- torch
+    Mutant("qk-norm-after-rope", "torch", "d2lattn/torch/decoder.py",
+           """        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
+        if self.rope is not None:
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+""", """        if self.rope is not None:
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
+""", "QK-norm after RoPE: the gains scale rotated features, not Qwen3's"),
+    Mutant("sink-left-out", "torch", "d2lattn/torch/attention.py",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., :-1]",
+           "return masked_softmax(torch.cat([scores, sink], -1)[..., :-1], mask=keep[..., :-1])",
+           "the sink is dropped before the softmax: it takes no weight, rows sum to 1"),
+    Mutant("sink-kept-a-key-dropped", "torch", "d2lattn/torch/attention.py",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., :-1]",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., 1:]",
+           "the sink's weight is kept in place of the first key's"),
+    Mutant("gate-after-W_o", "torch", "d2lattn/torch/decoder.py",
+           "Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)",
+           "Y = self._attend(q, k, v, mask=mask, training=training, logit_cap=self.logit_cap, sinks=sinks)\n"
+           "        Y = Y if gate is None else Y * torch.sigmoid(self.W_gate(X))",
+           "the output gate multiplies W_o's output, not each head's"),
+    Mutant("cap-after-masking", "torch", "d2lattn/torch/attention.py",
+           """    if logit_cap is not None:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+""", """    if logit_cap is not None and keep is not None:                  # masked to -inf, then capped to -cap
+        scores, keep = logit_cap * torch.tanh(scores.masked_fill(~keep, -math.inf) / logit_cap), None
+    elif logit_cap is not None:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+""", "soft-capping after the mask: a masked key's score becomes -cap, and it gets weight"),
+    Mutant("yarn-factor-dropped", "torch", "d2lattn/torch/encoding.py",
+           "cos, sin = (self.factor * angles.cos()).to(X.dtype), (self.factor * angles.sin()).to(X.dtype)",
+           "cos, sin = angles.cos().to(X.dtype), angles.sin().to(X.dtype)",
+           "YaRN's attention factor is never applied"),
     Mutant("cache-unused", "torch", "d2lattn/torch/decoder.py",
            "logits, cache = model(new, cache=cache, training=False)", "logits, cache = model(tokens, training=False)",
            "generate(use_cache=True) feeds the whole sequence at every step: quadratic"),
+    Mutant("rolling-buffer-keeps-the-oldest", "torch", "d2lattn/torch/decoder.py",
+           "return k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], position",
+           "return k[:, :, :keep], v[:, :, :keep], position",
+           "a window's buffer never moves on (the pointer is not advanced): it keeps the first positions"),
+    Mutant("rolling-buffer-empty-slots-seen", "torch", "d2lattn/torch/decoder.py",
+           "mask = mask & (torch.arange(n, device=X.device) >= n - T - t)", "mask = mask",
+           "the zeros of a buffer's slots before position 0 are attended to as keys"),
+    Mutant("rolling-position-restarts", "torch", "d2lattn/torch/decoder.py",
+           "_rolled(k, v, self.window, t + T)", "_rolled(k, v, self.window, T)",
+           "a window's position restarts at every call (wrap-around): keys rotated at the wrong positions"),
+    Mutant("rolling-buffer-one-short", "torch", "d2lattn/torch/decoder.py",
+           "keep = max(window - 1, 1)", "keep = max(window - 2, 1)",
+           "a window's buffer keeps window - 2 positions: the oldest key in the window is lost"),
+    Mutant("per-layer-windows-reversed", "torch", "d2lattn/torch/decoder.py",
+           'zip(_checks.per_layer("window", window, L), ', 'zip(_checks.per_layer("window", window, L)[::-1], ',
+           "per-layer windows go to the wrong layers"),
+    Mutant("final-cap-ignored", "torch", "d2lattn/torch/decoder.py",
+           "logits = self.final_logit_cap * torch.tanh(logits / self.final_logit_cap)", "logits = logits",
+           "final_logit_cap is accepted and never applied"),
+    Mutant("norm-eps-final-only", "torch", "d2lattn/torch/decoder.py",
+           "self.norm1 = RMSNorm(num_hiddens, norm_eps)", "self.norm1 = RMSNorm(num_hiddens)",
+           "norm_eps does not reach the attention's norm"),
     Mutant("one-block", "torch", "d2lattn/torch/blockwise.py",
            'block_size = _checks.checked_positive_int("block_size", block_size)',
            'block_size = max(keys.shape[-2], _checks.checked_positive_int("block_size", block_size))',
@@ -92,6 +153,30 @@ MUTANTS = [
     Mutant("merge-no-shift", "torch", "d2lattn/torch/blockwise.py",
            "top = lses.amax(0).detach()", "top = torch.zeros_like(lses[0])",
            "merge_attention overflows for log-sum-exps near 100 and beyond"),
+    # the Vision Transformer (the reference's, below, are caught by tests/test_vision.py's closed forms)
+    Mutant("patch-channels-first", "torch", "d2lattn/torch/vision.py",
+           "X.permute(0, 1, 3, 2, 4, 5)", "X.permute(0, 1, 3, 5, 2, 4)",
+           "a patch flattens channel by channel, not in the documented (row, column, channel) order"),
+    Mutant("patch-grid-column-major", "torch", "d2lattn/torch/vision.py",
+           "X.permute(0, 1, 3, 2, 4, 5)", "X.permute(0, 3, 1, 2, 4, 5)",
+           "patches are read down the columns of the grid, not along its rows"),
+    Mutant("cls-token-appended", "torch", "d2lattn/torch/vision.py",
+           "torch.cat([cls, X], dim=1)", "torch.cat([X, cls], dim=1)",
+           "the class token goes last, and the head reads the first patch instead"),
+    Mutant("gelu-tanh", "torch", "d2lattn/torch/vision.py",
+           'F.gelu(X, approximate="none")', 'F.gelu(X, approximate="tanh")',
+           "the ViT's MLP uses the tanh approximation of GELU, not the documented exact one"),
+    Mutant("vit-post-norm", "torch", "d2lattn/torch/vision.py",
+           "        Y = self.norm1(X)                                              # pre-norm: normalize, then attend\n"
+           "        X = X + self.attention(Y, Y, Y, valid_lens, training=training)  # (b, T, h)\n"
+           "        return X + self.mlp(self.norm2(X), training=training)         # (b, T, h)\n",
+           "        X = self.norm1(X + self.attention(X, X, X, valid_lens, training=training))\n"
+           "        return self.norm2(X + self.mlp(X, training=training))\n",
+           "the ViT block normalizes after each residual sum (post-norm), not before each branch"),
+    Mutant("train-classifier-lr-ignored", "torch", "d2lattn/torch/train.py",
+           'return _fit("train_classifier", model, batches, batch_loss, epochs, lr, clip, progress)',
+           'return _fit("train_classifier", model, batches, batch_loss, epochs, 1e-3, clip, progress)',
+           "train_classifier trains at 1e-3 whatever lr says"),
     # --- jax
     Mutant("cache-unused", "jax", "d2lattn/jax/decoder.py",
            "        if use_cache and t > T0:\n", "        if False:\n",
@@ -120,6 +205,24 @@ MUTANTS = [
     Mutant("merge-no-inf-guard", "jax", "d2lattn/jax/blockwise.py",
            "shift = jnp.where(jnp.isfinite(top), top, 0.0)\n    weights", "shift = top\n    weights",
            "merge_attention gives NaN for a row empty in every part"),
+    # --- numpy (the reference: tests/test_vision.py's closed forms and the convolution catch these)
+    Mutant("patch-channels-first", "numpy", "d2lattn/numpy/vision.py",
+           "X.transpose(0, 1, 3, 2, 4, 5)", "X.transpose(0, 1, 3, 5, 2, 4)",
+           "a patch flattens channel by channel, not in the documented (row, column, channel) order"),
+    Mutant("cls-token-appended", "numpy", "d2lattn/numpy/vision.py",
+           "np.concatenate([cls, X], axis=1)", "np.concatenate([X, cls], axis=1)",
+           "the class token goes last, and the head reads the first patch instead"),
+    Mutant("gelu-tanh", "numpy", "d2lattn/numpy/vision.py",
+           "return 0.5 * X * (1.0 + _erf(X / math.sqrt(2.0)))",
+           "return 0.5 * X * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (X + 0.044715 * X ** 3)))",
+           "the reference's MLP uses the tanh approximation of GELU"),
+    Mutant("vit-post-norm", "numpy", "d2lattn/numpy/vision.py",
+           "        Y = self.norm1(X)                                              # pre-norm: normalize, then attend\n"
+           "        X = X + self.attention(Y, Y, Y, valid_lens, training=training)  # (b, T, h)\n"
+           "        return X + self.mlp(self.norm2(X), training=training)         # (b, T, h)\n",
+           "        X = self.norm1(X + self.attention(X, X, X, valid_lens, training=training))\n"
+           "        return self.norm2(X + self.mlp(X, training=training))\n",
+           "the reference's ViT block is post-norm"),
 ]
 
 

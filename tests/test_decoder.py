@@ -1,7 +1,8 @@
 """decoder: CausalSelfAttention, TransformerLM and generate on the backend under test.
 
 Beyond the harness (tests/cases.py): CausalSelfAttention against MultiHeadAttention and the
-classic top-left mask bug, the cache (random pieces equal the full pass), TransformerLM's
+classic top-left mask bug, the cache (random pieces equal the full pass), partial RoPE and NoPE
+layers (the cached keys rotated on their first rope_fraction features only), TransformerLM's
 parameters, logits and cache, generation (cached and not, greedy and sampled, against the NumPy
 reference), dropout and the training mode, and bad input. Weights in files are in
 tests/test_params.py, training in tests/test_train.py.
@@ -95,9 +96,9 @@ def test_continuing_queries_need_the_offset(d2l):
 
 
 def test_cache_holds_every_position(d2l):
-    """Keys and values of every position so far, (b, num_kv_heads, t, head_size), and the attention
-    weights of the last call (b, num_heads, T, t + T), also with a window."""
-    csa = d2l.CausalSelfAttention(8, 4, num_kv_heads=2, window=2)
+    """Without a window: keys and values of every position so far, (b, num_kv_heads, t, head_size),
+    and the attention weights of the last call (b, num_heads, T, t + T)."""
+    csa = d2l.CausalSelfAttention(8, 4, num_kv_heads=2, rope_base=None)
     X = d2l.tensor(np.random.default_rng(5).normal(size=(3, 4, 8)))
     _, cache = csa(X[:, :3], training=False)
     Y, (keys, values) = csa(X[:, 3:], cache=cache, training=False)
@@ -105,7 +106,7 @@ def test_cache_holds_every_position(d2l):
     assert tuple(Y.shape) == (3, 1, 8)
     weights = d2l.to_numpy(csa.attention_weights)
     assert weights.shape == (3, 4, 1, 4)
-    np.testing.assert_array_equal(weights[..., :2], 0)  # the window: position 3 sees 2 and 3 only
+    assert np.all(weights > 0)  # position 3 sees every position
 
 
 @PROFILE
@@ -113,9 +114,9 @@ def test_cache_holds_every_position(d2l):
 def test_cached_pieces_equal_the_full_pass(d2l, data):
     """CausalSelfAttention fed a sequence in pieces (random split points), the cache passed on, gives the
     full pass's outputs, its cache, and the full pass's attention rows for the last piece."""
-    kv, group = data.draw(st.integers(1, 2), label="num_kv_heads"), data.draw(st.integers(1, 3), label="group")
-    heads, dh = kv * group, 2 * data.draw(st.integers(1, 2), label="head_size / 2")
-    T, b = data.draw(st.integers(1, 7), label="T"), data.draw(st.integers(1, 2), label="b")
+    # (num_kv_heads, group, head size) and (b, T) from a few of each (tests/strategies.py: few shapes)
+    kv, group, dh = data.draw(st.sampled_from([(1, 1, 2), (2, 3, 4), (1, 2, 2)]), label="num_kv_heads, group, dh")
+    heads, (b, T) = kv * group, data.draw(st.sampled_from([(1, 1), (2, 3), (1, 5)]), label="b, T")
     args = {"num_hiddens": heads * dh, "num_heads": heads, "num_kv_heads": kv,
             "window": data.draw(st.none() | st.integers(1, T + 1), label="window"),
             "rope_base": data.draw(st.sampled_from([10000.0, 100.0, None]), label="rope_base"),
@@ -142,6 +143,10 @@ def test_cached_pieces_equal_the_full_pass(d2l, data):
     for ours, theirs in zip(cache, want_cache):
         np.testing.assert_allclose(d2l.to_numpy(ours), theirs, atol=1e-5)
     last = full_weights[:, :, T - outs[-1].shape[1]:]                 # the full pass's rows of the last piece
+    if args["window"] is not None and cuts:                           # over the buffer's slots, then the piece
+        slots = max(args["window"] - 1, 1)
+        keys = start - slots + np.arange(slots + T - start)           # the positions of those keys
+        last = np.where(keys >= 0, last[..., np.maximum(keys, 0)], 0.0)  # the slots before position 0: no weight
     np.testing.assert_allclose(d2l.to_numpy(csa.attention_weights), last, atol=1e-5)
 
 
@@ -164,9 +169,9 @@ def test_parameter_names_and_shapes(d2l):
 
 
 def test_logits_and_cached_pieces(d2l):
-    """The logits are the reference's; the cache holds every position of every block; the tokens fed
-    in pieces (a prefill, then pieces of one and of several tokens, the window of 4 sliding over the
-    cache) give the logits of one pass."""
+    """The logits are the reference's; the cache of every block is its window's rolling buffer (the
+    last 3 positions of a window of 4, and the position); the tokens fed in pieces (a prefill, then
+    pieces of one and of several tokens) give the logits of one pass."""
     model, ref = small(d2l, seed=2)
     tokens = np.random.default_rng(3).integers(0, SMALL["vocab_size"], (2, 9)).astype(np.int32)
     full, cache = model(d2l.tensor(tokens), training=False)
@@ -174,14 +179,15 @@ def test_logits_and_cached_pieces(d2l):
     np.testing.assert_allclose(full, ref(tokens, training=False)[0], atol=1e-4)
     head_size = SMALL["num_hiddens"] // SMALL["num_heads"]
     assert len(cache) == SMALL["num_layers"]
-    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+    buffer = (2, SMALL["num_kv_heads"], SMALL["window"] - 1, head_size)
+    assert all(tuple(k.shape) == tuple(v.shape) == buffer and int(p) == 9 for k, v, p in cache)
     pieces, cache, start = [], None, 0
     for size in (4, 1, 3, 1):
         out, cache = model(d2l.tensor(tokens[:, start:start + size]), cache=cache, training=False)
         pieces.append(d2l.to_numpy(out))
         start += size
     np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
-    assert all(tuple(k.shape) == tuple(v.shape) == (2, SMALL["num_kv_heads"], 9, head_size) for k, v in cache)
+    assert all(tuple(k.shape) == tuple(v.shape) == buffer and int(p) == 9 for k, v, p in cache)
 
 
 # --- generate ---------------------------------------------------------------------------------
@@ -243,6 +249,18 @@ test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is
 # --- bad input --------------------------------------------------------------------------------
 
 BAD_INPUT = {
+    "odd rotated features": (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_fraction=0.25), ValueError,
+                             r"rope_fraction \* head_size must be an even whole number of features \(rotary "
+                             r"encoding rotates pairs\), got 0.25 \* 4 = 1"),
+    "rope_fraction above 1": (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_fraction=1.5), ValueError,
+                              r"rope_fraction must be a number in \(0, 1\], got 1.5"),
+    "model rope_scaling": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8, rope_scaling={"type": "linear"}), ValueError,
+                           r"scaling must be None or a dict with 'type' one of 'llama3', 'yarn', got 'linear'"),
+    "logit_cap zero": (lambda d2l: d2l.CausalSelfAttention(8, 2, logit_cap=0), ValueError,
+                       r"logit_cap must be None or a positive number \(scores become cap \* tanh\(scores / cap\)\), "
+                       r"got 0"),
+    "model logit_cap negative": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8, logit_cap=-1.0), ValueError,
+                                 r"logit_cap must be None or a positive number .* got -1.0"),
     "csa kv heads not dividing": (lambda d2l: d2l.CausalSelfAttention(12, 6, num_kv_heads=4), ValueError,
                                   r"num_kv_heads \(4\) must divide num_heads \(6\)"),
     "csa rope odd head size": (lambda d2l: d2l.CausalSelfAttention(6, 2)(t(d2l, 2, 3, 6)), ValueError,
@@ -279,6 +297,27 @@ BAD_INPUT = {
         r"cache must be None or a list with one \(keys, values\) per block \(2, num_layers\), got 1 entries"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- the open-model options: partial RoPE (GPT-NeoX, Qwen3-Next) and NoPE layers -------------
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, None])
+def test_rope_fraction_rotates_the_first_features_of_each_head_and_keeps_the_rest(d2l, fraction):
+    """The cached keys are the projected keys, their first rope_fraction * head_size features
+    rotated at their positions by RoPE over that many features; rope_fraction=1 is RoPE as before,
+    rope_base=None (a NoPE layer) rotates nothing."""
+    h, heads, dh = 16, 2, 8
+    args = {"rope_base": None} if fraction is None else {"rope_fraction": fraction}
+    layer, ref = d2l.CausalSelfAttention(h, heads, **args), reference.CausalSelfAttention(h, heads, **args)
+    params = random_params(ref, np.random.default_rng(0))
+    d2l.set_params(layer, params)
+    X = np.random.default_rng(1).normal(size=(2, 5, h))
+    keys = d2l.to_numpy(layer(d2l.tensor(X.astype(np.float32)), training=False)[1][0])  # (b, heads, T, dh)
+    raw = (X @ params["W_k"]).reshape(2, 5, heads, dh).transpose(0, 2, 1, 3)           # (b, heads, T, dh)
+    r = 0 if fraction is None else int(fraction * dh)
+    rotated = reference.RotaryPositionalEncoding(r)(raw[..., :r]) if r else raw[..., :0]
+    np.testing.assert_allclose(keys, np.concatenate([rotated, raw[..., r:]], -1), atol=1e-5)
 
 
 # --- generate: the work of the cache, every argument, evaluation mode, dropout per branch ---------

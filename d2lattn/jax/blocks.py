@@ -5,6 +5,8 @@ initial weights and dropout, and `training=None` follows the module's
 train/eval state.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,6 +14,9 @@ from flax import nnx
 from d2lattn import _checks
 from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.ops import causal_mask
+
+# The gate of a gated FFN: SiLU (SwiGLU, LLaMA) or GELU in its tanh form (GeGLU, Gemma).
+GATES = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 
 
 class LayerNorm(nnx.Module):
@@ -55,7 +60,7 @@ class RMSNorm(nnx.Module):
 
 
 class SwiGLUFFN(nnx.Module):
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, rngs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu", rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         n_in = _checks.checked_positive_int("num_inputs", num_inputs)
         n_h = _checks.checked_positive_int("ffn_num_hiddens", ffn_num_hiddens)
@@ -63,10 +68,11 @@ class SwiGLUFFN(nnx.Module):
         self.W_gate = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)
         self.W_up = nnx.Linear(n_in, n_h, use_bias=False, rngs=rngs)
         self.W_down = nnx.Linear(n_h, n_out, use_bias=False, rngs=rngs)
+        self.gate = GATES[_checks.checked_choice("activation", activation, GATES)]
 
     def __call__(self, X, *, training=None):
         _checks.check_features("X", X.shape, self.W_gate.in_features, "the num_inputs")
-        return self.W_down(jax.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
+        return self.W_down(self.gate(self.W_gate(X)) * self.W_up(X))        # (..., ffn_num_outputs)
 
 
 class AddNorm(nnx.Module):

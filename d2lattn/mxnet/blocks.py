@@ -1,12 +1,17 @@
 """The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder
 and decoder blocks."""
 
+import math
+
 from mxnet import np
 from mxnet.gluon import nn
 
 from d2lattn import _checks
 from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.ops import _F, _graph_keep, _traced, _train_mode, causal_mask
+
+# The gate of a gated FFN: SiLU (SwiGLU, LLaMA) or GELU in its tanh form (GeGLU, Gemma).
+GATES = ("silu", "gelu_tanh")
 
 
 class LayerNorm(nn.HybridBlock):
@@ -67,7 +72,7 @@ class RMSNorm(nn.HybridBlock):
 
 
 class SwiGLUFFN(nn.HybridBlock):
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         super().__init__()
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
@@ -75,6 +80,7 @@ class SwiGLUFFN(nn.HybridBlock):
         self.W_gate = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_up = nn.Dense(n_h, use_bias=False, flatten=False, in_units=n_in)
         self.W_down = nn.Dense(n_out, use_bias=False, flatten=False, in_units=n_h)
+        self.activation = _checks.checked_choice("activation", activation, GATES)
         self.initialize(DENSE_INIT)
 
     def __call__(self, X, *, training=None):  # no dropout: `training` is ignored
@@ -84,7 +90,11 @@ class SwiGLUFFN(nn.HybridBlock):
 
     def hybrid_forward(self, F, X):
         G = self.W_gate(X)                                                # (..., ffn_num_hiddens)
-        return self.W_down(G * F.npx.sigmoid(G) * self.W_up(X))           # silu(G) * up: (..., ffn_num_outputs)
+        if self.activation == "silu":
+            A = G * F.npx.sigmoid(G)
+        else:                                                             # GELU's tanh form: GeGLU (Gemma)
+            A = 0.5 * G * (1 + F.np.tanh(math.sqrt(2 / math.pi) * (G + 0.044715 * G ** 3)))
+        return self.W_down(A * self.W_up(X))                              # (..., ffn_num_outputs)
 
 
 class AddNorm(nn.HybridBlock):

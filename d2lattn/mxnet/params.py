@@ -68,13 +68,16 @@ def _named(module):
     Gluon's Dense keeps its weight as (out, in): canonical `W_x` is its transpose,
     and the bias of `W_x` is `b_x`. An Embedding's table (vocab, embed) is named
     by the block, like a dense map: `embedding`, `encoder.embedding`. So are the
-    one-layer rnn.GRUs of our GRU: `l0.W_xr`, `l1.W_xr` ... (see `_gru`). A HybridSequential's
+    one-layer rnn.GRUs of our GRU: `l0.W_xr`, `l1.W_xr` ... (see `_gru`). A Dense sharing an
+    embedding's table (a tied head) is named once, by the embedding. A HybridSequential's
     children are named by their index: `blocks.0.attention.W_q`. Other trainable parameters keep their names;
     Constants (the positional codes) are not parameters.
     """
     named = {}
     for path, sub in _submodules(module):
         prefix = f"{path}." if path else ""
+        if isinstance(sub, nn.Dense) and any(sub.weight is p for p, _ in named.values()):
+            continue                                                    # a tied head: named by its embedding
         if isinstance(sub, nn.Dense):
             named[path] = (sub.weight, _Layout(transpose=True))
             if sub.bias is not None:

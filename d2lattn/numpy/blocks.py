@@ -8,6 +8,9 @@ from d2lattn.numpy.attention import MultiHeadAttention, _init
 from d2lattn.numpy.ops import causal_mask
 from d2lattn.numpy.params import Module
 
+# The gate of a gated FFN: SiLU (SwiGLU, LLaMA) or GELU in its tanh form (GeGLU, Gemma).
+GATES = ("silu", "gelu_tanh")
+
 
 class LayerNorm(Module):
     def __init__(self, normalized_size, eps=1e-5):
@@ -54,20 +57,24 @@ class RMSNorm(Module):
 
 
 class SwiGLUFFN(Module):
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         super().__init__()
         rng = np.random.default_rng(0)
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
         n_out = n_in if ffn_num_outputs is None else _checks.checked_positive_int("ffn_num_outputs", ffn_num_outputs)
         self.params = {"W_gate": _init(rng, n_in, n_h), "W_up": _init(rng, n_in, n_h), "W_down": _init(rng, n_h, n_out)}
+        self.activation = _checks.checked_choice("activation", activation, GATES)
 
     def forward(self, X, *, training=None):
         p = self.params
         _checks.check_features("X", X.shape, p["W_gate"].shape[0], "the num_inputs")
         G = X @ p["W_gate"]                                            # (..., ffn_num_hiddens)
-        silu = G * 0.5 * (1 + np.tanh(0.5 * G))                        # G * sigmoid(G), without overflow
-        return (silu * (X @ p["W_up"])) @ p["W_down"]                  # (..., ffn_num_outputs)
+        if self.activation == "silu":
+            A = G * 0.5 * (1 + np.tanh(0.5 * G))                       # G * sigmoid(G), without overflow
+        else:                                                          # GELU's tanh form: GeGLU (Gemma)
+            A = 0.5 * G * (1 + np.tanh(np.sqrt(2 / np.pi) * (G + 0.044715 * G**3)))
+        return (A * (X @ p["W_up"])) @ p["W_down"]                     # (..., ffn_num_outputs)
 
 
 class AddNorm(Module):

@@ -1,12 +1,17 @@
 """The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder and
 decoder blocks."""
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from d2lattn import _checks
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.ops import _Layer, causal_mask
+
+# The gate of a gated FFN: SiLU (SwiGLU, LLaMA) or GELU in its tanh form (GeGLU, Gemma).
+GATES = {"silu": tf.nn.silu, "gelu_tanh": functools.partial(tf.nn.gelu, approximate=True)}
 
 
 class LayerNorm(_Layer):
@@ -55,7 +60,7 @@ class RMSNorm(_Layer):
 
 
 class SwiGLUFFN(_Layer):
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         super().__init__()
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
@@ -63,11 +68,12 @@ class SwiGLUFFN(_Layer):
         self.W_gate = _dense_layer(n_in, n_h)
         self.W_up = _dense_layer(n_in, n_h)
         self.W_down = _dense_layer(n_h, n_out)
+        self.gate = GATES[_checks.checked_choice("activation", activation, GATES)]
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, X, *, training=None):
         _checks.check_features("X", X.shape, self.W_gate.kernel.shape[0], "the num_inputs")
-        return self.W_down(tf.nn.silu(self.W_gate(X)) * self.W_up(X))     # (..., ffn_num_outputs)
+        return self.W_down(self.gate(self.W_gate(X)) * self.W_up(X))        # (..., ffn_num_outputs)
 
 
 class AddNorm(_Layer):

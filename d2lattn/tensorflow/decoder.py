@@ -1,14 +1,17 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from d2lattn import _checks, sampling
+from d2lattn import _checks, hub, sampling
 from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.ops import _Layer, causal_mask
+from d2lattn.tensorflow.params import get_params, set_params
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
@@ -24,75 +27,146 @@ class CausalSelfAttention(MultiHeadAttention):
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.kernel.shape[0], self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias and not bias:                                    # Qwen2: on W_q, W_k, W_v, not W_o
+            for x in "qkv":                                                # a built Dense takes no new weight:
+                self._tracker.untrack(dense := getattr(self, f"W_{x}"))    # replaced by a biased one
+                setattr(self, f"W_{x}", _dense_layer(*dense.kernel.shape, bias=True))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None           # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = self.add_weight(shape=(self.num_heads,), initializer="zeros", name="sinks") if sinks else None
+        self.W_gate = _dense_layer(h, h) if output_gate else None          # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return tf.concat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def call(self, X, *, cache=None, position=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
-        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        start = position if position is not None else 0 if cache is None else tf.shape(cache[0])[2]
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size, self.window)
+        start = position if position is not None else _seen(cache)     # positions seen before
         q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                          # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
-        if position is not None:
+            q, k = self._rotate(q, start), self._rotate(k, start)          # at positions start .. start + T - 1
+        T = tf.shape(X)[1] if X.shape[1] is None else X.shape[1]          # a number where it is known
+        if position is not None and self.window is None:
             k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
                     for buffer, new in zip(cache, (k, v)))
-        elif cache is not None:
-            k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
-        mask = causal_mask(tf.shape(X)[1], tf.shape(k)[2], offset=start, window=self.window)  # (T, t + T)
-        return self._attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
+            mask = causal_mask(T, tf.shape(k)[2], offset=start)            # (T, max_len): later slots unseen
+        else:
+            if cache is not None:
+                k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
+            n = tf.shape(k)[2]
+            mask = causal_mask(T, n, offset=n - T, window=self.window)     # (T, n): lower right
+            mask &= tf.range(n) >= n - T - start                           # not a buffer's slots before 0
+        gate = None if self.W_gate is None else self._split_heads(tf.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks[:, None]        # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, start + T)  # (b, T, num_hiddens)
+
+
+def _seen(cache):
+    """How many positions a cache has seen (its length may be known only at run time)."""
+    if cache is None or len(cache) == 3:
+        return _checks.cached_positions(cache)
+    return tf.shape(cache[0])[2]
+
+
+def _rolled(k, v, window, position):
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at (an int32
+    tensor: Keras takes no nested argument that mixes tensors and numbers). Nothing older is ever
+    seen again, so its memory stays the same however long the sequence grows (and its shape too,
+    so one trace serves every token)."""
+    keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
+    k, v = (tf.concat([tf.zeros(tf.concat([tf.shape(x)[:2], [keep], tf.shape(x)[3:]], 0)), x], 2) for x in (k, v))
+    return k[:, :, tf.shape(k)[2] - keep:], v[:, :, tf.shape(v)[2] - keep:], tf.cast(position, tf.int32)
 
 
 class TransformerLMBlock(_Layer):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
+                 norm_eps, post_norms=False, ffn_activation="silu", **options):
         super().__init__()
-        self.norm1 = RMSNorm(num_hiddens)
+        self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
-        self.norm2 = RMSNorm(num_hiddens)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        self.norm2 = RMSNorm(num_hiddens, norm_eps)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def call(self, X, *, cache=None, position=None, training=None):
         Y, cache = self.attention(self.norm1(X), cache=cache, position=position, training=training)
-        X = X + self.dropout(Y, training=training)                        # (b, T, h)
-        X = X + self.dropout(self.ffn(self.norm2(X)), training=training)
+        X = X + self.dropout(self._post(self.post_norm1, Y), training=training)  # (b, T, h)
+        Y = self.ffn(self.norm2(X))                                         # (b, T, h)
+        X = X + self.dropout(self._post(self.post_norm2, Y), training=training)
         return X, cache
 
 
 class TransformerLM(_Layer):
-    """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step)."""
+    """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step).
+    Tied (W_out None), the Embedding's table (vocab, h) maps back to the vocabulary."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
+        self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=window, rope_base=rope_base, dropout=dropout)
-                       for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
-        self.norm = RMSNorm(num_hiddens)
-        self.W_out = _dense_layer(num_hiddens, vocab_size)
+                                          window=w, rope_base=base, dropout=dropout, **layer, **options)
+                       for w, base in zip(_checks.per_layer("window", window, L),
+                                          _checks.per_layer("rope_base", rope_base, L))]
+        self.norm = RMSNorm(num_hiddens, norm_eps)
+        self.W_out = None if tie_embeddings else _dense_layer(num_hiddens, vocab_size)
+        self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
+            "final_logit_cap", final_logit_cap)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, tokens, *, cache=None, position=None, training=None):
         tokens = tf.convert_to_tensor(tokens)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
-        X = self.embedding(tokens)                                         # (b, T, h)
+        X = self.embedding(tokens) * self.embedding_scale                  # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, position=position, training=training)
             caches.append(block_cache)
-        return self.W_out(self.norm(X)), caches                            # (b, T, vocab), one cache per block
+        X = self.norm(X)
+        logits = (tf.matmul(X, self.embedding.embeddings, transpose_b=True) if self.W_out is None
+                  else self.W_out(X))                                      # (b, T, vocab)
+        if self.final_logit_cap is not None:
+            logits = self.final_logit_cap * tf.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)
+        return logits, caches                                              # one cache per block
 
 
 def _calls(model):
@@ -101,9 +175,11 @@ def _calls(model):
     if not hasattr(model, "_generate_calls"):
         attention = model.blocks[0].attention
         buffer = tf.TensorSpec((None, attention.num_kv_heads, None, attention.head_size), tf.float32)
-        tokens = tf.TensorSpec((None, None), tf.int32)
+        tokens, position = tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)
+        caches = [(buffer, buffer) if block.attention.window is None else (buffer, buffer, position)
+                  for block in model.blocks]
 
-        @tf.function(input_signature=[tokens, tf.TensorSpec((), tf.int32), [(buffer, buffer)] * len(model.blocks)])
+        @tf.function(input_signature=[tokens, position, caches])
         def step(tokens, position, buffers):
             logits, buffers = model(tokens, cache=buffers, position=position, training=False)
             return logits[:, -1], buffers                                  # (b, vocab), the buffers
@@ -114,6 +190,16 @@ def _calls(model):
 
         model._generate_calls = step, full
     return model._generate_calls
+
+
+def _buffers(attention, b, L):
+    """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
+    sequence, or a window's rolling buffer of window - 1 positions, at position 0."""
+    if attention.window is None:
+        shape = (b, attention.num_kv_heads, L, attention.head_size)        # (b, kv_heads, L, dh)
+        return tf.zeros(shape), tf.zeros(shape)
+    shape = (b, attention.num_kv_heads, max(attention.window - 1, 1), attention.head_size)  # (b, kv_heads, keep, dh)
+    return tf.zeros(shape), tf.zeros(shape), tf.constant(0)
 
 
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
@@ -127,9 +213,8 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     num_tokens = _checks.checked_positive_int("num_tokens", num_tokens)
     rng = np.random.default_rng(seed)
     step, full = _calls(model)
-    attention = model.blocks[0].attention
-    shape = (len(tokens), attention.num_kv_heads, tokens.shape[1] + num_tokens, attention.head_size)
-    buffers = [(tf.zeros(shape), tf.zeros(shape)) for _ in model.blocks] if use_cache else None
+    buffers = [_buffers(block.attention, len(tokens), tokens.shape[1] + num_tokens)
+               for block in model.blocks] if use_cache else None
     new, position = tokens, 0                                              # what the next step feeds, and where
     for _ in range(num_tokens):
         if use_cache:
@@ -140,3 +225,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = sampling.next_tokens(logits.numpy(), temperature, rng)[:, None]  # (b, 1)
         tokens = np.concatenate([tokens, new], 1)
     return tokens                                                          # (b, T0 + num_tokens)
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -1,6 +1,8 @@
 """The transformer's building blocks: layer norm, position-wise FFN, RMSNorm, SwiGLU FFN, Add & Norm, encoder and
 decoder blocks."""
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -8,6 +10,9 @@ from torch.nn import functional as F
 from d2lattn import _checks
 from d2lattn.torch.attention import MultiHeadAttention
 from d2lattn.torch.ops import causal_mask
+
+# The gate of a gated FFN: SiLU (SwiGLU, LLaMA) or GELU in its tanh form (GeGLU, Gemma).
+GATES = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
 
 
 class LayerNorm(nn.Module):
@@ -53,7 +58,7 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLUFFN(nn.Module):
-    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None):
+    def __init__(self, num_inputs, ffn_num_hiddens, ffn_num_outputs=None, *, activation="silu"):
         super().__init__()
         n_in, n_h = (_checks.checked_positive_int(name, n) for name, n in (
             ("num_inputs", num_inputs), ("ffn_num_hiddens", ffn_num_hiddens)))
@@ -61,10 +66,11 @@ class SwiGLUFFN(nn.Module):
         self.W_gate = nn.Linear(n_in, n_h, bias=False)
         self.W_up = nn.Linear(n_in, n_h, bias=False)
         self.W_down = nn.Linear(n_h, n_out, bias=False)
+        self.gate = GATES[_checks.checked_choice("activation", activation, GATES)]
 
     def forward(self, X, *, training=None):  # no dropout: `training` is ignored
         _checks.check_features("X", X.shape, self.W_gate.in_features, "the num_inputs")
-        return self.W_down(F.silu(self.W_gate(X)) * self.W_up(X))          # (..., ffn_num_outputs)
+        return self.W_down(self.gate(self.W_gate(X)) * self.W_up(X))        # (..., ffn_num_outputs)
 
 
 class AddNorm(nn.Module):

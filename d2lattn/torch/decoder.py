@@ -1,16 +1,19 @@
 """Decoder-only language models: CausalSelfAttention with a K/V cache, TransformerLM, generate."""
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from d2lattn import _checks
+from d2lattn import _checks, hub
 from d2lattn.sampling import next_tokens
 from d2lattn.torch.attention import MultiHeadAttention
 from d2lattn.torch.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.torch.encoding import RotaryPositionalEncoding
-from d2lattn.torch.ops import causal_mask, to_numpy
+from d2lattn.torch.ops import _threads_of_its_size, causal_mask, to_numpy
+from d2lattn.torch.params import get_params, set_params
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -18,74 +21,131 @@ class CausalSelfAttention(MultiHeadAttention):
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far."""
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.in_features, self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias:                                             # Qwen2: on W_q, W_k, W_v, not W_o
+            for dense in (self.W_q, self.W_k, self.W_v):
+                dense.bias = nn.Parameter(torch.zeros(dense.out_features))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None       # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None   # (heads,): one logit each
+        self.W_gate = nn.Linear(h, h, bias=False) if output_gate else None          # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return torch.cat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def forward(self, X, *, cache=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
-        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size)
-        T, t = X.shape[1], 0 if cache is None else cache[0].shape[2]   # new and cached positions
+        _checks.check_cache(cache, X.shape[0], self.num_kv_heads, self.head_size, self.window)
+        T, t = X.shape[1], _checks.cached_positions(cache)             # new positions, and those seen before
         q = self._split_heads(self.W_q(X))                             # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                             # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                             # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=t), self.rope(k, offset=t)      # at positions t .. t + T - 1
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
         if cache is not None:
-            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
-        mask = causal_mask(T, t + T, offset=t, window=self.window).to(X.device)  # (T, t + T): lower right
-        return self._attend(q, k, v, mask=mask, training=training), (k, v)      # (b, T, num_hiddens)
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
+        n = k.shape[2]
+        mask = causal_mask(T, n, offset=n - T, window=self.window).to(X.device)  # (T, n): lower right
+        mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # not a buffer's slots before position 0
+        gate = None if self.W_gate is None else self._split_heads(torch.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks.unsqueeze(1)         # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v) if self.window is None else _rolled(k, v, self.window, t + T)  # (b, T, num_hiddens)
+
+
+def _rolled(k, v, window, position):
+    """A window's cache: the last window - 1 (at least one) keys and values (b, kv_heads, keep, dh),
+    zeros in front of the first position, and the position the next call starts at. Nothing older
+    is ever seen again, so its memory stays the same however long the sequence grows."""
+    keep = max(window - 1, 1)                                          # one slot at least (window 1: always masked)
+    k, v = (torch.cat([x.new_zeros(x.shape[:2] + (keep,) + x.shape[3:]), x], 2) for x in (k, v))
+    return k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], position
 
 
 class TransformerLMBlock(nn.Module):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
+                 norm_eps, post_norms=False, ffn_activation="silu", **options):
         super().__init__()
-        self.norm1 = RMSNorm(num_hiddens)
+        self.norm1 = RMSNorm(num_hiddens, norm_eps)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
-        self.norm2 = RMSNorm(num_hiddens)
-        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
+                                             rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
+        self.norm2 = RMSNorm(num_hiddens, norm_eps)
+        self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
+        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
         self.rate = _checks.checked_dropout_rate(dropout)
 
+
+    @staticmethod
+    def _post(norm, Y):
+        """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
+        return Y if norm is None else norm(Y)
     def forward(self, X, *, cache=None, training=None):
         training = self.training if training is None else training
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training)
-        X = X + F.dropout(Y, self.rate, training)                      # (b, T, h)
-        X = X + F.dropout(self.ffn(self.norm2(X)), self.rate, training)
+        X = X + F.dropout(self._post(self.post_norm1, Y), self.rate, training)  # (b, T, h)
+        Y = self.ffn(self.norm2(X))                                     # (b, T, h)
+        X = X + F.dropout(self._post(self.post_norm2, Y), self.rate, training)
         return X, cache
 
 
 class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
+                 scale_embeddings=False, ffn_activation="silu"):
         super().__init__()
+        self.config = hub.arguments(locals())                         # what save_pretrained writes
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
+        L = _checks.checked_positive_int("num_layers", num_layers)
         self.embedding = nn.Embedding(v, h)
+        self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nn.ModuleList(
-            TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
-                               rope_base=rope_base, dropout=dropout)
-            for _ in range(_checks.checked_positive_int("num_layers", num_layers)))
-        self.norm = RMSNorm(h)
-        self.W_out = nn.Linear(h, v, bias=False)
+            TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=w,
+                               rope_base=base, dropout=dropout, **layer, **options)
+            for w, base in zip(_checks.per_layer("window", window, L), _checks.per_layer("rope_base", rope_base, L)))
+        self.norm = RMSNorm(h, norm_eps)
+        self.W_out = None if tie_embeddings else nn.Linear(h, v, bias=False)
+        self.final_logit_cap = None if final_logit_cap is None else _checks.checked_positive_number(
+            "final_logit_cap", final_logit_cap)
 
     def forward(self, tokens, *, cache=None, training=None):
-        tokens = torch.as_tensor(tokens, device=self.W_out.weight.device)
+        tokens = torch.as_tensor(tokens, device=self.embedding.weight.device)
         _checks.check_tokens(tokens.shape, "tokens")
         _checks.check_lm_cache(cache, len(self.blocks))
-        X = self.embedding(tokens)                                     # (b, T, h)
+        X = self.embedding(tokens) * self.embedding_scale              # (b, T, h)
         caches = []
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
             X, block_cache = block(X, cache=block_cache, training=training)
             caches.append(block_cache)
-        return self.W_out(self.norm(X)), caches                        # (b, T, vocab), one cache per block
+        X = self.norm(X)
+        # tied: the embedding's own (vocab, h) table maps back to the vocabulary, one parameter for both
+        logits = X @ self.embedding.weight.T if self.W_out is None else self.W_out(X)  # (b, T, vocab)
+        if self.final_logit_cap is not None:
+            logits = self.final_logit_cap * torch.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)
+        return logits, caches                                          # one cache per block
 
 
+@_threads_of_its_size  # one thread for a small model (d2lattn/torch/ops.py)
 @torch.no_grad()
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
     """Without autograd and with training=False. PyTorch runs eagerly, so nothing is traced:
@@ -101,3 +161,16 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
         new = next_tokens(to_numpy(logits[:, -1]), temperature, rng)[:, None]  # (b, 1)
         tokens = np.concatenate([tokens, new], axis=1)                 # (b, T + 1)
     return tokens
+
+
+def from_pretrained(path, *, dtype="float32"):
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    kwargs, params = hub.load(path, dtype)
+    model = TransformerLM(**kwargs)
+    set_params(model, params)
+    return model
+
+
+def save_pretrained(model, path, *, family="llama"):
+    """config.json and model.safetensors that transformers' AutoModelForCausalLM opens."""
+    hub.save(model.config, get_params(model), path, family)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import cache, common, linear, memory
+from benchmarks import cache, common, flex, linear, memory
 from d2lattn import jax as d2l
 from tests.native.peers_jax import native_mha, padding_mask
 
@@ -109,3 +109,4 @@ if __name__ == "__main__":
     cache_per_token()
     linear_forms()
     blockwise_memory()
+    flex.main(d2l, sync=jax.block_until_ready)

@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import npx
 
-from benchmarks import cache, common, linear, memory
+from benchmarks import cache, common, flex, linear, memory
 from d2lattn import mxnet as d2l  # switches MXNet to its NumPy interface first
 from d2lattn.sampling import next_tokens
 from tests.native.peers_mxnet import native_mha, row_lengths
@@ -135,3 +135,4 @@ if __name__ == "__main__":
     cache_per_token()
     linear_forms()
     blockwise_memory()
+    flex.main(d2l, sync=wait)

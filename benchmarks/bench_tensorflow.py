@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from benchmarks import cache, common, linear, memory
+from benchmarks import cache, common, flex, linear, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -108,3 +108,4 @@ if __name__ == "__main__":
     cache_per_token()
     linear_forms()
     blockwise_memory()
+    flex.main(d2l)

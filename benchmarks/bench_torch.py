@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import cache, common, linear, memory, shared_cpu
+from benchmarks import cache, common, flex, linear, memory, shared_cpu
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -86,9 +86,16 @@ def linear_forms():
         linear.main(d2l, how="eager, no grad, one thread")
 
 
+def flex_masks():
+    """flex_attention's skipped tiles (benchmarks/flex.py), gradients on (main turned them off)."""
+    with torch.enable_grad():
+        flex.main(d2l)
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
     shared_cpu.main()  # training beside a concurrent CPU load, before blockwise_memory sets one thread
     linear_forms()
     blockwise_memory()
+    flex_masks()

@@ -1,7 +1,7 @@
 """Peak memory and time of blockwise attention against dense attention, on any backend.
 
 Memory: each measurement runs in a fresh Python process (the backend imported, the inputs made,
-a small warm-up call run, glibc's mmap threshold fixed so freed blocks leave the RSS), which
+a small warm-up call run, glibc's allocator as it comes: no mmap threshold fixed, no tuning), which
 reports the growth of its peak resident set size (resource.getrusage ru_maxrss) over that
 baseline during one forward pass, or one forward and backward pass (d2l.value_and_grads), of
 causal attention at T tokens (batch 1, one head, d = 64):
@@ -73,9 +73,9 @@ def measure(kind, passes, tokens):
 
 def child(backend, kind, passes, tokens):
     """`measure` in a new interpreter; None where it failed (out of memory, say)."""
-    # glibc's dynamic mmap threshold would keep the loop's freed temporaries in the heap, and the peak
-    # RSS would count that fragmentation; a fixed threshold returns every large block when it is freed
-    env = {**os.environ, "D2LATTN_BACKEND": backend, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    # the default allocator, as a user gets it: no mallopt, no MALLOC_* tuning
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    env["D2LATTN_BACKEND"] = backend
     done = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", kind, passes, str(tokens)],
                           env=env, capture_output=True, text=True, timeout=600)
     lines = done.stdout.strip().splitlines()

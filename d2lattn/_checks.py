@@ -446,6 +446,53 @@ def check_state(name, state, want, what):
                          f"{', '.join(str(s) for s in shapes)}; was it made by inputs of another shape?")
 
 
+
+
+# --- flex attention -------------------------------------------------------------------------
+
+
+def check_mod(name, mod, what):
+    """A score_mod / mask_mod: None or a function (a mask_mod may be a BlockMask from block_mask)."""
+    if mod is not None and not callable(mod):
+        raise TypeError(f"{name} must be None or a function {what}, got {type(mod).__name__}")
+
+
+def check_mask_mod_result(dtype):
+    if str(dtype) != "bool":
+        raise TypeError(f"mask_mod must return booleans (True = may attend), got {dtype}")
+
+
+def block_mask_mismatch(got, got_axes, want, want_axes):
+    return (f"block_mask was built for (num_queries, num_keys, block_size) = {got} and (batch, heads) = "
+            f"{got_axes}, but the call has {want} and {want_axes} (batch and heads may also be 1)")
+
+
+def checked_document_ids(shape):
+    """document_mask: per-token document ids, (k,) or (b, k)."""
+    if len(shape) not in (1, 2):
+        raise ValueError(f"document_ids must have shape (positions,) or (batch, positions), got {tuple(shape)}")
+
+
+def checked_nonnegative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def checked_flex_call(queries, keys, values, score_mod, mask_mod, block_size):
+    """flex_attention's arguments (the shapes of its arrays); returns the block size."""
+    check_block_inputs(queries, keys, values)
+    check_mod("score_mod", score_mod, "(score, b, h, q_idx, kv_idx) -> score")
+    check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool, or a BlockMask")
+    return checked_positive_int("block_size", block_size)
+
+
+def checked_block_mask(mask_mod, num_queries, num_keys, block_size, batch_size, num_heads):
+    """block_mask's arguments: ((num_queries, num_keys), block_size, (batch_size, num_heads))."""
+    check_mod("mask_mod", mask_mod, "(b, h, q_idx, kv_idx) -> bool")
+    sizes = (checked_nonnegative_int("num_queries", num_queries), checked_nonnegative_int("num_keys", num_keys))
+    return (sizes, checked_positive_int("block_size", block_size),
+            (checked_positive_int("batch_size", batch_size), checked_positive_int("num_heads", num_heads)))
 # --- open-model attention options -----------------------------------------------------
 
 # RoPE scalings: {type: (required fields, optional fields)}, as Hugging Face's configs name them.

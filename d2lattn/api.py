@@ -83,6 +83,15 @@ def tanh(x):
     """Elementwise hyperbolic tangent."""
 
 
+def where(condition, x, y):
+    """Elementwise `x` where `condition` else `y`; either may be a Python number."""
+
+
+def take(table, *indices):
+    """table[indices]: one integer index array per leading axis of `table`, broadcast together
+    (a mask_mod's or score_mod's lookup, e.g. take(document_ids, b, q_idx))."""
+
+
 # --- attention ----------------------------------------------------------------
 
 
@@ -682,6 +691,67 @@ class GatedDeltaNet:
         what the previous call returned, (conv, S): the convolution's last conv_size - 1 inputs
         (b, conv_size - 1, channels) and the delta rule's state (b, num_heads, head_size, value_head_size);
         its size does not grow with the sequence. Pieces with the cache passed on give one full pass."""
+
+
+def flex_attention(queries, keys, values, *, score_mod=None, mask_mod=None, block_size=128, return_lse=False):
+    """Attention with a programmable score and mask, one tile of `block_size` queries by
+    `block_size` keys at a time (the online softmax), skipping the tiles the mask empties.
+
+    (..., q, d), (..., k, d), (..., k, dv) -> (..., q, dv) (and with return_lse=True the
+    (..., q) log-sum-exp, -inf for an empty row). The scaled scores s = q k^T / sqrt(d) of a tile
+    become score_mod(s, b, h, q_idx, kv_idx); then keys where mask_mod(b, h, q_idx, kv_idx) is
+    False are dropped. b, h, q_idx and kv_idx are int32 arrays of the batch index, the head index
+    (axis 1 of 4-d inputs; 0 for 3-d), the query and the key positions, shaped to broadcast
+    against the tile's scores, so a mod is written once with the backend's arithmetic (and
+    `where`, `take`) and runs on every backend. `mask_mod` may also be a BlockMask from
+    `block_mask` (reused across calls). Empty tiles are computed neither forward nor backward,
+    full tiles skip the mask. Gradients recompute each tile from the saved output and
+    log-sum-exp, as blockwise_attention's do; arrays a score_mod closes over are constants."""
+
+
+def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1, num_heads=1):
+    """A BlockMask (d2lattn/_tiles.py, plain NumPy, the same on every backend): `kinds`
+    (query blocks, key blocks), each tile EMPTY (0), PARTIAL (1) or FULL (2) for mask_mod
+    evaluated over `batch_size` x `num_heads` (1: the mask does not depend on that index),
+    `fraction` of the tiles computed, and the sizes; flex_attention's `mask_mod` takes it."""
+
+
+def causal_mod(offset=0):
+    """mask_mod: query i sits at offset + i; keep key j <= offset + i (causal_mask's rule)."""
+
+
+def window_mod(window, offset=0):
+    """mask_mod: causal_mod(offset) and offset + i - j < window (the window counts the query)."""
+
+
+def document_mod(document_ids):
+    """mask_mod for packed sequences: keep keys of the query's own document; document_ids
+    (k,) or (b, k) integers, one per position (queries and keys share positions)."""
+
+
+def prefix_lm_mod(prefix_length):
+    """mask_mod: every query sees the first `prefix_length` keys, and causally the rest."""
+
+
+def and_mods(*mask_mods):
+    """mask_mod: kept where every one keeps."""
+
+
+def or_mods(*mask_mods):
+    """mask_mod: kept where any one keeps."""
+
+
+def alibi_mod(num_heads, offset=0):
+    """score_mod: score - alibi_slopes(num_heads)[h] * |offset + i - j| (as alibi_bias)."""
+
+
+def softcap_mod(cap):
+    """score_mod: cap * tanh(score / cap) (Gemma 2's logit soft-capping)."""
+
+
+def relative_bias_mod(table):
+    """score_mod: score + table[h, clip(j - i, -D, D) + D], table (heads, 2 D + 1): a learned
+    bias per head and clipped relative distance (T5-style, without buckets)."""
 
 
 # --- portable parameters --------------------------------------------------------

@@ -30,6 +30,14 @@ class Case:
     pieces: tuple = ()                # a cached module fed its sequence in pieces of these sizes, cache passed on
 
 
+@dataclass(frozen=True)
+class Mod:
+    """A ready-made score_mod or mask_mod of the backend under test: getattr(d2l, name)(*args), a Mod
+    among the args built first (tests/harness.py builds it), so the same case runs on every backend."""
+    name: str
+    args: tuple = ()
+
+
 B, Q, K, D, DV = 2, 3, 4, 6, 5
 QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
@@ -41,6 +49,8 @@ STATE = ((B, 2, 4, DV), (B, 2, 4))                  # linear attention's state (
 # multi-head latent attention: a latent of 4 for 2 heads of 3 + 2 query-key and 3 value features
 MLA = {"num_hiddens": 8, "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_size": 3, "qk_rope_head_size": 2,
        "v_head_size": 3}
+SELF7 = ((B, 2, 7, 4), (B, 2, 7, 4), (B, 2, 7, DV))  # flex: 7 queries and 7 keys, tiles that need not divide them
+DOCS = ((0, 0, 0, 1, 1, 2, 2), (0, 1, 1, 1, 1, 1, 1))  # per-token document ids of each sequence (packed)
 # RoPE scalings whose bands fall inside a head of 8 at base 100 (wavelengths 6.3, 20, 63, 200)
 LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 128}
@@ -250,6 +260,23 @@ CASES = [
     Case("blockwise-one-block", "blockwise_attention", QKV7, call={"causal": True, "return_lse": True}, seed=49),
     Case("blockwise-empty-rows-lse", "blockwise_attention", QKV7, valid_lens=(0, 6),
          call={"causal": True, "offset": -1, "block_size": 4, "return_lse": True}, seed=52),
+    # flex attention: ready-made mask and score mods, tiles skipped, partial and full
+    Case("flex-plain", "flex_attention", SELF7, call={"block_size": 3}, seed=60),
+    Case("flex-causal", "flex_attention", SELF7, call={"mask_mod": Mod("causal_mod"), "block_size": 3}, seed=61),
+    Case("flex-window-lse", "flex_attention", SELF7,
+         call={"mask_mod": Mod("window_mod", (3,)), "block_size": 2, "return_lse": True}, seed=62),
+    Case("flex-document-causal", "flex_attention", SELF7,
+         call={"mask_mod": Mod("and_mods", (Mod("document_mod", (DOCS,)), Mod("causal_mod"))), "block_size": 2},
+         seed=63),
+    Case("flex-prefix-softcap", "flex_attention", SELF7,
+         call={"mask_mod": Mod("prefix_lm_mod", (3,)), "score_mod": Mod("softcap_mod", (1.5,)), "block_size": 3},
+         seed=64),
+    Case("flex-alibi-causal-offset", "flex_attention", HEADS7,
+         call={"mask_mod": Mod("causal_mod", (4,)), "score_mod": Mod("alibi_mod", (2, 4)), "block_size": 2}, seed=65),
+    Case("flex-relative-bias-3d", "flex_attention", QKV7,
+         call={"score_mod": Mod("relative_bias_mod", (((0.5, -1.0, 2.0, 0.3, -0.7),),)), "block_size": 4}, seed=66),
+    Case("flex-empty-rows-lse", "flex_attention", SELF7,
+         call={"mask_mod": Mod("causal_mod", (-2,)), "block_size": 2, "return_lse": True}, seed=67),
     # merging partial results: outputs then log-sum-exps, one of each per part
     Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
     Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),

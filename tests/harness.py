@@ -19,7 +19,7 @@ import numpy as np
 import d2lattn
 from d2lattn import api
 from d2lattn import numpy as reference
-from tests.cases import CASES
+from tests.cases import CASES, Mod
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "results"
@@ -108,15 +108,22 @@ def module_class(d2l, case_name):
     return adapted
 
 
+def built(d2l, value):
+    """A Mod of the case as the backend's own mod (its Mod arguments built first); anything else as it is."""
+    if not isinstance(value, Mod):
+        return value
+    return getattr(d2l, value.name)(*(built(d2l, arg) for arg in value.args))
+
+
 def function(d2l, case):
-    """A plain function's call with `case.call` bound; merge_attention takes its parts as
-    positional inputs, the outputs then the lses (so each is differentiated). With `case.keywords`
-    the last inputs are passed by those names (a name given twice takes a tuple), and an output
-    that nests a state, (out, (S, z)), comes back as the flat tuple of its arrays."""
+    """A plain function's call with `case.call` bound (its Mods built by the backend); merge_attention
+    takes its parts as positional inputs, the outputs then the lses (so each is differentiated). With
+    `case.keywords` the last inputs are passed by those names (a name given twice takes a tuple), and an
+    output that nests a state, (out, (S, z)), comes back as the flat tuple of its arrays."""
     fn = getattr(d2l, case.component)
     if case.component == "merge_attention":
         fn = functools.partial(lambda merge, *parts: merge(parts[: len(parts) // 2], parts[len(parts) // 2:]), fn)
-    fn = functools.partial(fn, **case.call) if case.call else fn
+    fn = functools.partial(fn, **{k: built(d2l, v) for k, v in case.call.items()}) if case.call else fn
     return functools.partial(_keywords_and_leaves, fn, case.keywords) if case.keywords else fn
 
 

@@ -216,9 +216,10 @@ def dense_attention(q, k, v):
     return (w / w.sum(-1, keepdims=True)) @ v, (top + np.log(w.sum(-1, keepdims=True)))[..., 0]
 
 
-def test_blockwise_attention_scores_one_block_at_a_time(d2l, adapter, monkeypatch):
-    """Every score matrix it builds is (..., q, at most block_size), and together they cover the keys."""
-    module = sys.modules[d2l.blockwise_attention.__module__]
+def test_blockwise_attention_scores_one_tile_at_a_time(d2l, adapter, monkeypatch):
+    """Every score matrix it builds is (..., at most block_size queries, at most max(q, block_size) keys)
+    (neighbouring full tiles may be scored together), and together they cover every query and key."""
+    module = sys.modules[d2l.flex_attention.__module__]
     seen = []
 
     def recording(*args, **kwargs):
@@ -226,15 +227,15 @@ def test_blockwise_attention_scores_one_block_at_a_time(d2l, adapter, monkeypatc
         seen.append(tuple(scores.shape))
         return scores
 
-    original = module._block_scores
-    monkeypatch.setattr(module, "_block_scores", recording)
+    original = module._tile_scores
+    monkeypatch.setattr(module, "_tile_scores", recording)
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(2, Q, D)), rng.normal(size=(2, K, D)), rng.normal(size=(2, K, 3))
     with adapter.eagerly():
         out = d2l.blockwise_attention(d2l.tensor(q), d2l.tensor(k), d2l.tensor(v), block_size=BLOCK)
     np.testing.assert_allclose(d2l.to_numpy(out), dense_attention(q, k, v)[0], atol=1e-5)
-    assert seen and all(s[:-1] == (2, Q) and s[-1] <= BLOCK for s in seen), seen
-    assert sum(s[-1] for s in seen) >= K  # every key scored, block by block
+    assert seen and all(s[:-2] == (2,) and s[-2] <= BLOCK and s[-1] <= max(Q, BLOCK) for s in seen), seen
+    assert sum(s[-2] * s[-1] for s in seen) >= Q * K  # every query scored against every key, tile by tile
 
 
 def merge(d2l, outputs, lses):

@@ -67,6 +67,14 @@ def exp(x):
 def tanh(x):
     return jnp.tanh(x)
 
+
+def where(condition, x, y):
+    return jnp.where(condition, x, y)
+
+
+def take(table, *indices):
+    return jnp.asarray(table)[tuple(indices)]
+
 # --- masking -------------------------------------------------------------------
 
 

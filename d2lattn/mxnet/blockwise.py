@@ -1,86 +1,22 @@
-"""Attention that fits in memory: blockwise (online-softmax) attention with a recomputing
-backward, and the merge of partial results.
+"""Attention that fits in memory: blockwise (online-softmax) attention, flex attention's special case
+without mods (its recomputing backward included), and the merge of partial results.
 
-MXNet runs blockwise_attention imperatively only: its custom backward is an
-mxnet.autograd.Function, which records on NDArrays and cannot enter a hybridized
-(symbolic) graph, and a symbol in MXNet 1.9 has no shape to count the key blocks
-by. merge_attention is plain array code and hybridizes like any function.
+MXNet runs blockwise_attention imperatively only, as flex_attention (d2lattn/mxnet/flex.py).
+merge_attention is plain array code and hybridizes like any function.
 """
 
-import math
-
 import numpy as onp
-from mxnet import autograd, np
+from mxnet import np
 
 from d2lattn import _checks
+from d2lattn.mxnet.flex import IMPERATIVE_ONLY, _flex, causal_mod
 from d2lattn.mxnet.ops import _F, lengths
-
-IMPERATIVE_ONLY = ("blockwise_attention runs imperatively on MXNet: its mxnet.autograd.Function cannot enter "
-                   "a hybridized graph, and a graph symbol has no shape to count the key blocks by")
-
-
-def _block_scores(queries, keys, lens, causal, offset, start):
-    """Scaled scores of the queries against one block of keys starting at `start`; -inf where masked."""
-    scores = np.matmul(queries, np.swapaxes(keys, -1, -2)) / math.sqrt(queries.shape[-1])  # (..., q, kb)
-    j = np.arange(start, start + keys.shape[-2], dtype="int32", ctx=queries.ctx)  # (kb,) key positions
-    keep = np.ones(scores.shape, dtype=bool, ctx=queries.ctx)
-    if lens is not None:
-        keep = keep * (j < lens)                                              # (..., q or 1, kb); no & on booleans
-    if causal:
-        keep = keep * (j <= offset + np.arange(queries.shape[-2], dtype="int32", ctx=queries.ctx)[:, None])  # (q, kb)
-    return np.where(keep, scores, -onp.inf)
-
-
-class _Blockwise(autograd.Function):
-    """Forward: the online softmax over key blocks. Backward: FlashAttention-2's, recomputing each
-    block's probabilities exp(scores - lse) from the saved log-sum-exp instead of storing them."""
-
-    def __init__(self, lens, causal, offset, block_size):
-        super().__init__()
-        self.lens, self.causal, self.offset, self.block_size = lens, causal, offset, block_size
-
-    def forward(self, queries, keys, values):
-        rows = queries.shape[:-1] + (1,)
-        m = np.full(rows, -onp.inf, ctx=queries.ctx)                          # (..., q, 1) running max
-        l = np.zeros(rows, ctx=queries.ctx)                                   # (..., q, 1) running sum
-        a = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=queries.ctx)  # (..., q, dv) running output
-        for start in range(0, keys.shape[-2], self.block_size):
-            stop = start + self.block_size
-            scores = _block_scores(queries, keys[..., start:stop, :], self.lens, self.causal, self.offset, start)
-            m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))         # (..., q, 1)
-            shift = np.where(np.isfinite(m_new), m_new, 0.0)                 # an empty row has no max yet
-            p = np.exp(scores - shift)                                        # (..., q, kb), 0 where masked
-            rescale = np.exp(m - shift)                                       # (..., q, 1), old terms
-            l = l * rescale + p.sum(axis=-1, keepdims=True)
-            a = a * rescale + np.matmul(p, values[..., start:stop, :])        # (..., q, dv)
-            m = m_new
-        out = a / np.where(l > 0, l, 1.0)                                     # (..., q, dv), empty row: 0
-        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -onp.inf)[..., 0]  # (..., q)
-        self.save_for_backward(queries, keys, values, out, lse)
-        return out, lse
-
-    def backward(self, d_out, d_lse):
-        d_out, d_lse = d_out.as_np_ndarray(), d_lse.as_np_ndarray()           # autograd hands legacy NDArrays
-        queries, keys, values, out, lse = self.saved_tensors
-        scale = 1 / math.sqrt(queries.shape[-1])
-        # d scores = p * (d p - D) + p * d lse, with D = rowsum(d out * out)
-        delta = ((d_out * out).sum(axis=-1) - d_lse)[..., None]               # (..., q, 1)
-        lse = np.where(np.isfinite(lse), lse, 0.0)[..., None]                 # (..., q, 1)
-        d_queries, d_keys, d_values = np.zeros_like(queries), [], []
-        for start in range(0, keys.shape[-2], self.block_size):
-            stop = start + self.block_size
-            k, v = keys[..., start:stop, :], values[..., start:stop, :]       # (..., kb, d), (..., kb, dv)
-            p = np.exp(_block_scores(queries, k, self.lens, self.causal, self.offset, start) - lse)  # (..., q, kb)
-            d_values.append(np.matmul(np.swapaxes(p, -1, -2), d_out))         # (..., kb, dv)
-            d_scores = p * (np.matmul(d_out, np.swapaxes(v, -1, -2)) - delta)  # (..., q, kb)
-            d_queries = d_queries + np.matmul(d_scores, k) * scale            # (..., q, d)
-            d_keys.append(np.matmul(np.swapaxes(d_scores, -1, -2), queries) * scale)  # (..., kb, d)
-        grads = d_queries, np.concatenate(d_keys, axis=-2), np.concatenate(d_values, axis=-2)
-        return tuple(g.as_nd_ndarray() for g in grads)                       # and takes them back
 
 
 def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False, offset=0, block_size=128,
                         return_lse=False):
+    """flex_attention without a score_mod, causal_mod(offset) as its mask_mod, and the lengths
+    applied in every tile it computes."""
     if not isinstance(queries, np.ndarray):                                  # a graph symbol
         raise TypeError(IMPERATIVE_ONLY)
     _checks.check_block_inputs(queries.shape, keys.shape, values.shape)
@@ -88,9 +24,9 @@ def blockwise_attention(queries, keys, values, valid_lens=None, *, causal=False,
     offset = _checks.checked_integer("offset", offset)
     scores_shape = (*queries.shape[:-1], keys.shape[-2])                     # (..., q, k)
     lens = None if valid_lens is None else lengths(valid_lens, scores_shape, queries.ctx)
-    out, lse = _Blockwise(lens, bool(causal), offset, block_size)(queries, keys, values)  # (..., q, dv), (..., q)
+    mask_mod = causal_mod(offset) if causal else None
+    out, lse = _flex(queries, keys, values, lens, None, mask_mod, block_size)  # (..., q, dv), (..., q)
     return (out, lse) if return_lse else out
-
 
 
 def merge_attention(outputs, lses):

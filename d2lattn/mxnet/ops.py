@@ -70,6 +70,14 @@ def exp(x):
 def tanh(x):
     return np.tanh(x)
 
+
+def where(condition, x, y):
+    return np.where(condition, x, y)
+
+
+def take(table, *indices):
+    return table[tuple(indices)]
+
 # --- modes and masking -----------------------------------------------------------
 
 LENS_IN_GRAPH = ("valid_lens cannot enter a hybridized graph (it needs the scores' shape, which graph symbols "

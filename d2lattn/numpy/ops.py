@@ -64,6 +64,14 @@ def exp(x):
 def tanh(x):
     return np.tanh(x)
 
+
+def where(condition, x, y):
+    return np.where(condition, x, y)
+
+
+def take(table, *indices):
+    return np.asarray(table)[tuple(indices)]
+
 # --- masking -------------------------------------------------------------------
 
 

@@ -72,6 +72,20 @@ def exp(x):
 def tanh(x):
     return tf.tanh(x)
 
+
+def where(condition, x, y):
+    return tf.where(condition, x, y)
+
+
+def take(table, *indices):
+    indices = [tf.cast(i, tf.int32) for i in indices]
+    if len(indices) == 1:
+        return tf.gather(table, indices[0])
+    shape = tf.shape(indices[0])
+    for i in indices[1:]:
+        shape = tf.broadcast_dynamic_shape(shape, tf.shape(i))
+    return tf.gather_nd(table, tf.stack([tf.broadcast_to(i, shape) for i in indices], -1))
+
 # --- Keras layers --------------------------------------------------------------
 
 

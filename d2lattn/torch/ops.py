@@ -112,6 +112,14 @@ def exp(x):
 def tanh(x):
     return torch.tanh(x)
 
+
+def where(condition, x, y):
+    return torch.where(condition, x, y)
+
+
+def take(table, *indices):
+    return table[tuple(i.long() for i in indices)]
+
 # --- masking -------------------------------------------------------------------
 
 

@@ -361,3 +361,21 @@ def test_modules_built_alike_start_alike_and_weights_are_not_parameters():
     assert a.attention_weights.shape == (1, 2, 3, 3)
     params = jax.tree_util.tree_leaves(nnx.state(a, nnx.Param))
     assert len(params) == 4 and all(p.shape == (8, 8) for p in params)      # W_q, W_k, W_v, W_o only
+
+
+@pytest.mark.parametrize("window", [1, 5, 16])
+def test_flex_window_matches_dot_product_attention_local_window(window):
+    """flex_attention with window_mod(w) against jax.nn.dot_product_attention(is_causal=True,
+    local_window_size=(w - 1, 0)): JAX's window counts past keys only, ours counts the query too
+    (DESIGN.md), so w here is JAX's left + 1. Forward and gradients."""
+    rng = np.random.default_rng(window)
+    xs = [jnp.asarray(rng.normal(size=(2, 3, 40, 8)), jnp.float32) for _ in range(3)]  # (b, heads, T, d)
+    swap = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  JAX's layout: (b, T, heads, d)
+    ours = lambda q, k, v: d2l.flex_attention(q, k, v, mask_mod=d2l.window_mod(window), block_size=8)  # noqa: E731
+    theirs = lambda q, k, v: swap(jax.nn.dot_product_attention(  # noqa: E731
+        swap(q), swap(k), swap(v), is_causal=True, local_window_size=(window - 1, 0)))
+    np.testing.assert_allclose(ours(*xs), theirs(*xs), atol=1e-5)
+    projection = jnp.asarray(rng.normal(size=(2, 3, 40, 8)), jnp.float32)
+    loss = lambda fn: lambda *xs: jnp.sum(fn(*xs) * projection)  # noqa: E731
+    for g, w in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(*xs), jax.grad(loss(theirs), argnums=(0, 1, 2))(*xs)):
+        np.testing.assert_allclose(g, w, atol=1e-4)

@@ -194,6 +194,34 @@ def test_sdpa_and_ours_match_float64_math_with_distinct_keys_and_values():
     np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).numpy(), want.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("mods", ["causal", "window-softcap", "prefix-alibi"])
+def test_flex_attention_matches_torch_flex_attention(mods):
+    """flex_attention against PyTorch's own torch.nn.attention.flex_attention (run eagerly on the CPU),
+    the same mods written for each, and the tiles each block mask counts. The forward only: PyTorch
+    2.13's FlexAttention has no backward on the CPU (NotImplementedError); our gradients are held
+    to dense attention's in tests/test_flex.py."""
+    from torch.nn.attention import flex_attention as native_flex
+
+    heads, T, block = 2, 256, 128
+    slopes = d2l.alibi_slopes(heads)
+    theirs = {"causal": (lambda b, h, q, kv: q >= kv, None),
+              "window-softcap": (lambda b, h, q, kv: (q >= kv) & (q - kv < 100),
+                                 lambda s, b, h, q, kv: 3.0 * torch.tanh(s / 3.0)),
+              "prefix-alibi": (lambda b, h, q, kv: (kv < 40) | (q >= kv),
+                               lambda s, b, h, q, kv: s - slopes[h] * (q - kv).abs())}[mods]
+    ours = {"causal": (d2l.causal_mod(), None), "window-softcap": (d2l.window_mod(100), d2l.softcap_mod(3.0)),
+            "prefix-alibi": (d2l.prefix_lm_mod(40), d2l.alibi_mod(heads))}[mods]
+    rng = np.random.default_rng(0)
+    xs = [torch.tensor(rng.normal(size=(1, heads, T, 16)), dtype=torch.float32) for _ in range(3)]
+    native_mask = native_flex.create_block_mask(theirs[0], None, None, T, T, device="cpu", BLOCK_SIZE=block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns that it runs unfused, eagerly: it does, on purpose
+        want = native_flex.flex_attention(*xs, score_mod=theirs[1], block_mask=native_mask)
+    got = d2l.flex_attention(*xs, mask_mod=ours[0], score_mod=ours[1], block_size=block)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    kinds = d2l.block_mask(ours[0], T, T, block).kinds                   # partial and full tiles per query row
+    np.testing.assert_array_equal((kinds == 1).sum(1), native_mask.kv_num_blocks[0, 0].numpy())
+    np.testing.assert_array_equal((kinds == 2).sum(1), native_mask.full_kv_num_blocks[0, 0].numpy())
 def test_soft_capping_and_sinks_match_flex_attention():
     """flex_attention with a score_mod that caps the scores and then masks them (Gemma 2's order), and
     a sink from its log-sum-exp: attention with one more column s is the output times

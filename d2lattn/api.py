@@ -369,9 +369,9 @@ def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, 
     src ints (S,) -> (token ids before eos, score, beam), for any Seq2Seq.
 
     Each step extends every live hypothesis by every token (log-probabilities in float64) and
-    keeps the beam_size best extensions; one that ends in eos is finished and leaves the beam.
-    The search stops when nothing is live, when beam_size hypotheses have finished, or after
-    num_steps steps (the live ones then count as finished). The answer is the finished
+    keeps the beam_size best extensions; one that ends in eos is finished and leaves the beam
+    (kept aside, whatever its length). The search stops when nothing is live or after num_steps
+    steps (the live ones then count as finished). The answer is the finished
     hypothesis of best score: Wu et al. (2016)'s length normalization, log P / ((5 + L) / 6) **
     length_penalty, with L the number of scored tokens (eos included); length_penalty=0 ranks by
     log P. `beam`: per step, the kept extensions as (tokens, log P, finished), best first.

@@ -34,9 +34,9 @@ def beam_search(next_logits, bos, eos, num_steps, beam_size, length_penalty):
     (beam_size, vocab) of the token after each. Rows beyond the live hypotheses repeat row 0, so
     the decoder always sees beam_size rows. At each step every live hypothesis is extended by
     every token, in float64 log-probabilities; the beam_size best extensions are kept: those
-    ending in `eos` are finished and leave the beam, the others stay live. The search stops when
-    nothing is live, or when beam_size hypotheses have finished (Hugging Face's early stopping),
-    or after num_steps steps, where the live hypotheses join the finished ones. The answer is
+    ending in `eos` are finished and leave the beam, the others stay live (the next step refills
+    the beam from their extensions). The search stops when nothing is live, or after num_steps
+    steps, where the live hypotheses join the finished ones. The answer is
     the hypothesis with the best length_normalized score, its length counting every scored
     token (eos included). Returns (tokens before eos, that score, the beam at each step: a
     list of (tokens, log-probability, finished) for every kept extension, best first)."""
@@ -59,7 +59,7 @@ def beam_search(next_logits, bos, eos, num_steps, beam_size, length_penalty):
                 alive.append((tokens, score))
             step.append((list(tokens), score, tokens[-1] == eos))
         history.append(step)
-        if not alive or len(finished) >= beam_size:
+        if not alive:
             break
     else:
         finished += [(tokens, score, len(tokens)) for tokens, score in alive]

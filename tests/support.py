@@ -51,6 +51,26 @@ def portable_seq2seq_init(d2l, model, seed, num_hiddens):
     return params
 
 
+def portable_transformer_init(d2l, model, seed, num_hiddens):
+    """The same starting weights on every backend, drawn by NumPy: embeddings N(0, 1/num_hiddens) (so
+    that times sqrt(num_hiddens) they are N(0, 1), as the sinusoids' scale), LayerNorm gains ones and
+    every bias zeros, every dense map W (in, out) uniform in +-1/sqrt(in)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, p in sorted(d2l.get_params(model).items()):
+        leaf = name.rpartition(".")[2]
+        if leaf == "gamma":
+            params[name] = np.ones(p.shape)
+        elif leaf == "beta" or leaf.startswith("b_"):
+            params[name] = np.zeros(p.shape)
+        elif leaf == "embedding":
+            params[name] = rng.normal(size=p.shape) / math.sqrt(num_hiddens)
+        else:
+            params[name] = rng.uniform(-1, 1, p.shape) / math.sqrt(p.shape[0])
+    d2l.set_params(model, params)
+    return params
+
+
 def bad_input_test(table):
     """A test over `table` = {name: (call(d2l), error type, message regex)}: each bad call raises that
     error with that message, the same on every backend (the messages come from d2lattn/_checks.py)."""

@@ -45,7 +45,7 @@ def install(session, backend, *extras):
 
 def tests(session, backend):
     """The whole suite on one backend; writes its harness results for crosscheck."""
-    install(session, backend, "test")
+    install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
     session.run("pytest", f"--backend={backend}", *session.posargs, env={"D2LATTN_BACKEND": backend})
 
 
@@ -125,7 +125,7 @@ def mutants(session):
     """Planted bugs, one at a time, against one backend's suite (not a default session: one run each).
     `nox -s mutants -- --backend jax --tests tests/test_decoder.py` picks the backend and the tests."""
     backend = session.posargs[session.posargs.index("--backend") + 1] if "--backend" in session.posargs else "torch"
-    install(session, backend, "test")
+    install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
     session.run("python", "-m", "tests.mutants", *session.posargs, env={"D2LATTN_BACKEND": backend})
 
 

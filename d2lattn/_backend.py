@@ -48,10 +48,12 @@ DISTRIBUTIONS = {
 # define every name of the contract (d2lattn/api.py).
 MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "transformer", "decoder", "blockwise", "params",
            "grads", "train")
-SHARED = ("d2lattn.plotting", "d2lattn.notebook")
+SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # What a backend cannot do, with the reason. A test that needs a capability says so with
 # @pytest.mark.needs("capability") and is skipped with this reason where it is missing
 # (tests/conftest.py); "compiled <name>" is one component's compiled mode (tests/harness.py).
+PEER = ("Hugging Face transformers runs on PyTorch: tests/peer/ holds its modules to the NumPy reference and the "
+        "PyTorch backend, and the harness carries that agreement to this backend")
 LACKS = {
     "numpy": {
         "training": "the NumPy reference is forward-only: it refuses train_lm, train_seq2seq and training=True",
@@ -61,6 +63,7 @@ LACKS = {
         "vmap": "the NumPy reference has no function transformations: nothing maps a function over an axis",
         "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
         "container": "the NumPy reference is plain Python objects: no framework container saves, loads or traces them",
+        "peer": PEER,
     },
     "torch": {
         "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
@@ -75,8 +78,14 @@ LACKS = {
             "blockwise_attention runs imperatively on MXNet: its custom backward is an mxnet.autograd.Function, "
             "which records on NDArrays and cannot enter a hybridized graph, and a graph symbol has no shape to "
             "count the key blocks by"),
+        "peer": PEER,
     },
+    "jax": {"peer": PEER},
+    "tensorflow": {"peer": PEER},
 }
+# Extras of pyproject.toml each backend's test session installs besides its own and "test": the
+# peer suite's Hugging Face transformers in the PyTorch environment (see LACKS "peer").
+TEST_EXTRAS = {"torch": ("peer",)}
 # Where each framework's Adam adds epsilon: to sqrt(v) after the bias correction (PyTorch, optax)
 # or before it (Keras, Gluon); no framework lets us choose. tests/crosscheck.py holds frameworks
 # that place it alike to a tighter bound.

@@ -322,6 +322,64 @@ def check_lm_cache(cache_value, num_layers):
                          f"num_layers), got {got}")
 
 
+# --- open-model attention options -----------------------------------------------------
+
+# RoPE scalings: {type: (required fields, optional fields)}, as Hugging Face's configs name them.
+ROPE_SCALINGS = {
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), ()),
+    "yarn": (("factor", "original_max_position_embeddings"),
+             ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate")),
+}
+
+
+def checked_rope_scaling(scaling):
+    """None or {"type": "llama3" | "yarn", field: number, ...} -> (type, {field: value}) with every
+    required field present, no unknown one, and every number positive (truncate: a bool)."""
+    if not isinstance(scaling, dict) or scaling.get("type") not in ROPE_SCALINGS:
+        kinds = ", ".join(repr(k) for k in ROPE_SCALINGS)
+        got = scaling.get("type") if isinstance(scaling, dict) else scaling
+        raise ValueError(f"scaling must be None or a dict with 'type' one of {kinds}, got {got!r}")
+    kind = scaling["type"]
+    required, optional = ROPE_SCALINGS[kind]
+    fields = {k: v for k, v in scaling.items() if k != "type"}
+    missing, unknown = [k for k in required if k not in fields], sorted(set(fields) - set(required) - set(optional))
+    if missing or unknown:
+        raise ValueError(f"scaling of type {kind!r} needs the fields {list(required)} (optional: {list(optional)}), "
+                         f"got {'missing ' + str(missing) if missing else 'unknown ' + str(unknown)}")
+    return kind, {k: v if k == "truncate" else checked_positive_number(f"scaling[{k!r}]", v)
+                  for k, v in fields.items() if v is not None}
+
+
+def checked_rope_fraction(head_size, fraction):
+    """The number of features each head rotates: fraction * head_size, a positive even count."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"rope_fraction must be a number in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return checked_head_size(head_size)                      # all of them: an even head_size
+    count = fraction * head_size
+    if count != int(count) or int(count) % 2:
+        raise ValueError(f"rope_fraction * head_size must be an even whole number of features (rotary encoding "
+                         f"rotates pairs), got {fraction!r} * {head_size} = {count:g}")
+    return int(count)
+
+
+def checked_logit_cap(value):
+    """None (no soft-capping) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"logit_cap must be None or a positive number (scores become cap * tanh(scores / cap)), "
+                         f"got {value!r}")
+    return float(value)
+
+
+def check_sinks(sinks_shape, scores_shape):
+    """One sink logit per row of scores: sinks broadcast to the scores' shape without the keys axis."""
+    if not _broadcasts(sinks_shape, tuple(scores_shape)[:-1]):
+        raise ValueError(f"sinks of shape {tuple(sinks_shape)} do not broadcast to the scores' rows "
+                         f"{tuple(scores_shape)[:-1]} (one sink logit per query row)")
+
+
 def checked_beam_size(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"beam_size must be an integer >= 1 (1 is greedy decoding), got {value!r}")

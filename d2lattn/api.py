@@ -109,12 +109,18 @@ class DotProductAttention:
     def __init__(self, dropout=0.0):
         """`dropout` on the attention weights, active only in training."""
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                 sinks=None, training=None):
         """(b, q, d), (b, k, d), (b, k, dv) -> (b, q, dv); sets `.attention_weights` (b, q, k).
 
         `score_bias`: floats broadcastable to the scores (b, q, k), added to the scaled
         scores before masking and softmax (masked positions still get weight 0);
-        gradients flow into it. Queries may carry one more leading axis (b, heads, q, d)."""
+        gradients flow into it. Queries may carry one more leading axis (b, heads, q, d).
+        `logit_cap` (a positive number): the scaled scores become cap * tanh(scores / cap)
+        before the bias and the mask (Gemma 2's soft-capping). `sinks`: one logit per row,
+        broadcastable to (b, q), that joins the row's softmax as one more column and is then
+        dropped (gpt-oss's attention sinks), so a row's weights sum to at most 1 and a row with
+        nothing to attend to is still all zeros."""
 
 
 class AdditiveAttention:
@@ -174,13 +180,34 @@ class RotaryPositionalEncoding:
     i < head_size / 2; each pair (a, b) becomes (a cos(p theta_i) - b sin(p theta_i),
     a sin(p theta_i) + b cos(p theta_i)). Pairs are (x[i], x[i + head_size / 2]) (split
     halves, GPT-NeoX and Hugging Face's LLaMA) by default, (x[2i], x[2i + 1]) with
-    `interleaved=True` (RoFormer, Meta's original LLaMA)."""
+    `interleaved=True` (RoFormer, Meta's original LLaMA).
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
-        """An odd head_size is a ValueError naming head_size."""
+    `scaling` rescales theta for contexts longer than the model was trained on, exactly as
+    Hugging Face's `modeling_rope_utils` does (see rope_frequencies):
+    {"type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} (Llama 3.1+), or {"type": "yarn", "factor",
+    "original_max_position_embeddings"} with optional "beta_fast" (32), "beta_slow" (1),
+    "attention_factor", "mscale", "mscale_all_dim", "truncate" (True) (YaRN: Qwen, gpt-oss,
+    DeepSeek); YaRN also multiplies cos and sin by its attention factor."""
+
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
+        """An odd head_size is a ValueError naming head_size; an unknown scaling type, or a
+        missing or unknown field, a ValueError naming scaling."""
 
     def __call__(self, X, *, offset=0, training=None):
         """X (..., T, head_size) -> the same shape, rotated."""
+
+
+def rope_frequencies(head_size, base=10000.0, scaling=None):
+    """(theta, attention_factor): theta NumPy float64 (head_size / 2,), theta_i = base ** (-2 i /
+    head_size) rescaled by `scaling` (as RotaryPositionalEncoding's), and the factor YaRN puts
+    on cos and sin (1.0 otherwise). Llama 3: wavelengths 2 pi / theta_i longer than
+    original_max_position_embeddings / low_freq_factor are divided by `factor`, those shorter
+    than original_max_position_embeddings / high_freq_factor kept, and between them theta
+    moves smoothly from one to the other. YaRN: a linear ramp over the feature index, from
+    the features that turn beta_fast times or more over the original context (kept) to those
+    that turn beta_slow times or fewer (divided by `factor`); attention factor
+    0.1 ln(factor) + 1. Backend-free (d2lattn/rotary.py): every backend uses these numbers."""
 
 
 class ConcatAttention:
@@ -434,14 +461,35 @@ class CausalSelfAttention:
 
     Parameters as MultiHeadAttention(num_hiddens, num_heads, bias=bias,
     num_kv_heads=num_kv_heads): W_q, W_k, W_v, W_o. Rotary encoding (split halves, base
-    `rope_base`; None for none) rotates each head's queries and keys at their absolute
+    `rope_base`; None for none, a NoPE layer) rotates each head's queries and keys at their absolute
     positions; causal, and with a sliding `window` each position sees itself and the
     window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
-    equals MultiHeadAttention with mask=causal_mask(T) and the same parameters."""
+    equals MultiHeadAttention with mask=causal_mask(T) and the same parameters.
+
+    The options of today's open models (keyword-only; the defaults are the plain layer):
+    - `qk_norm`: RMSNorm (eps `norm_eps`) of each head's queries and keys over head_size,
+      before the rotation, with gains `q_norm.gamma`, `k_norm.gamma` (head_size,) shared by
+      the heads: Qwen3's per-head variant (also Gemma 3's). OLMo 2 normalizes the whole
+      projection instead, over num_heads * head_size (its gains (num_hiddens,) and
+      (num_kv_heads * head_size,)), before splitting the heads: the same only with one head.
+    - `sinks`: `sinks` (num_heads,), one learned logit per head that joins every row's softmax
+      and is dropped (gpt-oss; DotProductAttention's `sinks`).
+    - `output_gate`: `W_gate` (num_hiddens, num_heads * head_size); each head's output is
+      multiplied by sigmoid(X W_gate) (its columns of it) before W_o (Qwen3-Next's gated
+      attention; Qwen3-Next stores the gate in q_proj, head by head after each head's query).
+    - `logit_cap`: scores become cap * tanh(scores / cap) before the mask (Gemma 2).
+    - `rope_fraction`: only the first rope_fraction * head_size features of each head (an
+      even number) are rotated, with the frequencies of that many features, the rest pass
+      unrotated (GPT-NeoX, Qwen3-Next's 0.25).
+    - `rope_scaling`: RotaryPositionalEncoding's `scaling` (llama3 or yarn).
+    - `attention_bias`: biases b_q, b_k, b_v on the projections, none on W_o (Qwen2).
+    """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
-        """num_kv_heads must divide num_heads; window >= 1 or None."""
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        """num_kv_heads must divide num_heads; window >= 1 or None; logit_cap None or > 0;
+        rope_fraction in (0, 1] leaving an even count of rotated features."""
 
     def __call__(self, X, *, cache=None, training=None):
         """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache).
@@ -457,11 +505,14 @@ class TransformerLM:
     """A decoder-only language model: `embedding` (vocab_size, num_hiddens); `num_layers`
     pre-norm blocks `blocks.{i}`, each X = X + attention(norm1(X)), then X = X + ffn(norm2(X)),
     with norm1, norm2 RMSNorm, attention a CausalSelfAttention (num_kv_heads, window,
-    rope_base passed on) and ffn a SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm`
-    (RMSNorm) and W_out (num_hiddens, vocab_size), not tied to the embedding."""
+    rope_base and the open-model options qk_norm, sinks, output_gate, logit_cap,
+    rope_fraction, rope_scaling, attention_bias passed on) and ffn a SwiGLUFFN(num_hiddens,
+    ffn_num_hiddens); a final `norm` (RMSNorm) and W_out (num_hiddens, vocab_size), not tied
+    to the embedding."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
+                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out."""
 

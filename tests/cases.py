@@ -32,6 +32,10 @@ QKV = ((B, Q, D), (B, K, D), (B, K, DV))
 CROSS = ((B, Q, 3), (B, K, 7), (B, K, DV))   # distinct query, key and value sizes
 QKV7 = ((B, Q, 4), (B, 7, 4), (B, 7, DV))     # blockwise: 7 keys, in blocks that need not divide them
 HEADS7 = ((B, 2, Q, 4), (B, 2, 7, 4), (B, 2, 7, DV))
+# RoPE scalings whose bands fall inside a head of 8 at base 100 (wavelengths 6.3, 20, 63, 200)
+LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 128}
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
 CONCAT = {"query_size": 3, "key_size": 4, "num_values": 5, "value_size": 2, "output_size": 6}
 
 CASES = [
@@ -148,6 +152,38 @@ CASES = [
     Case("lm-gqa-window-pieces", "TransformerLM", (),
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 4, "num_layers": 2, "ffn_num_hiddens": 6, "num_kv_heads": 2,
           "window": 2}, tokens=(("tokens", (B, 6), 7),), pieces=(3, 1, 2), seed=34),
+    # open-model attention: soft-capping and sinks in the scores (sinks differentiated as an input; a row with
+    # nothing to attend to stays zeros), scaled RoPE, and CausalSelfAttention's options, cached in pieces too
+    Case("dot-cap-mask", "DotProductAttention", QKV, mask="random", call={"logit_cap": 0.7}, seed=60),
+    Case("dot-sinks-mask", "DotProductAttention", QKV + ((B, Q),), keywords=("sinks",), mask="random", seed=61),
+    Case("dot-sinks-broadcast-cap-lens", "DotProductAttention", QKV + ((Q,),), keywords=("sinks",), valid_lens=(2, 0),
+         call={"logit_cap": 1.5}, seed=62),
+    Case("dot-4d-sinks-heads", "DotProductAttention", HEADS7 + ((2, 1),), keywords=("sinks",), valid_lens=(3, 7),
+         seed=63),
+    Case("rope-llama3", "RotaryPositionalEncoding", ((B, 2, 5, 8),), {"head_size": 8, "base": 100.0, "scaling": LLAMA3},
+         call={"offset": 50}, seed=64),
+    Case("rope-yarn", "RotaryPositionalEncoding", ((B, 5, 8),), {"head_size": 8, "base": 100.0, "scaling": YARN},
+         call={"offset": 20}, seed=65),
+    Case("csa-qk-norm-gqa-pieces", "CausalSelfAttention", ((B, 5, 16),),
+         {"num_hiddens": 16, "num_heads": 4, "num_kv_heads": 2, "qk_norm": True}, pieces=(2, 3), seed=66),
+    Case("csa-sinks-window-pieces", "CausalSelfAttention", ((B, 6, 8),),
+         {"num_hiddens": 8, "num_heads": 2, "sinks": True, "window": 2}, pieces=(3, 1, 2), seed=67),
+    Case("csa-gate-attention-bias", "CausalSelfAttention", ((B, 5, 8),),
+         {"num_hiddens": 8, "num_heads": 2, "output_gate": True, "attention_bias": True}, seed=68),
+    Case("csa-cap-pieces", "CausalSelfAttention", ((B, 6, 8),), {"num_hiddens": 8, "num_heads": 2, "logit_cap": 0.5},
+         pieces=(4, 2), seed=69),
+    Case("csa-partial-rope-yarn-pieces", "CausalSelfAttention", ((B, 5, 16),),
+         {"num_hiddens": 16, "num_heads": 2, "rope_fraction": 0.5, "rope_scaling": YARN}, pieces=(2, 2, 1), seed=70),
+    Case("csa-nope-sinks-gate", "CausalSelfAttention", ((B, 4, 8),),
+         {"num_hiddens": 8, "num_heads": 2, "rope_base": None, "sinks": True, "output_gate": True}, seed=71),
+    Case("csa-every-option-pieces", "CausalSelfAttention", ((B, 6, 16),),
+         {"num_hiddens": 16, "num_heads": 4, "num_kv_heads": 2, "window": 3, "qk_norm": True, "sinks": True,
+          "output_gate": True, "logit_cap": 0.8, "rope_fraction": 0.5, "rope_scaling": LLAMA3, "attention_bias": True},
+         pieces=(3, 1, 2), seed=72),
+    Case("lm-open-options-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 16, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12, "qk_norm": True,
+          "sinks": True, "output_gate": True, "logit_cap": 1.0, "rope_fraction": 0.5, "rope_scaling": YARN,
+          "attention_bias": True}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=73),
     # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
     Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
     Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),

@@ -72,7 +72,10 @@ def adapter(backend_name):
 def pytest_ignore_collect(collection_path, config):
     """tests/native/test_<backend>.py compares one framework with its own attention, and
     tests/distributed/test_<backend>.py runs ring attention on its distributed engine: the
-    other backends' environments do not have that framework, so only this backend's is collected."""
+    other backends' environments do not have that framework, so only this backend's is collected.
+    tests/peer/ imports transformers and PyTorch: collected only where the backend has "peer"."""
     if collection_path.parent.name in ("native", "distributed") and collection_path.name.startswith("test_"):
         return collection_path.stem != f"test_{config.backend_name}"
+    if collection_path.parent.name == "peer" and collection_path.name.startswith("test_"):
+        return _backend.lacks(config.backend_name, "peer") is not None
     return None

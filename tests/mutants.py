@@ -35,6 +35,10 @@ class Mutant:
 
 MUTANTS = [
     # --- backend-free
+    Mutant("llama3-smoothing-swapped", "any", "d2lattn/rotary.py",
+           "np.where(medium, (1 - smooth) * theta / factor + smooth * theta, scaled)",
+           "np.where(medium, smooth * theta / factor + (1 - smooth) * theta, scaled)",
+           "Llama 3's middle band interpolates the wrong way round: a jump at each band edge"),
     Mutant("temperature-ignored", "any", "d2lattn/sampling.py",
            'scaled = logits / _checks.checked_positive_number("temperature", temperature)',
            'scaled = logits + 0 * _checks.checked_positive_number("temperature", temperature)',
@@ -64,6 +68,41 @@ MUTANTS = [
            'text = f"# {where}\\n{source}"', 'text = f"# {where}\\n{source[:len(source) // 2]}"',
            "show_source prints only the first half of the code"),
     # --- torch
+    Mutant("qk-norm-after-rope", "torch", "d2lattn/torch/decoder.py",
+           """        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
+        if self.rope is not None:
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+""", """        if self.rope is not None:
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
+""", "QK-norm after RoPE: the gains scale rotated features, not Qwen3's"),
+    Mutant("sink-left-out", "torch", "d2lattn/torch/attention.py",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., :-1]",
+           "return masked_softmax(torch.cat([scores, sink], -1)[..., :-1], mask=keep[..., :-1])",
+           "the sink is dropped before the softmax: it takes no weight, rows sum to 1"),
+    Mutant("sink-kept-a-key-dropped", "torch", "d2lattn/torch/attention.py",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., :-1]",
+           "return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., 1:]",
+           "the sink's weight is kept in place of the first key's"),
+    Mutant("gate-after-W_o", "torch", "d2lattn/torch/decoder.py",
+           "Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)",
+           "Y = self._attend(q, k, v, mask=mask, training=training, logit_cap=self.logit_cap, sinks=sinks)\n"
+           "        Y = Y if gate is None else Y * torch.sigmoid(self.W_gate(X))",
+           "the output gate multiplies W_o's output, not each head's"),
+    Mutant("cap-after-masking", "torch", "d2lattn/torch/attention.py",
+           """    if logit_cap is not None:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+""", """    if logit_cap is not None and keep is not None:                  # masked to -inf, then capped to -cap
+        scores, keep = logit_cap * torch.tanh(scores.masked_fill(~keep, -math.inf) / logit_cap), None
+    elif logit_cap is not None:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+""", "soft-capping after the mask: a masked key's score becomes -cap, and it gets weight"),
+    Mutant("yarn-factor-dropped", "torch", "d2lattn/torch/encoding.py",
+           "cos, sin = (self.factor * angles.cos()).to(X.dtype), (self.factor * angles.sin()).to(X.dtype)",
+           "cos, sin = angles.cos().to(X.dtype), angles.sin().to(X.dtype)",
+           "YaRN's attention factor is never applied"),
     Mutant("cache-unused", "torch", "d2lattn/torch/decoder.py",
            "logits, cache = model(new, cache=cache, training=False)", "logits, cache = model(tokens, training=False)",
            "generate(use_cache=True) feeds the whole sequence at every step: quadratic"),

@@ -2,12 +2,14 @@
 included) and ConcatAttention on the backend under test.
 
 Beyond the harness (tests/cases.py): random calls against the reference, grouped-query heads as
-repeated key/value heads, empty rows and saturation, dropout and the training mode, and bad input.
+repeated key/value heads, empty rows and saturation, dropout and the training mode, soft-capping
+(tends to the identity as the cap grows, bounds a row's spread) and sinks (never add weight, take
+the same share of every key, leave an empty row zeros), and bad input.
 """
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2lattn import numpy as reference
@@ -127,6 +129,13 @@ def concat(d2l, q=(2, 3, 3), k=(2, 3, 4), v=(2, 5, 2)):
 
 
 BAD_INPUT = {
+    "call logit_cap negative": (lambda d2l: d2l.DotProductAttention()(t(d2l, 2, 3, 4), t(d2l, 2, 5, 4),
+                                                                      t(d2l, 2, 5, 2), logit_cap=-0.5),
+                                ValueError, r"logit_cap must be None or a positive number .* got -0.5"),
+    "sinks of the wrong shape": (lambda d2l: d2l.DotProductAttention()(t(d2l, 2, 3, 4), t(d2l, 2, 5, 4),
+                                                                       t(d2l, 2, 5, 2), sinks=t(d2l, 4)),
+                                 ValueError, r"sinks of shape \(4,\) do not broadcast to the scores' rows \(2, 3\) "
+                                             r"\(one sink logit per query row\)"),
     # valid_lens and masks in a call
     "lens batch size": (lambda d2l: dot(d2l, valid_lens=ints(d2l, 1, 2, 3)), ValueError,
                         r"valid_lens must have shape \(batch,\) = \(2,\) or \(batch, queries\) = \(2, 3\), got \(3,\)"),
@@ -191,3 +200,58 @@ BAD_INPUT = {
                       r"num_kv_heads must be a positive integer, got 0"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- soft-capping and attention sinks (Gemma 2, gpt-oss) ------------------------------------------
+
+FEW = settings(PROFILE, max_examples=10)
+SHAPES = st.sampled_from([(1, 3, 4, 4), (2, 4, 6, 8)])   # (b, q, k, d): few, so JAX compiles little
+
+
+def attention_inputs(d2l, seed, shape):
+    """queries, keys, values (float32 tensors), a random mask with an empty row, and sink logits (b, q)."""
+    b, q, k, d = shape
+    rng = np.random.default_rng(seed)
+    Q, K, V = (rng.normal(size=s).astype(np.float32) for s in ((b, q, d), (b, k, d), (b, k, d)))
+    mask = rng.random((b, q, k)) < 0.6
+    mask[0, 0] = False                                                          # nothing to attend to
+    sinks = (3 * rng.normal(size=(b, q))).astype(np.float32)
+    return (*(d2l.tensor(x) for x in (Q, K, V)), d2l.tensor(mask), d2l.tensor(sinks)), mask
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), shape=SHAPES)
+def test_a_sink_never_adds_weight_and_takes_the_same_share_of_every_key(d2l, seed, shape):
+    (Q, K, V, mask, sinks), keep = attention_inputs(d2l, seed, shape)
+    attention = d2l.DotProductAttention()
+    plain_out = d2l.to_numpy(attention(Q, K, V, mask=mask, training=False))
+    plain = d2l.to_numpy(attention.attention_weights)
+    out = d2l.to_numpy(attention(Q, K, V, mask=mask, sinks=sinks, training=False))
+    weights = d2l.to_numpy(attention.attention_weights)                         # (b, q, k)
+    total = weights.sum(-1, keepdims=True)                                      # what the sink leaves the keys
+    assert np.all(weights <= plain + 1e-6) and np.all(total <= 1 + 1e-6)
+    np.testing.assert_allclose(weights, plain * total, atol=1e-6)              # every key scaled alike
+    empty = ~keep.any(-1)                                                       # (b, q): rows with no key
+    assert empty.any() and np.all(weights[empty] == 0) and np.all(out[empty] == 0)
+    assert np.all(np.abs(out) <= np.abs(plain_out).max() + 1e-5)
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), shape=SHAPES)
+def test_soft_capping_tends_to_the_identity_as_the_cap_grows(d2l, seed, shape):
+    (Q, K, V, mask, _), _ = attention_inputs(d2l, seed, shape)
+    Q = Q * 3                                                                   # scores of a few units
+    attention = d2l.DotProductAttention()
+    plain = d2l.to_numpy(attention(Q, K, V, mask=mask, training=False))
+    errors = [np.abs(d2l.to_numpy(attention(Q, K, V, mask=mask, logit_cap=cap, training=False)) - plain).max()
+              for cap in (3.0, 30.0, 3e4)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] <= 1e-5, errors
+
+
+@pytest.mark.parametrize("cap", [0.1, 1.0])
+def test_a_cap_bounds_how_far_apart_two_weights_of_a_row_can_be(d2l, cap):
+    """Capped scores lie in (-cap, cap): no weight exceeds another of its row by more than e^(2 cap)."""
+    attention = d2l.DotProductAttention()
+    attention(t(d2l, 2, 3, 4) * 10, t(d2l, 2, 5, 4), t(d2l, 2, 5, 2), logit_cap=cap, training=False)
+    weights = d2l.to_numpy(attention.attention_weights)
+    assert np.all(weights.max(-1) / weights.min(-1) <= np.exp(2 * cap) * (1 + 1e-5))

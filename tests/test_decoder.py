@@ -1,7 +1,8 @@
 """decoder: CausalSelfAttention, TransformerLM and generate on the backend under test.
 
 Beyond the harness (tests/cases.py): CausalSelfAttention against MultiHeadAttention and the
-classic top-left mask bug, the cache (random pieces equal the full pass), TransformerLM's
+classic top-left mask bug, the cache (random pieces equal the full pass), partial RoPE and NoPE
+layers (the cached keys rotated on their first rope_fraction features only), TransformerLM's
 parameters, logits and cache, generation (cached and not, greedy and sampled, against the NumPy
 reference), dropout and the training mode, and bad input. Weights in files are in
 tests/test_params.py, training in tests/test_train.py.
@@ -243,6 +244,18 @@ test_evaluation_ignores_dropout, test_training_applies_dropout, test_training_is
 # --- bad input --------------------------------------------------------------------------------
 
 BAD_INPUT = {
+    "odd rotated features": (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_fraction=0.25), ValueError,
+                             r"rope_fraction \* head_size must be an even whole number of features \(rotary "
+                             r"encoding rotates pairs\), got 0.25 \* 4 = 1"),
+    "rope_fraction above 1": (lambda d2l: d2l.CausalSelfAttention(8, 2, rope_fraction=1.5), ValueError,
+                              r"rope_fraction must be a number in \(0, 1\], got 1.5"),
+    "model rope_scaling": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8, rope_scaling={"type": "linear"}), ValueError,
+                           r"scaling must be None or a dict with 'type' one of 'llama3', 'yarn', got 'linear'"),
+    "logit_cap zero": (lambda d2l: d2l.CausalSelfAttention(8, 2, logit_cap=0), ValueError,
+                       r"logit_cap must be None or a positive number \(scores become cap \* tanh\(scores / cap\)\), "
+                       r"got 0"),
+    "model logit_cap negative": (lambda d2l: d2l.TransformerLM(5, 8, 2, 1, 8, logit_cap=-1.0), ValueError,
+                                 r"logit_cap must be None or a positive number .* got -1.0"),
     "csa kv heads not dividing": (lambda d2l: d2l.CausalSelfAttention(12, 6, num_kv_heads=4), ValueError,
                                   r"num_kv_heads \(4\) must divide num_heads \(6\)"),
     "csa rope odd head size": (lambda d2l: d2l.CausalSelfAttention(6, 2)(t(d2l, 2, 3, 6)), ValueError,
@@ -279,6 +292,27 @@ BAD_INPUT = {
         r"cache must be None or a list with one \(keys, values\) per block \(2, num_layers\), got 1 entries"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- the open-model options: partial RoPE (GPT-NeoX, Qwen3-Next) and NoPE layers -------------
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, None])
+def test_rope_fraction_rotates_the_first_features_of_each_head_and_keeps_the_rest(d2l, fraction):
+    """The cached keys are the projected keys, their first rope_fraction * head_size features
+    rotated at their positions by RoPE over that many features; rope_fraction=1 is RoPE as before,
+    rope_base=None (a NoPE layer) rotates nothing."""
+    h, heads, dh = 16, 2, 8
+    args = {"rope_base": None} if fraction is None else {"rope_fraction": fraction}
+    layer, ref = d2l.CausalSelfAttention(h, heads, **args), reference.CausalSelfAttention(h, heads, **args)
+    params = random_params(ref, np.random.default_rng(0))
+    d2l.set_params(layer, params)
+    X = np.random.default_rng(1).normal(size=(2, 5, h))
+    keys = d2l.to_numpy(layer(d2l.tensor(X.astype(np.float32)), training=False)[1][0])  # (b, heads, T, dh)
+    raw = (X @ params["W_k"]).reshape(2, 5, heads, dh).transpose(0, 2, 1, 3)           # (b, heads, T, dh)
+    r = 0 if fraction is None else int(fraction * dh)
+    rotated = reference.RotaryPositionalEncoding(r)(raw[..., :r]) if r else raw[..., :0]
+    np.testing.assert_allclose(keys, np.concatenate([rotated, raw[..., r:]], -1), atol=1e-5)
 
 
 # --- generate: the work of the cache, every argument, evaluation mode, dropout per branch ---------

@@ -2,22 +2,26 @@
 
 Beyond the harness (tests/cases.py): the sinusoid table against its closed form and the
 reference, ALiBi's slopes and biases, RoPE's two conventions and its relative property,
-dropout and the training mode, and bad input.
+Llama 3's and YaRN's scalings (factor 1 is plain RoPE; the slowdown climbs smoothly from 1 to
+the factor; YaRN's attention factor), dropout and the training mode, and bad input.
 """
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2lattn import _backend
 from d2lattn import numpy as reference
 from d2lattn._checks import dtype_name
+from d2lattn.rotary import rope_frequencies
 from tests.modes import RATE, assert_inverted, dropout_tests
 from tests.strategies import PROFILE
 from tests.support import bad_input_test, t
+
+FEW = settings(PROFILE, max_examples=10)
 
 # --- the sinusoidal positional encoding -------------------------------------------------------
 
@@ -124,7 +128,25 @@ def test_positional_encoding_dropout_is_inverted(d2l):
 
 # --- bad input --------------------------------------------------------------------------------
 
+
+def _rope(scaling):
+    return lambda d2l: d2l.RotaryPositionalEncoding(8, scaling=scaling)
+
+
 BAD_INPUT = {
+    "unknown scaling type": (_rope({"type": "ntk", "factor": 2.0}), ValueError,
+                             r"scaling must be None or a dict with 'type' one of 'llama3', 'yarn', got 'ntk'"),
+    "scaling not a dict": (_rope("llama3"), ValueError,
+                           r"scaling must be None or a dict with 'type' one of 'llama3', 'yarn', got 'llama3'"),
+    "missing scaling field": (_rope({"type": "llama3", "factor": 8.0}), ValueError,
+                              r"scaling of type 'llama3' needs the fields \['factor', 'low_freq_factor', "
+                              r"'high_freq_factor', 'original_max_position_embeddings'\] \(optional: \[\]\), got "
+                              r"missing \['low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'\]"),
+    "unknown scaling field": (_rope({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                     "betafast": 8}), ValueError, r"scaling of type 'yarn' needs .* got unknown "
+                                                                  r"\['betafast'\]"),
+    "scaling factor not positive": (_rope({"type": "yarn", "factor": -2.0, "original_max_position_embeddings": 64}),
+                                    ValueError, r"scaling\['factor'\] must be a positive number, got -2.0"),
     "posenc too wide": (lambda d2l: d2l.PositionalEncoding(8)(t(d2l, 2, 5, 9)), ValueError,
                         r"X must have shape \(batch, steps, num_hiddens=8\), got \(2, 5, 9\)"),
     "posenc too narrow": (lambda d2l: d2l.PositionalEncoding(8)(t(d2l, 2, 5, 7)), ValueError,
@@ -144,3 +166,48 @@ BAD_INPUT = {
                   r"base must be a positive number, got -1.0"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- scaled RoPE: Llama 3's and YaRN's frequencies ------------------------------------------------
+
+
+@FEW
+@given(head_size=st.sampled_from([4, 8, 16]), base=st.sampled_from([100.0, 1e4, 5e5]),
+       kind=st.sampled_from(["llama3", "yarn"]))
+def test_a_scaling_of_factor_one_is_plain_rope(d2l, head_size, base, kind):
+    scaling = {"llama3": {"type": "llama3", "factor": 1.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 64},
+               "yarn": {"type": "yarn", "factor": 1.0, "original_max_position_embeddings": 64}}[kind]
+    X = t(d2l, 2, 3, head_size)
+    plain = d2l.RotaryPositionalEncoding(head_size, base)(X, offset=40)
+    scaled = d2l.RotaryPositionalEncoding(head_size, base, scaling=scaling)(X, offset=40)
+    np.testing.assert_allclose(d2l.to_numpy(scaled), d2l.to_numpy(plain), atol=1e-6)
+
+
+LONG = {
+    "llama3": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192},
+    "yarn": {"type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096},
+    "yarn-untruncated": {"type": "yarn", "factor": 4.0, "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False,
+                         "original_max_position_embeddings": 2048},
+}
+
+
+@pytest.mark.parametrize("name", LONG)
+def test_scaled_frequencies_slow_down_smoothly_from_the_fastest_kept_to_the_slowest_by_factor(name):
+    """theta / theta_scaled climbs from 1 (the fast features, kept) to `factor` (the slow ones),
+    never down and in small steps: the bands join without a jump. (Backend-free: d2lattn/rotary.py.)"""
+    scaling = LONG[name]
+    plain, scaled = rope_frequencies(512, 5e5)[0], rope_frequencies(512, 5e5, scaling)[0]
+    slowdown = plain / scaled                                                   # (256,), fast to slow
+    assert slowdown[0] == pytest.approx(1) and slowdown[-1] == pytest.approx(scaling["factor"])
+    assert np.all(np.diff(slowdown) >= -1e-12) and np.diff(slowdown).max() <= (scaling["factor"] - 1) / 5
+
+
+def test_yarn_attention_factor_is_a_tenth_of_log_factor_plus_one(d2l):
+    """Every rotated pair grows by the attention factor, so the scores grow by its square."""
+    scaling = {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64}
+    X = t(d2l, 2, 3, 8)
+    norms = [np.linalg.norm(d2l.to_numpy(d2l.RotaryPositionalEncoding(8, scaling=s)(X, offset=5)), axis=-1)
+             for s in (None, scaling)]
+    np.testing.assert_allclose(norms[1], (0.1 * np.log(8.0) + 1) * norms[0], rtol=1e-5)

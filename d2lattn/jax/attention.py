@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import errors, nnx
 
 from d2lattn import _checks
-from d2lattn.jax.ops import masked_softmax
+from d2lattn.jax.ops import keep_mask, masked_softmax
 
 
 def _deterministic(training):
@@ -53,15 +53,22 @@ class DotProductAttention(nnx.Module):
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
         self.last_weights = nnx.Intermediate(None)
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                 sinks=None, training=None):
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ jnp.swapaxes(keys, -1, -2) / math.sqrt(d)          # (b, q, k)
+        if logit_cap is not None:
+            cap = _checks.checked_logit_cap(logit_cap)
+            scores = cap * jnp.tanh(scores / cap)                             # soft-capped to (-cap, cap)
         if score_bias is not None:
             score_bias = jnp.asarray(score_bias)
             _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                      # before masking: masked stays 0
-        weights = masked_softmax(scores, valid_lens, mask=mask)
+        if sinks is None:
+            weights = masked_softmax(scores, valid_lens, mask=mask)
+        else:
+            weights = _sink_softmax(scores, keep_mask(scores.shape, valid_lens, mask), sinks)
         _record(self.last_weights, weights)
         weights = self.dropout(weights, deterministic=_deterministic(training))
         return weights @ values                                               # (b, q, dv)
@@ -69,6 +76,18 @@ class DotProductAttention(nnx.Module):
     @property
     def attention_weights(self):
         return self.last_weights.get_value()                                  # (b, q, k)
+
+
+def _sink_softmax(scores, keep, sinks):
+    """Masked softmax with one more column per row, the sink's logit, dropped afterwards: the
+    keys share what the sink leaves, and a row with no key left gives it everything."""
+    sinks = jnp.asarray(sinks, dtype=scores.dtype)
+    _checks.check_sinks(sinks.shape, scores.shape)
+    sink = jnp.broadcast_to(sinks, scores.shape[:-1])[..., None]              # (..., q, 1)
+    keep = jnp.ones(scores.shape, bool) if keep is None else jnp.broadcast_to(keep, scores.shape)
+    weights = masked_softmax(jnp.concatenate([scores, sink], -1),             # (..., q, k + 1)
+                             mask=jnp.concatenate([keep, jnp.ones(sink.shape, bool)], -1))
+    return weights[..., :-1]                                                  # (..., q, k)
 
 
 class AdditiveAttention(nnx.Module):
@@ -129,11 +148,15 @@ class MultiHeadAttention(nnx.Module):
         b, n, _ = X.shape                                                     # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(0, 2, 1, 3)      # (b, heads, n, dh)
 
-    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None, gate=None,
+                **scoring):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens).
+        `gate` (b, heads, q, dh) multiplies each head's output before W_o; `scoring`: logit_cap, sinks."""
         group = self.num_heads // self.num_kv_heads
         k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)   # (b, heads, k, dh): h uses h // group
-        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training, **scoring)
+        if gate is not None:
+            out = out * gate                                                  # (b, heads, q, dh)
         b, _, n, _ = out.shape                                                # (b, heads, q, dh)
         return self.W_o(out.transpose(0, 2, 1, 3).reshape(b, n, -1))          # (b, q, num_hiddens)
 

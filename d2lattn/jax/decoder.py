@@ -32,11 +32,28 @@ class CausalSelfAttention(MultiHeadAttention):
     them are masked by causality, so every step has the same shapes."""
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, rngs=None):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6, rngs=None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, rngs=rngs)
+        h, dh = self.W_q.in_features, self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias:                                                    # Qwen2: on W_q, W_k, W_v, not W_o
+            self.W_q, self.W_k, self.W_v = (nnx.Linear(d.in_features, d.out_features, rngs=rngs)
+                                            for d in (self.W_q, self.W_k, self.W_v))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None              # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = nnx.Param(jnp.zeros(self.num_heads)) if sinks else None  # (heads,): one logit each
+        self.W_gate = nnx.Linear(h, h, use_bias=False, rngs=rngs) if output_gate else None  # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return jnp.concatenate([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def __call__(self, X, *, cache=None, training=None, position=None):
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
@@ -46,24 +63,30 @@ class CausalSelfAttention(MultiHeadAttention):
         q = self._split_heads(self.W_q(X))                                    # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                                    # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                                    # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                             # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=start), self.rope(k, offset=start)     # at their absolute positions
+            q, k = self._rotate(q, start), self._rotate(k, start)             # at their absolute positions
         if position is not None:
             k, v = (jax.lax.dynamic_update_slice_in_dim(c, x, position, axis=2) for c, x in zip(cache, (k, v)))
         elif cache is not None:
             k, v = (jnp.concatenate([c, x], axis=2) for c, x in zip(cache, (k, v)))   # (b, kv_heads, t + T, dh)
         mask = causal_mask(T, k.shape[2], offset=start, window=self.window)   # (T, t + T): lower right
-        return self._attend(q, k, v, mask=mask, training=training), (k, v)     # (b, T, num_hiddens)
+        gate = None if self.W_gate is None else self._split_heads(jax.nn.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks[...][:, None]      # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v)                                                      # (b, T, num_hiddens)
 
 
 class TransformerLMBlock(nnx.Module):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout, rngs):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout, rngs,
+                 **options):
         self.norm1 = RMSNorm(num_hiddens)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout, rngs=rngs)
+                                             rope_base=rope_base, dropout=dropout, rngs=rngs, **options)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, rngs=rngs)
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
@@ -80,14 +103,18 @@ class TransformerLM(nnx.Module):
     """Children embedding (nnx.Embed), blocks (an nnx.List: names blocks.0. ...), norm, W_out."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, rngs=None):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
+                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False,
+                 rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
         self.blocks = nnx.List([
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
-                               rope_base=rope_base, dropout=dropout, rngs=rngs)
+                               rope_base=rope_base, dropout=dropout, rngs=rngs, **options)
             for _ in range(_checks.checked_positive_int("num_layers", num_layers))])
         self.norm = RMSNorm(h)
         self.W_out = nnx.Linear(h, vocab_size, use_bias=False, rngs=rngs)

@@ -7,6 +7,7 @@ from flax import nnx
 
 from d2lattn import _checks
 from d2lattn.jax.attention import _deterministic
+from d2lattn.rotary import rope_frequencies
 
 
 def sinusoids(max_len, num_hiddens):
@@ -59,13 +60,14 @@ def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
 
 
 class RotaryPositionalEncoding(nnx.Module):
-    """No parameters: `.theta` (head_size / 2,) is a constant jax array. `offset` may be a traced
-    integer scalar (generate's compiled step)."""
+    """No parameters: `.theta` (head_size / 2,) is a constant jax array (d2lattn.rotary's, for a
+    `scaling`), `.factor` YaRN's on the rotated features. `offset` may be a traced integer scalar
+    (generate's compiled step)."""
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
         self.head_size = _checks.checked_head_size(head_size)
-        base = _checks.checked_positive_number("base", base)
-        self.theta = jnp.asarray(base ** (-np.arange(0, head_size, 2) / head_size), dtype=jnp.float32)
+        theta, self.factor = rope_frequencies(head_size, base, scaling)
+        self.theta = jnp.asarray(theta, dtype=jnp.float32)
         self.interleaved = bool(interleaved)
 
     def __call__(self, X, *, offset=0, training=None):
@@ -74,7 +76,7 @@ class RotaryPositionalEncoding(nnx.Module):
             offset = _checks.checked_integer("offset", offset)
         positions = offset + jnp.arange(X.shape[-2])                          # (T,)
         angles = positions[:, None] * self.theta                              # (T, head_size / 2)
-        cos, sin = jnp.cos(angles), jnp.sin(angles)
+        cos, sin = self.factor * jnp.cos(angles), self.factor * jnp.sin(angles)
         if self.interleaved:
             a, b = X[..., 0::2], X[..., 1::2]                                 # pairs (x[2i], x[2i + 1])
             return jnp.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(X.shape)

@@ -81,19 +81,33 @@ class _Biased(_Attention):
     bias" enters a call as a zero (1,); a parent's graph may leave it out (`with_keep`).
     """
 
-    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None,
+                 extra=()):
         if score_bias is None:
             score_bias = _F(queries).np.zeros((1,))                         # adds nothing
         elif isinstance(queries, np.ndarray):                               # concrete: check it broadcasts
             score_bias = tensor(score_bias)
             _checks.check_score_bias(score_bias.shape, self.scores_shape(queries, keys))
-        return self.run(queries, keys, values, valid_lens, mask, training, score_bias)
+        return self.run(queries, keys, values, valid_lens, mask, training, score_bias, *extra)
 
 
 class DotProductAttention(_Biased):
+    """`logit_cap` enters the graph as a (1,) input and `sinks` as one more, where given; a
+    hybridized block keeps the inputs of its first call, so it is called with the same options."""
+
     def __init__(self, dropout=0.0):
         super().__init__()
         self.rate = _checks.checked_dropout_rate(dropout)
+
+    def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                 sinks=None, training=None):
+        if logit_cap is not None:
+            logit_cap = _F(queries).np.ones((1,)) * _checks.checked_logit_cap(logit_cap)   # (1,)
+        if sinks is not None and isinstance(queries, np.ndarray):          # concrete: check it broadcasts
+            sinks = tensor(sinks)
+            _checks.check_sinks(sinks.shape, self.scores_shape(queries, keys))
+        return super().__call__(queries, keys, values, valid_lens, mask=mask, score_bias=score_bias,
+                                training=training, extra=(logit_cap, sinks))
 
     def scores_shape(self, queries, keys):
         return (*queries.shape[:-1], keys.shape[-2])                          # (b, q, k) or (b, heads, q, k)
@@ -102,12 +116,29 @@ class DotProductAttention(_Biased):
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         return keep_mask(self.scores_shape(queries, keys), valid_lens, mask, queries.ctx)
 
-    def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None):
+    def hybrid_forward(self, F, queries, keys, values, keep, score_bias=None, logit_cap=None, sinks=None):
         d = F.npx.shape_array(queries)[-1:].astype("float32")               # (1,): read at run time
         scores = F.npx.batch_dot(queries / F.np.sqrt(d), keys, transpose_b=True)  # (b, q, k)
+        if logit_cap is not None:
+            scores = logit_cap * F.np.tanh(scores / logit_cap)               # soft-capped to (-cap, cap)
         if score_bias is not None:
             scores = scores + score_bias                                     # masking still wins in _weigh_values
-        return _weigh_values(F, scores, keep, values, self.rate)            # (b, q, dv), ...
+        if sinks is None:
+            return _weigh_values(F, scores, keep, values, self.rate)        # (b, q, dv), ...
+        return _weigh_with_sinks(F, scores, keep, values, sinks, self.rate)
+
+
+def _weigh_with_sinks(F, scores, keep, values, sinks, rate):
+    """_weigh_values with one more key per row, first, the sink: its logit joins the softmax, its
+    value is zeros, and its weight is split off the weights handed out (split: no shapes in a graph)."""
+    first = F.np.split(scores, [1], axis=-1)[0]                              # (b, q, 1)
+    sink = F.np.zeros_like(first) + F.np.expand_dims(sinks, -1)              # (b, q, 1): the sink's logit
+    on = F.np.zeros_like(scores) + keep.astype("float32")                    # (b, q, k)
+    keep = F.np.concatenate([F.np.ones_like(first), on], axis=-1) > 0        # (b, q, 1 + k): the sink always
+    nothing = F.np.zeros_like(F.np.split(values, [1], axis=-2)[0])           # (b, 1, dv): the sink's value
+    out, weights, live = _weigh_values(F, F.np.concatenate([sink, scores], -1), keep,
+                                       F.np.concatenate([nothing, values], -2), rate)
+    return out, F.np.split(weights, [1], axis=-1)[1], live                   # weights (b, q, k)
 
 
 class AdditiveAttention(_Attention):
@@ -171,12 +202,15 @@ class MultiHeadAttention(_Biased):
         X = F.npx.reshape(X, (-2, -2, -1, self.head_size))                   # (b, n, heads, dh)
         return F.np.transpose(X, (0, 2, 1, 3))                               # (b, heads, n, dh)
 
-    def _attend(self, F, q, k, v, keep, score_bias=None):
-        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live)."""
+    def _attend(self, F, q, k, v, keep, score_bias=None, *, gate=None, **scoring):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (output, weights, live).
+        `gate` (b, heads, q, dh) multiplies each head's output before W_o; `scoring`: logit_cap, sinks."""
         group = self.num_heads // self.num_kv_heads
         if group > 1:
             k, v = _repeat_heads(F, k, group), _repeat_heads(F, v, group)   # (b, heads, k, dh): h uses h // group
-        out = self.attention(q, k, v, mask=keep, score_bias=score_bias)      # (b, heads, q, dh)
+        out = self.attention(q, k, v, mask=keep, score_bias=score_bias, **scoring)  # (b, heads, q, dh)
+        if gate is not None:
+            out = out * gate                                                 # (b, heads, q, dh)
         out = F.npx.reshape(F.np.transpose(out, (0, 2, 1, 3)), (-2, -2, -5))  # (b, q, num_hiddens)
         return (self.W_o(out), *self.attention._saved)
 

@@ -29,11 +29,29 @@ class CausalSelfAttention(MultiHeadAttention):
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.weight.shape[1], self.head_size                    # Dense: (out, in)
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias and not bias:                                     # Qwen2: on W_q, W_k, W_v, not W_o
+            for x in "qkv":
+                out, size = getattr(self, f"W_{x}").weight.shape
+                setattr(self, f"W_{x}", nn.Dense(out, use_bias=True, flatten=False, in_units=size))
+                getattr(self, f"W_{x}").initialize(DENSE_INIT)
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None            # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        if sinks:
+            self.sinks = self.params.get("sinks", shape=(self.num_heads,), init="zeros")  # (heads,): one logit each
+            self.sinks.initialize()
+        self.W_gate = None
+        if output_gate:
+            self.W_gate = nn.Dense(h, use_bias=False, flatten=False, in_units=h)  # (h, heads * dh)
+            self.W_gate.initialize(DENSE_INIT)
 
     def cache_inputs(self, batch, cache, ctx):
         """The cache checked, as (keys, values); an empty one (b, kv_heads, 0, dh) at the start."""
@@ -68,16 +86,27 @@ class CausalSelfAttention(MultiHeadAttention):
         self.save_weights(weights, live)
         return Y, (keys, values)
 
-    def hybrid_forward(self, F, X, keys, values, keep, *rotary):
+    def _rotate(self, F, X, rotary):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        if self.rotary == self.head_size:
+            return self.rope(X, offset=rotary)
+        turned, kept = F.np.split(X, [self.rotary], axis=-1)                # (b, heads, T, r), (..., dh - r)
+        return F.np.concatenate([self.rope(turned, offset=rotary), kept], axis=-1)  # (b, heads, T, dh)
+
+    def hybrid_forward(self, F, X, keys, values, keep, *rotary, sinks=None):
         q = self._split_heads(F, self.W_q(X))               # (b, heads, T, dh)
         k = self._split_heads(F, self.W_k(X))            # (b, kv_heads, T, dh)
         v = self._split_heads(F, self.W_v(X))            # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                           # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=rotary), self.rope(k, offset=rotary)  # rotated at their positions
+            q, k = self._rotate(F, q, rotary), self._rotate(F, k, rotary)   # rotated at their positions
         if keys is not None:                                                # None: traced without a cache
             k = F.np.concatenate([keys, k], axis=2)                         # (b, kv_heads, t + T, dh)
             v = F.np.concatenate([values, v], axis=2)                       # (b, kv_heads, t + T, dh)
-        Y, weights, live = self._attend(F, q, k, v, keep)              # (b, T, num_hiddens), ...
+        gate = None if self.W_gate is None else self._split_heads(F, F.npx.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if sinks is None else F.np.expand_dims(sinks, -1)      # (heads, 1): every row
+        Y, weights, live = self._attend(F, q, k, v, keep, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
         return Y, k, v, weights, live
 
 
@@ -86,11 +115,12 @@ class TransformerLMBlock(nn.HybridBlock):
     only) on the attention weights and on each branch before it is added. Runs inside its
     model's graph: -> (X, keys, values, weights, live)."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
+                 **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
+                                             rope_base=rope_base, dropout=dropout, **options)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
@@ -114,8 +144,11 @@ class TransformerLM(nn.HybridBlock):
     """
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
+                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nn.Embedding(v, h)
@@ -123,7 +156,7 @@ class TransformerLM(nn.HybridBlock):
         self.blocks = nn.HybridSequential()
         for _ in range(_checks.checked_positive_int("num_layers", num_layers)):
             self.blocks.add(TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                               window=window, rope_base=rope_base, dropout=dropout))
+                                               window=window, rope_base=rope_base, dropout=dropout, **options))
         self.norm = RMSNorm(h)
         self.W_out = nn.Dense(v, use_bias=False, flatten=False, in_units=h)
         self.W_out.initialize(DENSE_INIT)

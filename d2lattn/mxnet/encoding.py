@@ -7,6 +7,7 @@ from mxnet.gluon import nn
 
 from d2lattn import _checks
 from d2lattn.mxnet.ops import _traced, _train_mode, tensor
+from d2lattn.rotary import rope_frequencies
 
 
 def sinusoids(max_len, num_hiddens):
@@ -81,12 +82,11 @@ class RotaryPositionalEncoding(nn.HybridBlock):
     `offset=(positions,)`.
     """
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
         super().__init__()
         d = self.head_size = _checks.checked_head_size(head_size)
-        self.base = _checks.checked_positive_number("base", base)
         self.interleaved = bool(interleaved)
-        theta = self.base ** (-2 * onp.arange(d // 2) / d)                        # (d/2,)
+        theta, self.factor = rope_frequencies(d, base, scaling)                  # (d/2,), YaRN's factor
         a, b = (onp.arange(0, d, 2), onp.arange(1, d, 2)) if self.interleaved else (
             onp.arange(d // 2), onp.arange(d // 2, d))                            # each pair's features
         freq, sign, partner = onp.zeros(d), onp.zeros(d), onp.zeros(d, dtype=onp.int32)
@@ -111,5 +111,6 @@ class RotaryPositionalEncoding(nn.HybridBlock):
 
     def hybrid_forward(self, F, X, positions, freq, sign, partner):
         angles = F.np.expand_dims(positions.astype("float64"), 1) * freq          # (T, d)
-        cos, sin = F.np.cos(angles).astype("float32"), (sign * F.np.sin(angles)).astype("float32")
+        cos, sin = (self.factor * F.np.cos(angles)).astype("float32"), (self.factor * sign * F.np.sin(angles)).astype(
+            "float32")
         return X * cos + F.np.take(X, partner, axis=-1) * sin                      # (..., T, d)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from d2lattn import _checks
-from d2lattn.numpy.ops import masked_softmax
+from d2lattn.numpy.ops import keep_mask, masked_softmax
 from d2lattn.numpy.params import Module
 
 
@@ -21,16 +21,35 @@ class DotProductAttention(Module):
         self.rate = _checks.checked_dropout_rate(dropout)
         self.attention_weights = None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                sinks=None, training=None):
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = queries @ np.swapaxes(keys, -1, -2) / math.sqrt(d)      # (b, q, k)
+        if logit_cap is not None:
+            cap = _checks.checked_logit_cap(logit_cap)
+            scores = cap * np.tanh(scores / cap)                         # soft-capped to (-cap, cap)
         if score_bias is not None:
             score_bias = np.asarray(score_bias)
             _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                 # masking still wins below
-        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        if sinks is None:
+            self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        else:
+            self.attention_weights = _sink_softmax(scores, keep_mask(scores.shape, valid_lens, mask), sinks)
         return self.dropout(self.attention_weights, self.rate, training) @ values  # (b, q, dv)
+
+
+def _sink_softmax(scores, keep, sinks):
+    """Masked softmax with one more column per row, the sink's logit, dropped afterwards: the
+    keys share what the sink leaves, and a row with no key left gives it everything."""
+    sinks = np.asarray(sinks)
+    _checks.check_sinks(sinks.shape, scores.shape)
+    sink = np.broadcast_to(sinks, scores.shape[:-1])[..., None]        # (..., q, 1)
+    keep = np.broadcast_to(keep, scores.shape)                          # (..., q, k)
+    weights = masked_softmax(np.concatenate([scores, sink], -1),        # (..., q, k + 1)
+                             mask=np.concatenate([keep, np.ones_like(sink, dtype=bool)], -1))
+    return weights[..., :-1]                                            # (..., q, k)
 
 
 class AdditiveAttention(Module):
@@ -85,11 +104,15 @@ class MultiHeadAttention(Module):
         X = X.reshape(b, n, -1, self.head_size)                    # (b, n, heads, dh)
         return X.transpose(0, 2, 1, 3)                             # (b, heads, n, dh)
 
-    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None, gate=None,
+                **scoring):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens).
+        `gate` (b, heads, q, dh) multiplies each head's output before W_o; `scoring`: logit_cap, sinks."""
         group = self.num_heads // self.num_kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (b, heads, k, dh): head h uses h // group
-        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training, **scoring)
+        if gate is not None:
+            out = out * gate                                       # (b, heads, q, dh)
         b, _, n, _ = out.shape                                     # (b, heads, q, dh)
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)          # (b, q, num_hiddens)
         return self._dense(out, "o")

@@ -4,6 +4,7 @@ import numpy as np
 
 from d2lattn import _checks
 from d2lattn.numpy.params import Module
+from d2lattn.rotary import rope_frequencies
 
 
 def sinusoids(max_len, num_hiddens):
@@ -53,20 +54,21 @@ def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
 
 class RotaryPositionalEncoding(Module):
     """Rotates each pair of features (a, b) by the angle p theta_i; pairs are split halves
-    (x[i], x[i + d/2]) or, interleaved, neighbours (x[2i], x[2i + 1])."""
+    (x[i], x[i + d/2]) or, interleaved, neighbours (x[2i], x[2i + 1]). A `scaling` rescales
+    theta (d2lattn.rotary), and YaRN's also scales the rotated features by its attention factor."""
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
         super().__init__()
         self.head_size = _checks.checked_head_size(head_size)
-        self.base = _checks.checked_positive_number("base", base)
+        self.theta, self.factor = rope_frequencies(head_size, base, scaling)  # (d/2,), float
         self.interleaved = bool(interleaved)
 
     def forward(self, X, *, offset=0, training=None):
         _checks.check_features("X", X.shape, self.head_size, "the head_size")
         d = self.head_size
-        theta = self.base ** (-2 * np.arange(d // 2) / d)               # (d/2,)
         p = _checks.checked_integer("offset", offset) + np.arange(X.shape[-2])  # (T,): absolute positions
-        cos, sin = np.cos(p[:, None] * theta), np.sin(p[:, None] * theta)  # (T, d/2)
+        angles = p[:, None] * self.theta                                 # (T, d/2)
+        cos, sin = self.factor * np.cos(angles), self.factor * np.sin(angles)
         a, b = (X[..., 0::2], X[..., 1::2]) if self.interleaved else (X[..., : d // 2], X[..., d // 2:])
         a, b = a * cos - b * sin, a * sin + b * cos                     # (..., T, d/2) each
         if self.interleaved:

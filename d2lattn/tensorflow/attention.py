@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from d2lattn import _checks
-from d2lattn.tensorflow.ops import _Layer, _RecordedWeights, masked_softmax
+from d2lattn.tensorflow.ops import _Layer, _RecordedWeights, keep_mask, masked_softmax
 
 
 def _dense_layer(in_size, out_size, bias=False):
@@ -41,17 +41,36 @@ class DotProductAttention(_Attention):
         self.attention_weights = None
         self.built = True  # no weights: nothing for Keras to build on the first call
 
-    def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def call(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+             sinks=None, training=None):
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         d = queries.shape[-1]
         scores = tf.matmul(queries, keys, transpose_b=True) / math.sqrt(d)   # (b, q, k)
+        if logit_cap is not None:
+            cap = _checks.checked_logit_cap(logit_cap)
+            scores = cap * tf.tanh(scores / cap)                             # soft-capped to (-cap, cap)
         if score_bias is not None:
             score_bias = tf.cast(score_bias, scores.dtype)
             _checks.check_score_bias(score_bias.shape, scores.shape)
             scores = scores + score_bias                                     # masked after: weight 0 there
-        self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        if sinks is None:
+            self.attention_weights = masked_softmax(scores, valid_lens, mask=mask)
+        else:
+            self.attention_weights = _sink_softmax(scores, keep_mask(scores, valid_lens, mask), sinks)
         weights = self.dropout(self.attention_weights, training=training)
         return tf.matmul(weights, values)                                    # (b, q, dv)
+
+
+def _sink_softmax(scores, keep, sinks):
+    """Masked softmax with one more column per row, the sink's logit, dropped afterwards: the
+    keys share what the sink leaves, and a row with no key left gives it everything."""
+    sinks = tf.cast(sinks, scores.dtype)
+    _checks.check_sinks(sinks.shape, scores.shape)
+    sink = tf.broadcast_to(sinks, tf.shape(scores)[:-1])[..., None]          # (..., q, 1)
+    keep = tf.ones_like(scores, tf.bool) if keep is None else tf.broadcast_to(keep, tf.shape(scores))
+    weights = masked_softmax(tf.concat([scores, sink], -1),                  # (..., q, k + 1)
+                             mask=tf.concat([keep, tf.ones_like(sink, tf.bool)], -1))
+    return weights[..., :-1]                                                 # (..., q, k)
 
 
 class AdditiveAttention(_Attention):
@@ -101,11 +120,15 @@ class MultiHeadAttention(_Attention):
         X = tf.reshape(X, (b, n, X.shape[-1] // self.head_size, self.head_size))  # (b, n, heads, dh), static sizes
         return tf.transpose(X, (0, 2, 1, 3))                        # (b, heads, n, dh)
 
-    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None, gate=None,
+                **scoring):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens).
+        `gate` (b, heads, q, dh) multiplies each head's output before W_o; `scoring`: logit_cap, sinks."""
         group = self.num_heads // self.num_kv_heads
         k, v = tf.repeat(k, group, axis=1), tf.repeat(v, group, axis=1)   # (b, heads, k, dh): head h uses h // group
-        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training, **scoring)
+        if gate is not None:
+            out = out * gate                                        # (b, heads, q, dh)
         out = tf.transpose(out, (0, 2, 1, 3))                       # (b, q, heads, dh)
         b, n = tf.shape(out)[0], tf.shape(out)[1]
         return self.W_o(tf.reshape(out, (b, n, out.shape[2] * out.shape[3])))  # (b, q, num_hiddens)

@@ -24,11 +24,28 @@ class CausalSelfAttention(MultiHeadAttention):
     """
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.kernel.shape[0], self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias and not bias:                                    # Qwen2: on W_q, W_k, W_v, not W_o
+            for x in "qkv":                                                # a built Dense takes no new weight:
+                self._tracker.untrack(dense := getattr(self, f"W_{x}"))    # replaced by a biased one
+                setattr(self, f"W_{x}", _dense_layer(*dense.kernel.shape, bias=True))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None           # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = self.add_weight(shape=(self.num_heads,), initializer="zeros", name="sinks") if sinks else None
+        self.W_gate = _dense_layer(h, h) if output_gate else None          # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return tf.concat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def call(self, X, *, cache=None, position=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.kernel.shape[0])
@@ -37,26 +54,32 @@ class CausalSelfAttention(MultiHeadAttention):
         q = self._split_heads(self.W_q(X))                                 # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                                 # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                                 # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                          # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=start), self.rope(k, offset=start)  # at positions start .. start + T - 1
+            q, k = self._rotate(q, start), self._rotate(k, start)          # at positions start .. start + T - 1
         if position is not None:
             k, v = (keras.ops.slice_update(buffer, (0, 0, position, 0), new)  # (b, kv_heads, max_len, dh)
                     for buffer, new in zip(cache, (k, v)))
         elif cache is not None:
             k, v = tf.concat([cache[0], k], 2), tf.concat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
         mask = causal_mask(tf.shape(X)[1], tf.shape(k)[2], offset=start, window=self.window)  # (T, t + T)
-        return self._attend(q, k, v, mask=mask, training=training), (k, v)   # (b, T, num_hiddens)
+        gate = None if self.W_gate is None else self._split_heads(tf.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks[:, None]        # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v)                                                   # (b, T, num_hiddens)
 
 
 class TransformerLMBlock(_Layer):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
+                 **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
+                                             rope_base=rope_base, dropout=dropout, **options)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
@@ -73,11 +96,14 @@ class TransformerLM(_Layer):
     """`position`: as CausalSelfAttention's, for every block (generate's fixed-shape step)."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
+                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
-                                          window=window, rope_base=rope_base, dropout=dropout)
+                                          window=window, rope_base=rope_base, dropout=dropout, **options)
                        for _ in range(_checks.checked_positive_int("num_layers", num_layers))]
         self.norm = RMSNorm(num_hiddens)
         self.W_out = _dense_layer(num_hiddens, vocab_size)

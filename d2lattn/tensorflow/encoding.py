@@ -1,10 +1,10 @@
 """Positions: sinusoidal encoding, ALiBi's score biases and rotary encoding (RoPE)."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from d2lattn import _checks
+from d2lattn.rotary import rope_frequencies
 from d2lattn.tensorflow.ops import _Layer
 
 
@@ -49,14 +49,14 @@ def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
 
 
 class RotaryPositionalEncoding(_Layer):
-    """`offset` may be an int32 tensor (a position known only at run time under tf.function)."""
+    """`offset` may be an int32 tensor (a position known only at run time under tf.function);
+    theta and YaRN's factor on the rotated features from d2lattn.rotary for a `scaling`."""
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
         super().__init__()
         self.head_size = _checks.checked_head_size(head_size)
-        self.base = _checks.checked_positive_number("base", base)
         self.interleaved = bool(interleaved)
-        self.theta = self.base ** (-np.arange(0, self.head_size, 2) / self.head_size)  # (head_size / 2,), float64
+        self.theta, self.factor = rope_frequencies(head_size, base, scaling)   # (head_size / 2,), float64
         self.built = True  # no weights: nothing for Keras to build on the first call
 
     def call(self, X, *, offset=0, training=None):
@@ -65,7 +65,7 @@ class RotaryPositionalEncoding(_Layer):
             _checks.checked_integer("offset", offset)
         positions = tf.cast(offset + tf.range(tf.shape(X)[-2]), tf.float64)   # (T,)
         angles = positions[:, None] * self.theta                               # (T, head_size / 2), float64
-        cos, sin = tf.cast(tf.cos(angles), X.dtype), tf.cast(tf.sin(angles), X.dtype)
+        cos, sin = tf.cast(self.factor * tf.cos(angles), X.dtype), tf.cast(self.factor * tf.sin(angles), X.dtype)
         half = self.head_size // 2
         a, b = (X[..., 0::2], X[..., 1::2]) if self.interleaved else (X[..., :half], X[..., half:])  # (..., T, half)
         rotated = (a * cos - b * sin, a * sin + b * cos)

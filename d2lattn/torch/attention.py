@@ -39,15 +39,21 @@ class DotProductAttention(nn.Module):
         self.rate = _checks.checked_dropout_rate(dropout)
         self._saved, self._weights = None, None
 
-    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
+    def forward(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, logit_cap=None,
+                sinks=None, training=None):
         _checks.check_attention_inputs(queries.shape, keys.shape, values.shape, dot=True, batch_axes=2)
         training = self.training if training is None else training
         scores_shape = (*queries.shape[:-1], keys.shape[-2])                  # (b, q, k)
         keep = keep_mask(scores_shape, valid_lens, mask, queries.device)      # broadcasts to it
-        attn_mask = keep
         if score_bias is not None:
             score_bias = torch.as_tensor(score_bias, dtype=queries.dtype, device=queries.device)
             _checks.check_score_bias(score_bias.shape, scores_shape)
+        if logit_cap is not None or sinks is not None:                        # no fused kernel takes them
+            weights = _weights(queries, keys, keep, score_bias, _checks.checked_logit_cap(logit_cap), sinks)
+            _record(self, weights, _saved=None, _weights=weights)
+            return F.dropout(weights, self.rate, training) @ values            # (b, q, dv)
+        attn_mask = keep
+        if score_bias is not None:
             attn_mask = score_bias if keep is None else torch.where(keep, score_bias, -math.inf)
         out = F.scaled_dot_product_attention(                                 # (b, q, dv)
             queries, keys, values, attn_mask=attn_mask, dropout_p=self.rate if training else 0.0)
@@ -58,10 +64,25 @@ class DotProductAttention(nn.Module):
     def attention_weights(self):
         """(b, q, k): the weights of the last call, before dropout."""
         if self._weights is None and self._saved is not None:
-            queries, keys, keep, score_bias = self._saved
-            scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])  # (b, q, k)
-            self._weights = masked_softmax(scores if score_bias is None else scores + score_bias, mask=keep)
+            self._weights = _weights(*self._saved)
         return self._weights
+
+
+def _weights(queries, keys, keep, score_bias, logit_cap=None, sinks=None):
+    """masked_softmax of the scaled scores, soft-capped to (-cap, cap) before the bias and the mask;
+    with `sinks`, one more column per row (the sink's logit) joins the softmax and is dropped."""
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])      # (b, q, k)
+    if logit_cap is not None:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+    if score_bias is not None:
+        scores = scores + score_bias
+    if sinks is None:
+        return masked_softmax(scores, mask=keep)
+    _checks.check_sinks(sinks.shape, scores.shape)
+    sink = sinks.to(scores.dtype).expand(scores.shape[:-1]).unsqueeze(-1)         # (b, q, 1)
+    keep = torch.ones_like(scores, dtype=torch.bool) if keep is None else keep.expand(scores.shape)
+    keep = torch.cat([keep, torch.ones_like(sink, dtype=torch.bool)], -1)         # (b, q, k + 1): the sink always
+    return masked_softmax(torch.cat([scores, sink], -1), mask=keep)[..., :-1]     # (b, q, k)
 
 
 class AdditiveAttention(nn.Module):
@@ -117,12 +138,16 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = X.shape                                            # (b, n, heads * dh)
         return X.reshape(b, n, -1, self.head_size).transpose(1, 2)   # (b, heads, n, dh)
 
-    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None):
-        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens)."""
+    def _attend(self, q, k, v, valid_lens=None, *, mask=None, score_bias=None, training=None, gate=None,
+                **scoring):
+        """Heads in, output out: q (b, heads, q, dh), k and v (b, kv_heads, k, dh) -> (b, q, num_hiddens).
+        `gate` (b, heads, q, dh) multiplies each head's output before W_o; `scoring`: logit_cap, sinks."""
         group = self.num_heads // self.num_kv_heads
         # (b, kv_heads, group, k, dh) -> (b, heads, k, dh): head h reads kv head h // group (a view when group is 1)
         k, v = (x.unsqueeze(2).expand(-1, -1, group, -1, -1).flatten(1, 2) for x in (k, v))
-        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training)
+        out = self.attention(q, k, v, valid_lens, mask=mask, score_bias=score_bias, training=training, **scoring)
+        if gate is not None:
+            out = out * gate                                         # (b, heads, q, dh)
         b, _, n, _ = out.shape                                       # (b, heads, q, dh)
         return self.W_o(out.transpose(1, 2).reshape(b, n, -1))       # (b, q, num_hiddens)
 

@@ -18,11 +18,27 @@ class CausalSelfAttention(MultiHeadAttention):
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far."""
 
     def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False):
+                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
+                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
         super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+        h, dh = self.W_q.in_features, self.head_size
         self.window = _checks.checked_window(window)
+        self.logit_cap = _checks.checked_logit_cap(logit_cap)
+        self.rotary = dh if rope_base is None else _checks.checked_rope_fraction(dh, rope_fraction)  # rotated
         self.rope = None if rope_base is None else RotaryPositionalEncoding(
-            self.head_size, _checks.checked_positive_number("rope_base", rope_base))
+            self.rotary, _checks.checked_positive_number("rope_base", rope_base), scaling=rope_scaling)
+        if attention_bias:                                             # Qwen2: on W_q, W_k, W_v, not W_o
+            for dense in (self.W_q, self.W_k, self.W_v):
+                dense.bias = nn.Parameter(torch.zeros(dense.out_features))
+        self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None       # over each head's features
+        self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
+        self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None   # (heads,): one logit each
+        self.W_gate = nn.Linear(h, h, bias=False) if output_gate else None          # (h, heads * dh)
+
+    def _rotate(self, X, offset):
+        """RoPE on the first `rotary` features of each head, the rest as they are."""
+        r = self.rotary
+        return torch.cat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def forward(self, X, *, cache=None, training=None):
         _checks.check_sequence_input(X.shape, self.W_q.in_features)
@@ -31,23 +47,29 @@ class CausalSelfAttention(MultiHeadAttention):
         q = self._split_heads(self.W_q(X))                             # (b, heads, T, dh)
         k = self._split_heads(self.W_k(X))                             # (b, kv_heads, T, dh)
         v = self._split_heads(self.W_v(X))                             # (b, kv_heads, T, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
         if self.rope is not None:
-            q, k = self.rope(q, offset=t), self.rope(k, offset=t)      # at positions t .. t + T - 1
+            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, t + T, dh)
         mask = causal_mask(T, t + T, offset=t, window=self.window).to(X.device)  # (T, t + T): lower right
-        return self._attend(q, k, v, mask=mask, training=training), (k, v)      # (b, T, num_hiddens)
+        gate = None if self.W_gate is None else self._split_heads(torch.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
+        sinks = None if self.sinks is None else self.sinks.unsqueeze(1)         # (heads, 1): every row
+        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
+        return Y, (k, v)                                               # (b, T, num_hiddens)
 
 
 class TransformerLMBlock(nn.Module):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added."""
 
-    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout):
+    def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
+                 **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens)
         self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
-                                             rope_base=rope_base, dropout=dropout)
+                                             rope_base=rope_base, dropout=dropout, **options)
         self.norm2 = RMSNorm(num_hiddens)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens)
         self.rate = _checks.checked_dropout_rate(dropout)
@@ -62,14 +84,17 @@ class TransformerLMBlock(nn.Module):
 
 class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0):
+                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, qk_norm=False, sinks=False,
+                 output_gate=False, logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False):
         super().__init__()
+        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
+                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.embedding = nn.Embedding(v, h)
         self.blocks = nn.ModuleList(
             TransformerLMBlock(h, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads, window=window,
-                               rope_base=rope_base, dropout=dropout)
+                               rope_base=rope_base, dropout=dropout, **options)
             for _ in range(_checks.checked_positive_int("num_layers", num_layers)))
         self.norm = RMSNorm(h)
         self.W_out = nn.Linear(h, v, bias=False)

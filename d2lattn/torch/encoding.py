@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2lattn import _checks
+from d2lattn.rotary import rope_frequencies
 
 
 def sinusoids(max_len, num_hiddens):
@@ -54,14 +55,14 @@ def alibi_bias(num_heads, num_queries, num_keys=None, *, offset=0):
 
 
 class RotaryPositionalEncoding(nn.Module):
-    """Rotates each pair (a, b) of features by the angle p * theta_i of its position p."""
+    """Rotates each pair (a, b) of features by the angle p * theta_i of its position p; theta
+    (and YaRN's factor on the rotated features) from d2lattn.rotary for a `scaling`."""
 
-    def __init__(self, head_size, base=10000.0, *, interleaved=False):
+    def __init__(self, head_size, base=10000.0, *, interleaved=False, scaling=None):
         super().__init__()
         self.head_size = _checks.checked_head_size(head_size)
-        theta = _checks.checked_positive_number("base", base) ** (-torch.arange(0, head_size, 2, dtype=torch.float64)
-                                                          / head_size)
-        self.register_buffer("theta", theta, persistent=False)                # (head_size / 2,), float64
+        theta, self.factor = rope_frequencies(head_size, base, scaling)
+        self.register_buffer("theta", torch.from_numpy(theta), persistent=False)  # (head_size / 2,), float64
         self.interleaved = bool(interleaved)
 
     def forward(self, X, *, offset=0, training=None):  # no dropout: `training` is ignored
@@ -69,7 +70,7 @@ class RotaryPositionalEncoding(nn.Module):
         offset = _checks.checked_integer("offset", offset)
         position = torch.arange(X.shape[-2], dtype=torch.float64, device=X.device) + offset
         angles = position.unsqueeze(1) * self.theta                           # (T, head_size / 2)
-        cos, sin = angles.cos().to(X.dtype), angles.sin().to(X.dtype)
+        cos, sin = (self.factor * angles.cos()).to(X.dtype), (self.factor * angles.sin()).to(X.dtype)
         if self.interleaved:
             a, b = X[..., 0::2], X[..., 1::2]                                 # (..., T, head_size / 2) each
             return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)  # (..., T, head_size)

@@ -504,3 +504,27 @@ def test_a_keras_sequential_of_d2lattn_layers_round_trips_through_a_keras_file(t
              for m in (model, loaded)]
     assert rates[1] == rates[0] and set(rates[0]) == {0.1, 0.2, 0.3}
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+
+
+def test_output_gate_matches_keras_multiheadattention_use_gate():
+    """Keras' MultiHeadAttention(use_gate=True) multiplies each head's output by sigmoid(query W_gate)
+    before its output map, as Qwen3-Next's gated attention and CausalSelfAttention(output_gate=True) do;
+    its gate kernel (in, heads, dh) is W_gate reshaped. Keras has no attention sinks, and
+    keras.ops.dot_product_attention's attn_logits_soft_cap runs only with JAX on TPU (on TensorFlow it
+    is a ValueError), so the cap has no native peer here."""
+    rng = np.random.default_rng(11)
+    dh = H // HEADS
+    ours = d2l.CausalSelfAttention(H, HEADS, rope_base=None, output_gate=True)
+    params = {n: _uniform(rng, p.shape, p.shape[0]) for n, p in d2l.get_params(ours).items()}
+    d2l.set_params(ours, params)
+    native = keras.layers.MultiHeadAttention(HEADS, key_dim=dh, use_bias=False, use_gate=True)
+    native.build((None, None, H), (None, None, H), (None, None, H))
+    for x, layer in (("q", native.query_dense), ("k", native.key_dense), ("v", native.value_dense),
+                     ("gate", native._gate_dense)):
+        layer.kernel.assign(params[f"W_{x}"].reshape(H, HEADS, dh))                 # (in, heads, dh)
+    native.output_dense.kernel.assign(params["W_o"].reshape(HEADS, dh, H))         # (heads, dh, out)
+    X = rng.normal(size=(B, K, H)).astype(np.float32)
+    np.testing.assert_allclose(d2l.to_numpy(ours(X)[0]), np.asarray(native(X, X, X, use_causal_mask=True)),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="attn_logits_soft_cap"):
+        keras.ops.dot_product_attention(X[:, :, None], X[:, :, None], X[:, :, None], attn_logits_soft_cap=1.0)

@@ -5,6 +5,9 @@ say True = attend. Lengths here are >= 1: a query with nothing to attend to
 is ours to define (zeros), and the harness checks it against the reference.
 """
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -191,6 +194,28 @@ def test_sdpa_and_ours_match_float64_math_with_distinct_keys_and_values():
     out = d2l.DotProductAttention().eval()(q, k, v, lens, mask=causal)
     np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-5)
     np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).numpy(), want.numpy(), atol=1e-5)
+
+
+def test_soft_capping_and_sinks_match_flex_attention():
+    """flex_attention with a score_mod that caps the scores and then masks them (Gemma 2's order), and
+    a sink from its log-sum-exp: attention with one more column s is the output times
+    sigmoid(lse - s). SDPA takes neither a cap nor a sink; flex_attention takes the cap, not the sink."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    rng = np.random.default_rng(9)
+    q, k, v = (torch.from_numpy(rng.normal(size=(B, 2, n, 8)).astype(np.float32)) for n in (Q, K, K))
+    sinks, cap = torch.from_numpy(rng.normal(size=(2, 1)).astype(np.float32)), 0.8   # (heads, 1): every row
+
+    def capped(score, b, h, i, j):
+        return torch.where(j <= i + K - Q, cap * torch.tanh(score / cap), -math.inf)   # lower-right causal
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                  # eager flex_attention warns: not compiled
+        out, lse = flex_attention(q * 3, k, v, score_mod=capped, return_lse=True)   # (b, heads, q, dv), (b, heads, q)
+    native = out * torch.sigmoid(lse - sinks).unsqueeze(-1)
+    keep = torch.ones(Q, K, dtype=torch.bool).tril(K - Q)
+    ours = d2l.DotProductAttention()(q * 3, k, v, mask=keep, logit_cap=cap, sinks=sinks)
+    np.testing.assert_allclose(ours.numpy(), native.numpy(), atol=1e-5)
 
 
 # --- the Transformer's blocks against nn.TransformerEncoderLayer / nn.TransformerDecoderLayer ---------

@@ -13,6 +13,20 @@ from d2lattn.tensorflow.ops import _Layer
 from d2lattn.tensorflow.seq2seq import _embedding_layer
 
 
+def _length(cache):
+    """Steps in a cache (b, t, h): a number, or a tensor where a relaxed trace left t unknown."""
+    return tf.shape(cache)[1] if cache.shape[1] is None else cache.shape[1]
+
+
+def _positions(X):
+    """X (b, T, h) split into T steps (b, 1, h); a relaxed trace (greedy_decode's) that left T unknown
+    feeds one step, checked when it runs."""
+    if X.shape[1] is None:
+        tf.debugging.assert_equal(tf.shape(X)[1], 1, "a traced step with unknown length takes one position")
+        return [X]
+    return tf.split(X, X.shape[1], axis=1)
+
+
 class TransformerEncoder(_Layer):
     def __init__(self, vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blocks, dropout=0.0, bias=False):
         super().__init__()
@@ -57,7 +71,7 @@ class TransformerDecoder(_Layer):
         enc_outputs, enc_valid_lens, caches = state                      # (b, S, h), (b,), per block
         X = tf.convert_to_tensor(X)
         _checks.check_tokens(X.shape)
-        start, caches = (0 if caches[0] is None else caches[0].shape[1]), list(caches)   # positions so far
+        start, caches = (0 if caches[0] is None else _length(caches[0])), list(caches)   # positions so far
         X = self.embedding(X) * math.sqrt(self.num_hiddens)              # (b, T, h)
         X = self.pos_encoding(X, offset=start, training=training)
         if caches[0] is None:                                            # the whole sequence, causally
@@ -67,7 +81,7 @@ class TransformerDecoder(_Layer):
                 X = block(X, enc_outputs, enc_valid_lens, training=training)
         else:                                                            # one position at a time
             steps = []
-            for x in tf.split(X, X.shape[1], axis=1):                    # (b, 1, h)
+            for x in _positions(X):                                      # (b, 1, h)
                 for i, block in enumerate(self.blocks):
                     x, caches[i] = block.step(x, enc_outputs, enc_valid_lens, caches[i], training=training)
                 steps.append(x)

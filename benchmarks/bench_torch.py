@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import common, memory
+from benchmarks import common, memory, shared_cpu
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -75,4 +75,5 @@ def blockwise_memory():
 
 if __name__ == "__main__":
     main()
+    shared_cpu.main()  # training beside a concurrent CPU load, before blockwise_memory sets one thread
     blockwise_memory()

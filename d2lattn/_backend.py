@@ -46,8 +46,8 @@ DISTRIBUTIONS = {
 # Every backend folder holds these modules, the same names in the same order (the mirror a
 # reader relies on); together with the backend-free figures and notebook helpers they
 # define every name of the contract (d2lattn/api.py).
-MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "transformer", "decoder", "blockwise", "params",
-           "grads", "train")
+MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "transformer", "decoder", "vision", "blockwise",
+           "params", "grads", "train")
 SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # What a backend cannot do, with the reason. A test that needs a capability says so with
 # @pytest.mark.needs("capability") and is skipped with this reason where it is missing
@@ -56,7 +56,8 @@ PEER = ("Hugging Face transformers runs on PyTorch: tests/peer/ holds its module
         "PyTorch backend, and the harness carries that agreement to this backend")
 LACKS = {
     "numpy": {
-        "training": "the NumPy reference is forward-only: it refuses train_lm, train_seq2seq and training=True",
+        "training": ("the NumPy reference is forward-only: it refuses train_lm, train_seq2seq, train_classifier "
+                     "and training=True"),
         "dropout": "the NumPy reference is deterministic: it evaluates, it never drops out",
         "autodiff": "the NumPy reference has no autodiff: its gradients are float64 central finite differences",
         "compiled": "the NumPy reference has no compiler: value_and_grads(compiled=True) runs it as it is",

@@ -281,6 +281,38 @@ def check_recurrent_input(X, input_size, state=None, num_layers=None, num_hidden
                          f"({num_layers}, {X[0]}, {num_hiddens}), got {tuple(state)}")
 
 
+def checked_size_pair(name, value):
+    """An image or patch size: a positive integer (square) or a (height, width) pair of them."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0 for n in pair):
+        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def checked_patch_grid(image_size, patch_size):
+    """(image (H, W), patch (P_h, P_w)): the patch must tile the image exactly."""
+    image, patch = checked_size_pair("image_size", image_size), checked_size_pair("patch_size", patch_size)
+    if image[0] % patch[0] or image[1] % patch[1]:
+        raise ValueError(f"patch_size {patch} (height, width) must divide image_size {image} into whole patches")
+    return image, patch
+
+
+def check_images(shape, image_size, num_channels):
+    """Channels-last images (batch, height, width, channels) of the size a module was built for."""
+    shape = tuple(shape)
+    want = (None, *image_size, num_channels)
+    if len(shape) != 4 or not all(_fits(a, b) for a, b in zip(shape, want)):
+        raise ValueError(f"images must have shape (batch, height, width, channels) = (b, {image_size[0]}, "
+                         f"{image_size[1]}, {num_channels}), channels last, got {shape}")
+
+
+def check_class_labels(labels_shape, batch):
+    """One integer class label per image of a batch of `batch`."""
+    if tuple(labels_shape) != (batch,):
+        raise ValueError(f"labels must have shape (batch,) = ({batch},), one class per image, got "
+                         f"{tuple(labels_shape)}")
+
+
 def check_param_shapes(expected, given):
     """Compare {name: shape} from the module with {name: array} from the caller."""
     missing = sorted(set(expected) - set(given))

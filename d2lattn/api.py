@@ -529,6 +529,67 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
     the same tokens."""
 
 
+# --- transformers for vision ---------------------------------------------------------
+# Images are channels-last (b, H, W, C) on every backend. Sizes (`image_size`, `patch_size`)
+# are an integer (square) or a (height, width) pair. The GELU is the exact one,
+# x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))) (PyTorch's and Keras' default; not the tanh
+# approximation, JAX's default), the same on every backend.
+
+
+class PatchEmbedding:
+    """Non-overlapping patch_size patches, each flattened and mapped by one dense map
+    (equivalently a convolution with kernel and stride patch_size).
+
+    Patches are taken in row-major order over the grid (left to right, then top to bottom);
+    a patch flattens to P_h * P_w * C features in the order (row, column, channel), channels
+    innermost: feature (i * P_w + j) * C + c is pixel (i, j), channel c of the patch. So the
+    dense map W_patch (P_h * P_w * C, num_hiddens) is a convolution kernel (P_h, P_w, C,
+    num_hiddens) reshaped."""
+
+    def __init__(self, image_size, patch_size, num_channels, num_hiddens):
+        """W_patch (P_h * P_w * num_channels, num_hiddens), b_patch (num_hiddens,). A patch_size that
+        does not divide image_size is a ValueError naming patch_size. `.num_patches`."""
+
+    def __call__(self, X, *, training=None):
+        """X (b, H, W, num_channels) -> (b, num_patches, num_hiddens); any other image shape or
+        channel count is a ValueError."""
+
+
+class ViTBlock:
+    """A pre-norm encoder block: X + MHA(norm1(X)), then X + mlp(norm2(X)), where mlp is
+    W_1, GELU, dropout, W_2, dropout (with biases b_1, b_2). Dropout (training only) on the
+    attention weights and in the MLP, as d2l's.
+    Children: norm1, attention (MultiHeadAttention(num_hiddens, num_heads, dropout, bias)), norm2,
+    mlp (mlp.W_1 (num_hiddens, mlp_num_hiddens), mlp.b_1, mlp.W_2, mlp.b_2)."""
+
+    def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, dropout=0.0, bias=False):
+        """`bias`: biases of the attention's maps (the MLP always has them)."""
+
+    def __call__(self, X, valid_lens=None, *, training=None):
+        """(b, T, num_hiddens) -> same shape; `.attention_weights` (b, heads, T, T)."""
+
+
+class ViT:
+    """The Vision Transformer: patch_embedding, a learned cls_token (1, 1, num_hiddens) prepended to
+    the patches, learned pos_embedding (1, num_patches + 1, num_hiddens) added, dropout, the blocks
+    `blocks.{i}` (ViTBlock), a final `norm` (LayerNorm) and a dense head W_head (num_hiddens,
+    num_classes), b_head on the class token's output."""
+
+    def __init__(self, image_size, patch_size, num_channels, num_hiddens, mlp_num_hiddens, num_heads, num_blocks,
+                 num_classes, dropout=0.0, bias=False):
+        """Sizes as PatchEmbedding and ViTBlock."""
+
+    def __call__(self, images, *, training=None):
+        """images (b, H, W, num_channels) -> logits (b, num_classes); `.attention_weights` a list,
+        one (b, heads, num_patches + 1, num_patches + 1) per block (row 0: the class token's)."""
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """The framework's own Adam with global-norm clipping on the mean softmax cross-entropy of
+    model(images, training=True), a progress bar, and the loss curve (each epoch's mean loss).
+    batches: a re-iterable of NumPy (images float (b, H, W, C), labels int (b,))."""
+
+
 # --- attention that fits in memory ---------------------------------------------------
 
 

@@ -184,6 +184,15 @@ CASES = [
          {"vocab_size": 7, "num_hiddens": 16, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12, "qk_norm": True,
           "sinks": True, "output_gate": True, "logit_cap": 1.0, "rope_fraction": 0.5, "rope_scaling": YARN,
           "attention_bias": True}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=73),
+    # the Vision Transformer: channels-last images, patches that need not be square
+    Case("patch-embedding", "PatchEmbedding", ((B, 4, 6, 2),),
+         {"image_size": (4, 6), "patch_size": (2, 3), "num_channels": 2, "num_hiddens": 5}, seed=80),
+    Case("vit-block", "ViTBlock", ((B, 5, 8),), {"num_hiddens": 8, "mlp_num_hiddens": 12, "num_heads": 2}, seed=81),
+    Case("vit-block-bias-lens", "ViTBlock", ((B, 5, 8),),
+         {"num_hiddens": 8, "mlp_num_hiddens": 6, "num_heads": 4, "bias": True}, valid_lens=(3, 9), seed=82),
+    Case("vit", "ViT", ((B, 4, 4, 1),), {"image_size": 4, "patch_size": 2, "num_channels": 1, "num_hiddens": 8,
+                                        "mlp_num_hiddens": 12, "num_heads": 2, "num_blocks": 2, "num_classes": 3},
+         seed=83),
     # blockwise (online-softmax) attention: key blocks that do not divide k = 7, lengths, causal offsets
     Case("blockwise-plain", "blockwise_attention", QKV7, call={"block_size": 3}, seed=40),
     Case("blockwise-lens1d", "blockwise_attention", QKV7, valid_lens=(9, 0), call={"block_size": 2}, seed=41),

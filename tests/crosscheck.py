@@ -2,13 +2,14 @@
 
 Each framework's test session writes build/results/<backend>.harness.npz (every harness case,
 eager and compiled), <backend>.training-lm.npz (a language model after six Adam steps,
-tests/test_train.py) and <backend>.lm.safetensors (TransformerLM weights,
-tests/test_params.py). This prints, per case run, the largest difference between each pair of
-frameworks (forward: outputs and attention weights; backward: gradients), a summary in units of
-the tolerance, the saved weights loaded into the reference, and the training comparison. It
-fails on any pair above tolerance, or on a framework whose results are missing, incomplete,
-stale (written by other code or other cases than these) or written under framework
-versions other than the tested ones (constraints/<backend>.txt).
+tests/test_train.py), <backend>.training-vit.npz (a ViT after six Adam steps, tests/test_vision.py)
+and <backend>.lm.safetensors (TransformerLM weights, tests/test_params.py). This prints, per
+case run, the largest difference between each pair of frameworks (forward: outputs and attention
+weights; backward: gradients), a summary in units of the tolerance, the saved weights loaded
+into the reference, and the training comparison. It fails on any pair above tolerance, or on a
+framework whose results are missing, incomplete, stale (written by other code or other cases
+than these) or written under framework versions other than the tested ones
+(constraints/<backend>.txt).
 
 What it adds to the single-framework tests: those hold each framework to the reference one case
 at a time, so two frameworks that pass are within twice the tolerance of each other (the
@@ -118,22 +119,30 @@ def lm_files(backends):
     return problems
 
 
+# The training runs each framework's session writes (kind of results file: key, what it is).
+TRAINING_RUNS = {"training-lm": ("lm-adam", "six Adam steps of the same TransformerLM"),
+                 "training-vit": ("vit-adam", "six Adam steps of the same ViT on images")}
+
+
 def training(backends):
-    """Compare the language model trained in every framework: losses and every parameter."""
-    results, problems = load(backends, "training-lm")
-    print("\ntraining: six Adam steps of the same TransformerLM; largest |difference| (tolerance)")
-    for a, b in itertools.combinations(results, 2):
-        after = _backend.EPSILON_AFTER_CORRECTION
-        tol = TRAINING_TOLERANCE["alike" if after[a] == after[b] else "unlike"]
-        A, B = results[a]["lm-adam"], results[b]["lm-adam"]
-        gaps = {f: float(np.max(np.abs(A[f] - B[f]))) if f in B and A[f].shape == B[f].shape else math.inf
-                for f in A}
-        gaps.update({f: math.inf for f in B if f not in A})
-        worst = {k: max((g for f, g in gaps.items() if f.split(":")[0] == k), default=math.inf) for k in tol}
-        print(f"  {a:>10} ~ {b:<10} loss {worst['loss']:.1e} ({tol['loss']:.0e})  "
-              f"parameters {worst['param']:.1e} ({tol['param']:.0e})")
-        problems += [f"training {a} vs {b}: {k} differs by {worst[k]:.2e}, above {tol[k]:.0e}"
-                     for k in tol if not worst[k] <= tol[k]]
+    """Compare the models trained in every framework: losses and every parameter."""
+    problems = []
+    for kind, (key, what) in TRAINING_RUNS.items():
+        results, missing = load(backends, kind)
+        problems += missing
+        print(f"\ntraining: {what}; largest |difference| (tolerance)")
+        for a, b in itertools.combinations(results, 2):
+            after = _backend.EPSILON_AFTER_CORRECTION
+            tol = TRAINING_TOLERANCE["alike" if after[a] == after[b] else "unlike"]
+            A, B = results[a][key], results[b][key]
+            gaps = {f: float(np.max(np.abs(A[f] - B[f]))) if f in B and A[f].shape == B[f].shape else math.inf
+                    for f in A}
+            gaps.update({f: math.inf for f in B if f not in A})
+            worst = {k: max((g for f, g in gaps.items() if f.split(":")[0] == k), default=math.inf) for k in tol}
+            print(f"  {a:>10} ~ {b:<10} loss {worst['loss']:.1e} ({tol['loss']:.0e})  "
+                  f"parameters {worst['param']:.1e} ({tol['param']:.0e})")
+            problems += [f"training {key} {a} vs {b}: {k} differs by {worst[k]:.2e}, above {tol[k]:.0e}"
+                         for k in tol if not worst[k] <= tol[k]]
     return problems
 
 
@@ -166,7 +175,7 @@ def main(backends):
         print("\nFAILED:\n  " + "\n  ".join(problems))
         return 1
     print(f"\ncrosscheck passed: {len(names)} frameworks, {len(CASES)} cases eager and compiled, and the trained "
-          "language model, every pair within tolerance")
+          "language model and ViT, every pair within tolerance")
     return 0
 
 

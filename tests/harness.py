@@ -158,8 +158,11 @@ def run_case(d2l, case, mode="eager"):
     out, input_grads, param_grads = d2l.value_and_grads(
         fn, inputs, projection, compiled=mode == "compiled", **kwargs)
     result = {f"output:{i}": o for i, o in enumerate(out)} if len(shapes) > 1 else {"output": out}
-    if getattr(fn, "attention_weights", None) is not None:
-        result["weights"] = d2l.to_numpy(fn.attention_weights)
+    weights = getattr(fn, "attention_weights", None)
+    if isinstance(weights, list):  # one per block (ViT): stacked, (blocks, b, heads, q, k)
+        weights = np.stack([d2l.to_numpy(w) for w in weights])
+    if weights is not None:
+        result["weights"] = d2l.to_numpy(weights)
     result.update({f"grad:input{i}": g for i, g in enumerate(input_grads)})
     result.update({f"grad:{name}": g for name, g in param_grads.items()})
     return result
@@ -222,7 +225,7 @@ def cases_digest():
 def source_digest(backend):
     """Hash of what a backend's results depend on: the shared code, the backend, the harness."""
     files = sorted(ROOT.glob("d2lattn/*.py")) + sorted((ROOT / "d2lattn" / backend).rglob("*.py"))
-    files += [ROOT / "tests" / "cases.py", ROOT / "tests" / "harness.py", ROOT / "tests" / "test_train.py"]
+    files += [ROOT / "tests" / name for name in ("cases.py", "harness.py", "test_train.py", "test_vision.py")]
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())

@@ -164,6 +164,30 @@ MUTANTS = [
            "logits = model.decoder(torch.as_tensor(prefixes, device=device), state, training=False)[0]",
            "logits = model.decoder(torch.as_tensor(prefixes, device=device), state)[0]",
            "beam_search drops out if the model was left in training mode"),
+    # the Vision Transformer (the reference's, below, are caught by tests/test_vision.py's closed forms)
+    Mutant("patch-channels-first", "torch", "d2lattn/torch/vision.py",
+           "X.permute(0, 1, 3, 2, 4, 5)", "X.permute(0, 1, 3, 5, 2, 4)",
+           "a patch flattens channel by channel, not in the documented (row, column, channel) order"),
+    Mutant("patch-grid-column-major", "torch", "d2lattn/torch/vision.py",
+           "X.permute(0, 1, 3, 2, 4, 5)", "X.permute(0, 3, 1, 2, 4, 5)",
+           "patches are read down the columns of the grid, not along its rows"),
+    Mutant("cls-token-appended", "torch", "d2lattn/torch/vision.py",
+           "torch.cat([cls, X], dim=1)", "torch.cat([X, cls], dim=1)",
+           "the class token goes last, and the head reads the first patch instead"),
+    Mutant("gelu-tanh", "torch", "d2lattn/torch/vision.py",
+           'F.gelu(X, approximate="none")', 'F.gelu(X, approximate="tanh")',
+           "the ViT's MLP uses the tanh approximation of GELU, not the documented exact one"),
+    Mutant("vit-post-norm", "torch", "d2lattn/torch/vision.py",
+           "        Y = self.norm1(X)                                              # pre-norm: normalize, then attend\n"
+           "        X = X + self.attention(Y, Y, Y, valid_lens, training=training)  # (b, T, h)\n"
+           "        return X + self.mlp(self.norm2(X), training=training)         # (b, T, h)\n",
+           "        X = self.norm1(X + self.attention(X, X, X, valid_lens, training=training))\n"
+           "        return self.norm2(X + self.mlp(X, training=training))\n",
+           "the ViT block normalizes after each residual sum (post-norm), not before each branch"),
+    Mutant("train-classifier-lr-ignored", "torch", "d2lattn/torch/train.py",
+           'return _fit("train_classifier", model, batches, batch_loss, epochs, lr, clip, progress)',
+           'return _fit("train_classifier", model, batches, batch_loss, epochs, 1e-3, clip, progress)',
+           "train_classifier trains at 1e-3 whatever lr says"),
     # --- jax
     Mutant("cache-unused", "jax", "d2lattn/jax/decoder.py",
            "        if use_cache and t > T0:\n", "        if False:\n",
@@ -191,6 +215,24 @@ MUTANTS = [
     Mutant("merge-no-inf-guard", "jax", "d2lattn/jax/blockwise.py",
            "shift = jnp.where(jnp.isfinite(top), top, 0.0)\n    weights", "shift = top\n    weights",
            "merge_attention gives NaN for a row empty in every part"),
+    # --- numpy (the reference: tests/test_vision.py's closed forms and the convolution catch these)
+    Mutant("patch-channels-first", "numpy", "d2lattn/numpy/vision.py",
+           "X.transpose(0, 1, 3, 2, 4, 5)", "X.transpose(0, 1, 3, 5, 2, 4)",
+           "a patch flattens channel by channel, not in the documented (row, column, channel) order"),
+    Mutant("cls-token-appended", "numpy", "d2lattn/numpy/vision.py",
+           "np.concatenate([cls, X], axis=1)", "np.concatenate([X, cls], axis=1)",
+           "the class token goes last, and the head reads the first patch instead"),
+    Mutant("gelu-tanh", "numpy", "d2lattn/numpy/vision.py",
+           "return 0.5 * X * (1.0 + _erf(X / math.sqrt(2.0)))",
+           "return 0.5 * X * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (X + 0.044715 * X ** 3)))",
+           "the reference's MLP uses the tanh approximation of GELU"),
+    Mutant("vit-post-norm", "numpy", "d2lattn/numpy/vision.py",
+           "        Y = self.norm1(X)                                              # pre-norm: normalize, then attend\n"
+           "        X = X + self.attention(Y, Y, Y, valid_lens, training=training)  # (b, T, h)\n"
+           "        return X + self.mlp(self.norm2(X), training=training)         # (b, T, h)\n",
+           "        X = self.norm1(X + self.attention(X, X, X, valid_lens, training=training))\n"
+           "        return self.norm2(X + self.mlp(X, training=training))\n",
+           "the reference's ViT block is post-norm"),
 ]
 
 

@@ -65,6 +65,22 @@ def portable_transformer_init(d2l, model, seed, num_hiddens):
             params[name] = np.zeros(p.shape)
         elif leaf == "embedding":
             params[name] = rng.normal(size=p.shape) / math.sqrt(num_hiddens)
+
+
+def portable_vit_init(d2l, model, seed):
+    """The same starting weights on every backend, drawn by NumPy: LayerNorm gains ones, every
+    dense map W (in, out) uniform in +-1/sqrt(in), biases, LayerNorm shifts and the class token
+    zeros, positions N(0, 0.02**2)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, p in sorted(d2l.get_params(model).items()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "gamma":
+            params[name] = np.ones(p.shape)
+        elif leaf in ("beta", "cls_token") or leaf.startswith("b_"):
+            params[name] = np.zeros(p.shape)
+        elif leaf == "pos_embedding":
+            params[name] = rng.normal(0, 0.02, p.shape)
         else:
             params[name] = rng.uniform(-1, 1, p.shape) / math.sqrt(p.shape[0])
     d2l.set_params(model, params)

@@ -14,10 +14,14 @@ from hypothesis import strategies as st
 
 from d2lattn import numpy as reference
 from tests.modes import RATE, assert_inverted, dropout_tests
-from tests.strategies import PROFILE, agree, calls, restriction
+from tests.strategies import PROFILE, SIZES, agree, calls, restriction
 from tests.support import bad_input_test, ints, random_params, t
 
 # --- against the reference on random calls --------------------------------------------------
+
+# (num_kv_heads, query heads per key/value head, head size): one head, one group of three,
+# two groups of two, three heads of their own (few shapes: tests/strategies.py)
+GROUPS = [(1, 1, 1), (1, 3, 2), (2, 2, 1), (3, 1, 2)]
 
 
 @pytest.mark.against_reference
@@ -34,10 +38,8 @@ def test_agrees_with_reference(d2l, component, data):
 def test_grouped_query_heads_are_repeated_key_value_heads(d2l, data):
     """num_kv_heads=kv equals full multi-head attention whose W_k, W_v (and b_k, b_v) repeat each key/value
     head's columns for the num_heads // kv query heads of its group (head h uses h // group)."""
-    kv, group = (data.draw(st.integers(1, 3), label=n) for n in ("num_kv_heads", "group"))
-    dh = data.draw(st.integers(1, 2), label="head_size")  # few distinct shapes: JAX compiles each op per shape
-    heads, b = kv * group, data.draw(st.integers(1, 3), label="b")
-    q, k = data.draw(st.integers(1, 4), label="q"), data.draw(st.integers(1, 5), label="k")
+    kv, group, dh = data.draw(st.sampled_from(GROUPS), label="num_kv_heads, group, head_size")
+    heads, (b, q, k) = kv * group, data.draw(st.sampled_from(SIZES), label="b, q, k")
     args = {"num_hiddens": heads * dh, "num_heads": heads, "bias": data.draw(st.booleans(), label="bias"),
             **{n: data.draw(st.sampled_from([2, 5]), label=n) for n in ("query_size", "key_size", "value_size")}}
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))

@@ -42,6 +42,7 @@ MODULES = [harness.CASE_BY_NAME[name] for name in (
     "concat-lens2d", "layernorm", "ffn", "rmsnorm", "swiglu", "addnorm", "encoder-block", "decoder-block",
     "gru-2layers-state", "seq2seq-encoder", "seq2seq-lens", "csa-cache-pieces", "lm-gqa-window-pieces",
     "transformer-encoder", "transformer-decoder-steps",
+    "patch-embedding", "vit-block-bias-lens", "vit",
 )] + [DECODER, LM_STEP]
 IDS = [case.name for case in MODULES]
 # The modules built on the GRU, which a framework may not map (_backend.LACKS: "vmap GRU")
@@ -114,6 +115,8 @@ def _close(got, want, what):
 
 def _weights(d2l, module):
     weights = getattr(module, "attention_weights", None)
+    if isinstance(weights, list):  # one per block (ViT), side by side along the keys: a mapped axis stays first
+        return None if any(w is None for w in weights) else np.concatenate([d2l.to_numpy(w) for w in weights], -1)
     return None if weights is None else d2l.to_numpy(weights)
 
 

@@ -14,7 +14,8 @@ def results(tmp_path, monkeypatch):
     def write(name, shift=0.0, version=None):
         trained = {"loss": np.array([2.0, 1.5]), "param:W": np.ones((2, 3)) + shift}
         versions = {name: version or crosscheck.pinned(name)}
-        harness.write_results(name, {"lm-adam": trained}, kind="training-lm", versions=versions)
+        for kind, (key, _) in crosscheck.TRAINING_RUNS.items():  # every run crosscheck compares
+            harness.write_results(name, {key: trained}, kind=kind, versions=versions)
 
     return write
 

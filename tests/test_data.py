@@ -223,3 +223,24 @@ def test_bleu_by_hand():
     assert bleu("a", "a", k=4) == 1.0                                   # n only up to the prediction's length
     assert bleu(["a", "b"], ["a", "b", "c", "d"]) == bleu("a b", "a b c d")
     assert bleu("", "a b") == 0.0
+
+
+# --- handwritten digits --------------------------------------------------------------------------
+
+
+def test_digits_split_is_fixed_and_the_batches_cover_the_training_images():
+    from d2lattn.data import DigitsData
+
+    a, b = DigitsData(batch_size=64, seed=0), DigitsData(batch_size=100, seed=1)
+    assert a.train_images.shape == (1500, 8, 8, 1) and a.val_images.shape == (297, 8, 8, 1)
+    assert a.train_images.dtype == np.float32 and a.train_labels.dtype == np.int32
+    assert 0 <= a.train_images.min() and a.train_images.max() == 1.0          # pixels 0..16 scaled to [0, 1]
+    np.testing.assert_array_equal(a.val_images, b.val_images)                # the seed shuffles, never splits
+    held_out = {x.tobytes() for x in a.val_images}
+    assert not any(x.tobytes() in held_out for x in a.train_images[:200])     # no held-out image trains
+    images, labels = (np.concatenate(parts) for parts in zip(*a.train))
+    assert len(a.train) == 24 and images.shape == (1500, 8, 8, 1)
+    assert sorted(labels.tolist()) == sorted(a.train_labels.tolist())
+    assert set(np.unique(a.val_labels)) == set(range(10))
+    with pytest.raises(ValueError, match="num_val must be between 1 and 1796, got 0"):
+        DigitsData(batch_size=8, num_val=0)

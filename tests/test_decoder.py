@@ -114,9 +114,9 @@ def test_cache_holds_every_position(d2l):
 def test_cached_pieces_equal_the_full_pass(d2l, data):
     """CausalSelfAttention fed a sequence in pieces (random split points), the cache passed on, gives the
     full pass's outputs, its cache, and the full pass's attention rows for the last piece."""
-    kv, group = data.draw(st.integers(1, 2), label="num_kv_heads"), data.draw(st.integers(1, 3), label="group")
-    heads, dh = kv * group, 2 * data.draw(st.integers(1, 2), label="head_size / 2")
-    T, b = data.draw(st.integers(1, 7), label="T"), data.draw(st.integers(1, 2), label="b")
+    # (num_kv_heads, group, head size) and (b, T) from a few of each (tests/strategies.py: few shapes)
+    kv, group, dh = data.draw(st.sampled_from([(1, 1, 2), (2, 3, 4), (1, 2, 2)]), label="num_kv_heads, group, dh")
+    heads, (b, T) = kv * group, data.draw(st.sampled_from([(1, 1), (2, 3), (1, 5)]), label="b, T")
     args = {"num_hiddens": heads * dh, "num_heads": heads, "num_kv_heads": kv,
             "window": data.draw(st.none() | st.integers(1, T + 1), label="window"),
             "rope_base": data.draw(st.sampled_from([10000.0, 100.0, None]), label="rope_base"),

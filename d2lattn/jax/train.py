@@ -75,3 +75,24 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
     label_valid_lens); the model runs with training=True (its train/eval state is left as
     it was). Returns each epoch's mean batch loss, for plotting."""
     return _fit("train_seq2seq", model, _train_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress)
+
+
+@nnx.jit
+def _classifier_step(model, optimizer, images, labels):
+    """One Adam step of a classifier on one batch (softmax cross-entropy); returns its loss."""
+
+    def loss_fn(model):
+        _checks.check_class_labels(labels.shape, images.shape[0])      # shapes are static under jit
+        logits = model(images, training=True)                           # (b, num_classes)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Each NumPy batch (images (b, H, W, C), labels (b,)), the model run with training=True (its
+    train/eval state is left as it was). Returns each epoch's mean batch loss."""
+    return _fit("train_classifier", model, _classifier_step, batches, epochs=epochs, lr=lr, clip=clip,
+                progress=progress)

@@ -1,6 +1,6 @@
 """A small trainer: Adam, gradient clipping, a progress bar and the loss curve."""
 
-from mxnet import autograd, gluon
+from mxnet import autograd, gluon, npx
 from tqdm.auto import tqdm
 
 from d2lattn import _checks
@@ -49,3 +49,13 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         logits = model(src, dec_input, src_valid_lens, training=True)    # (b, T, vocab)
         return sequence_loss(logits, labels, label_valid_lens)
     return _fit("train_seq2seq", model, batches, batch_loss, epochs, lr, clip, progress)
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Softmax cross-entropy on each NumPy batch (images (b, H, W, C), labels (b,)), with training=True."""
+    def batch_loss(images, labels):
+        _checks.check_class_labels(labels.shape, images.shape[0])
+        logits = model(images.astype("float32"), training=True)          # (b, num_classes)
+        log_p = npx.log_softmax(logits, axis=-1)                         # (b, num_classes)
+        return -npx.pick(log_p, labels.astype("int32"), axis=-1).mean()
+    return _fit("train_classifier", model, batches, batch_loss, epochs, lr, clip, progress)

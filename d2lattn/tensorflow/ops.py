@@ -102,7 +102,9 @@ class _Layer(keras.layers.Layer):
         return layer
 
     def get_config(self):
-        return {**super().get_config(), **self._arguments}
+        # as the .keras file's JSON stores it: a tuple argument (an image size) comes back a list
+        arguments = {k: list(v) if isinstance(v, tuple) else v for k, v in self._arguments.items()}
+        return {**super().get_config(), **arguments}
 
     @classmethod
     def from_config(cls, config):

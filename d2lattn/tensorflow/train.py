@@ -1,6 +1,7 @@
 """Small trainers (a language model, Bahdanau's seq2seq): Adam, gradient clipping, a progress bar and the loss curve."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -10,9 +11,10 @@ from d2lattn.tensorflow.params import _submodules
 from d2lattn.tensorflow.seq2seq import sequence_loss
 
 
-def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
+def _fit(name, model, batches, loss, *, epochs, lr, clip, progress, check=None):
     """Adam with global-norm clipping on `loss(*batch)` for every NumPy batch, one tf.function per
-    batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss."""
+    batch layout (tracing takes seconds; the batch size may vary), a tqdm bar; each epoch's mean loss.
+    `check(*batch)` looks at each NumPy batch first, where its sizes are known (a trace leaves the batch None)."""
     epochs = _checks.checked_positive_int("epochs", epochs)
     # global_clipnorm: one norm over all gradients, as torch's clip_grad_norm_.
     # Adam's epsilon, for Keras here and Gluon in d2lattn/mxnet/train.py: both add it to sqrt(v)
@@ -48,6 +50,8 @@ def _fit(name, model, batches, loss, *, epochs, lr, clip, progress):
     for _ in bar:
         total, count = 0.0, 0
         for batch in batches:
+            if check is not None:
+                check(*batch)
             total, count = total + train_step(batch), count + 1
         if not count:
             raise ValueError(f"{name}: `batches` gave no batch")
@@ -78,3 +82,17 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
         return sequence_loss(logits, labels, label_valid_lens)
 
     return _fit("train_seq2seq", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress)
+
+
+def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
+    """Softmax cross-entropy on each NumPy batch (images (b, H, W, C), labels (b,)); the model runs
+    with training=True. Returns each epoch's mean batch loss, for plotting."""
+    def loss(images, labels):
+        logits = model(tf.cast(images, tf.float32), training=True)         # (b, num_classes)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits))
+
+    def check(images, labels):
+        _checks.check_class_labels(np.shape(labels), np.shape(images)[0])
+
+    return _fit("train_classifier", model, batches, loss, epochs=epochs, lr=lr, clip=clip, progress=progress,
+                check=check)

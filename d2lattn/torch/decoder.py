@@ -10,7 +10,7 @@ from d2lattn.sampling import next_tokens
 from d2lattn.torch.attention import MultiHeadAttention
 from d2lattn.torch.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.torch.encoding import RotaryPositionalEncoding
-from d2lattn.torch.ops import causal_mask, to_numpy
+from d2lattn.torch.ops import _threads_of_its_size, causal_mask, to_numpy
 
 
 class CausalSelfAttention(MultiHeadAttention):
@@ -111,6 +111,7 @@ class TransformerLM(nn.Module):
         return self.W_out(self.norm(X)), caches                        # (b, T, vocab), one cache per block
 
 
+@_threads_of_its_size  # one thread for a small model (d2lattn/torch/ops.py)
 @torch.no_grad()
 def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed=0):
     """Without autograd and with training=False. PyTorch runs eagerly, so nothing is traced:

@@ -1,10 +1,43 @@
-"""Tensor helpers and the masked softmax in PyTorch."""
+"""Tensor helpers, the masked softmax, and the threads a small model runs on, in PyTorch."""
+
+import contextlib
+import functools
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from d2lattn import _checks
+
+# --- threads -------------------------------------------------------------------
+# A model of fewer than ONE_THREAD_BELOW parameters trains and generates on one intra-op thread;
+# the count is set back when the call returns (or raises). Its kernels are too small to gain from
+# PyTorch's threads, and each kernel waits for all of them at its end: on a CPU that other programs
+# share, a thread taken off its core makes every kernel wait for the scheduler (chapter 3 ran 8x
+# slower beside two busy processes; benchmarks/shared_cpu.py measures it).
+ONE_THREAD_BELOW = 1_000_000
+
+
+@contextlib.contextmanager
+def _threads_for(model):
+    """One intra-op thread while a small model runs, the count before afterwards."""
+    before = torch.get_num_threads()
+    if sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads_of_its_size(fn):
+    """fn(model, ...) run under _threads_for(model)."""
+    @functools.wraps(fn)
+    def run(model, *args, **kwargs):
+        with _threads_for(model):
+            return fn(model, *args, **kwargs)
+    return run
+
 
 # --- tensor helpers ----------------------------------------------------------
 

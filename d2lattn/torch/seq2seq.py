@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from d2lattn import _checks, sampling
 from d2lattn.torch.attention import AdditiveAttention, _record
+from d2lattn.torch.ops import _threads_of_its_size
 
 
 class GRU(nn.GRU):
@@ -120,6 +121,7 @@ def sequence_loss(logits, labels, valid_lens):
     return (nll * keep).sum() / keep.sum().clamp(min=1)                 # no valid token: 0
 
 
+@_threads_of_its_size  # one thread for a small model (d2lattn/torch/ops.py)
 @torch.no_grad()
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.

@@ -69,3 +69,22 @@ def native_decoder_layer(params, hidden, heads, ffn_hidden):
                                        norm_first=False)
     return _load_layer(layer, params, {"attention1": layer.self_attn, "attention2": layer.multihead_attn},
                        {"addnorm1": layer.norm1, "addnorm2": layer.norm2, "addnorm3": layer.norm3})
+
+
+def native_vit_block(params, hidden, heads, mlp_hidden):
+    """nn.TransformerEncoderLayer as a pre-norm ViT block (norm_first, exact GELU, no dropout) holding
+    the canonical ViTBlock weights: its self_attn is nn.MultiheadAttention, linear1 and linear2 the MLP."""
+    layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=mlp_hidden, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    attention = native_mha({n.removeprefix("attention."): p for n, p in params.items() if n.startswith("attention.")},
+                           hidden, heads)
+    layer.self_attn.load_state_dict(attention.state_dict())
+    t = {name: torch.from_numpy(value) for name, value in params.items()}
+    with torch.no_grad():
+        for ours, theirs in (("mlp.W_1", layer.linear1), ("mlp.W_2", layer.linear2)):
+            theirs.weight.copy_(t[ours].T)
+            theirs.bias.copy_(t[ours.replace("W_", "b_")])
+        for ours, theirs in (("norm1", layer.norm1), ("norm2", layer.norm2)):
+            theirs.weight.copy_(t[f"{ours}.gamma"])
+            theirs.bias.copy_(t[f"{ours}.beta"])
+    return layer.eval()

@@ -17,7 +17,13 @@ from torch.nn import functional as F
 from d2lattn import numpy as reference
 from d2lattn import torch as d2l
 from tests import native
-from tests.native.peers_torch import native_decoder_layer, native_encoder_layer, native_gqa, native_mha
+from tests.native.peers_torch import (
+    native_decoder_layer,
+    native_encoder_layer,
+    native_gqa,
+    native_mha,
+    native_vit_block,
+)
 from tests.native.weights import mha_weights, random_gqa_weights
 from tests.support import random_params
 
@@ -260,3 +266,43 @@ def test_decoder_block_matches_nn_transformerdecoderlayer_whole_and_step_by_step
             y, cache = ours.step(X[:, t:t + 1], memory, lens, cache)
             steps.append(y)
     np.testing.assert_allclose(torch.cat(steps, 1).numpy(), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_vit_block_matches_pre_norm_transformer_encoder_layer(bias):
+    """nn.TransformerEncoderLayer(norm_first=True, activation="gelu") is a pre-norm block with the
+    exact GELU: ours with the same weights gives its outputs, padded keys masked alike. (Flax, Keras
+    and Gluon ship no such block: there the harness's reference is the only comparison.) Without
+    attention biases, nn.MultiheadAttention's are zero."""
+    rng = np.random.default_rng(2)
+    ours = d2l.ViTBlock(H, 24, HEADS, bias=bias).eval()
+    params = {n: (rng.uniform(-1, 1, p.shape) / np.sqrt(p.shape[0])).astype(np.float32)
+              for n, p in d2l.get_params(ours).items()}
+    d2l.set_params(ours, params)
+    full = {**params, **{f"attention.b_{x}": np.zeros(H, np.float32) for x in "qkvo" if not bias}}
+    native = native_vit_block(full, H, HEADS, 24)
+    X = torch.from_numpy(rng.normal(size=(B, K, H)).astype(np.float32))
+    lens = torch.tensor([2, 6, 4])
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(X).numpy(), native(X).numpy(), atol=1e-5)
+        padded = native(X, src_key_padding_mask=torch.arange(K) >= lens[:, None])        # True = ignore
+        np.testing.assert_allclose(ours(X, lens).numpy(), padded.numpy(), atol=1e-5)
+
+
+def test_small_models_run_on_one_thread_and_the_count_comes_back():
+    """generate, greedy_decode, train_lm and train_seq2seq run a small model on one intra-op thread
+    (d2lattn/torch/ops.py) and give PyTorch its thread count back afterwards, after an error too."""
+    before, seen = torch.get_num_threads(), []
+    lm = d2l.TransformerLM(7, 8, 2, 1, 12)
+    lm.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    d2l.generate(lm, np.zeros((1, 2), np.int32), 2)
+    tokens = np.zeros((2, 4), np.int32)
+    d2l.train_lm(lm, [(tokens[:, :-1], tokens[:, 1:], np.array([3, 3], np.int32))], epochs=1, progress=False)
+    seq2seq = d2l.Seq2Seq(5, 6, 3, 4)
+    seq2seq.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    seq2seq.decoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    d2l.greedy_decode(seq2seq, [1, 2, 3], 3, 1, 2, 2)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="gave no batch"):
+        d2l.train_seq2seq(seq2seq, [], epochs=1, progress=False)
+    assert torch.get_num_threads() == before

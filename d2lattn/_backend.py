@@ -46,8 +46,8 @@ DISTRIBUTIONS = {
 # Every backend folder holds these modules, the same names in the same order (the mirror a
 # reader relies on); together with the backend-free figures and notebook helpers they
 # define every name of the contract (d2lattn/api.py).
-MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "decoder", "latent", "vision", "flex", "blockwise",
-           "linear", "params", "grads", "train")
+MODULES = ("ops", "attention", "encoding", "blocks", "seq2seq", "transformer", "decoder", "latent", "vision",
+           "flex", "blockwise", "linear", "params", "grads", "train")
 SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # What a backend cannot do, with the reason. A test that needs a capability says so with
 # @pytest.mark.needs("capability") and is skipped with this reason where it is missing

@@ -592,3 +592,31 @@ def check_latent_cache(cache_value, batch, kv_lora_rank, qk_rope_head_size):
             and all(_fits(a, b) for a, b in zip(k, (batch, c[1], qk_rope_head_size)))):
         raise ValueError(f"cache must hold latents and rotary keys of shapes {want}, got {c} and {k}; "
                          "was it made by a layer of another shape?")
+
+
+def checked_beam_size(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"beam_size must be an integer >= 1 (1 is greedy decoding), got {value!r}")
+    return int(value)
+
+
+def checked_length_penalty(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"length_penalty must be a number >= 0 (0: no normalization), got {value!r}")
+    return float(value)
+
+
+def check_seq2seq_parts(sizes, encoder, decoder):
+    """Seq2Seq takes either its sizes (Bahdanau's GRU model) or an encoder and a decoder, not both."""
+    if (encoder is None) != (decoder is None):
+        raise ValueError("Seq2Seq: give both encoder and decoder, or neither (then the sizes build Bahdanau's model)")
+    if encoder is not None and any(size is not None for size in sizes.values()):
+        given = ", ".join(name for name, size in sizes.items() if size is not None)
+        raise ValueError(f"Seq2Seq: with an encoder and a decoder, the sizes must be left out, got {given}")
+
+
+def checked_offset(value):
+    """The position of a sequence's first step: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"offset must be an integer >= 0 (the position of the first step), got {value!r}")
+    return int(value)

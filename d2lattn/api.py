@@ -166,8 +166,9 @@ class PositionalEncoding:
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000):
         """`.P` holds the codes, (1, max_len, num_hiddens)."""
 
-    def __call__(self, X, *, training=None):
-        """(b, T, num_hiddens) -> X + P[:, :T], then dropout."""
+    def __call__(self, X, *, offset=0, training=None):
+        """(b, T, num_hiddens) -> X + P[:, offset:offset + T], then dropout: the steps sit at
+        positions offset, offset + 1, ... (a decoder continuing a sequence passes how many came before)."""
 
 
 def alibi_slopes(num_heads):
@@ -351,8 +352,10 @@ class Seq2SeqEncoder:
     def __init__(self, vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
         """Children embedding, rnn."""
 
-    def __call__(self, X, *, training=None):
-        """X int (b, S) -> (outputs (b, S, h), state (num_layers, b, h))."""
+    def __call__(self, X, valid_lens=None, *, training=None):
+        """X int (b, S) -> (outputs (b, S, h), state (num_layers, b, h)). `valid_lens` is taken
+        so that every Seq2Seq encoder is called alike, and not needed: the GRU reads left to right,
+        so the padding after a sequence changes only outputs that the decoder's attention masks."""
 
 
 class Seq2SeqAttentionDecoder:
@@ -372,14 +375,21 @@ class Seq2SeqAttentionDecoder:
 
 
 class Seq2Seq:
-    """Encoder and attention decoder with teacher forcing. Children encoder, decoder."""
+    """Encoder and decoder with teacher forcing. Children encoder, decoder.
 
-    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
-        """Seq2SeqEncoder and Seq2SeqAttentionDecoder of these sizes."""
+    The parts talk through the decoder's state: `encoder(src, src_valid_lens)` returns its
+    outputs (a tuple is spread), `decoder.init_state(*outputs, src_valid_lens)` makes the
+    state, and `decoder(tgt, state)` returns (logits, the state after tgt)."""
+
+    def __init__(self, src_vocab_size=None, tgt_vocab_size=None, embed_size=None, num_hiddens=None, num_layers=1,
+                 dropout=0.0, *, encoder=None, decoder=None):
+        """Bahdanau's model from its sizes (Seq2SeqEncoder and Seq2SeqAttentionDecoder), or the given
+        `encoder` and `decoder` (e.g. TransformerEncoder and TransformerDecoder) and no sizes."""
 
     def __call__(self, src, tgt, src_valid_lens=None, *, training=None):
         """src int (b, S), tgt int (b, T) (the decoder's inputs) -> logits (b, T, tgt_vocab_size);
-        `.attention_weights` (b, T, S)."""
+        `.attention_weights` (b, T, S): Bahdanau's attention, or the Transformer's last block's
+        encoder-decoder attention averaged over the heads."""
 
 
 def sequence_loss(logits, labels, valid_lens):
@@ -392,6 +402,21 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     one attention row per step taken, the step that produced eos included."""
 
 
+def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
+    """Translate one sequence keeping the `beam_size` most likely hypotheses at every step:
+    src ints (S,) -> (token ids before eos, score, beam), for any Seq2Seq.
+
+    Each step extends every live hypothesis by every token (log-probabilities in float64) and
+    keeps the beam_size best extensions; one that ends in eos is finished and leaves the beam
+    (kept aside, whatever its length). The search stops when nothing is live or after num_steps
+    steps (the live ones then count as finished). The answer is the finished
+    hypothesis of best score: Wu et al. (2016)'s length normalization, log P / ((5 + L) / 6) **
+    length_penalty, with L the number of scored tokens (eos included); length_penalty=0 ranks by
+    log P. `beam`: per step, the kept extensions as (tokens, log P, finished), best first.
+    beam_size=1 gives greedy_decode's tokens. Each step rescores every hypothesis's whole
+    prefix from the encoder's state (no cache to reorder: the sequences here are short)."""
+
+
 def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
     """The framework's own Adam with global-norm clipping on sequence_loss, a progress bar, and
     the loss curve (each epoch's mean loss). batches: a re-iterable of NumPy
@@ -402,6 +427,41 @@ def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
     """Adam with gradient clipping (global norm `clip`) on sequence_loss, a progress bar,
     and the loss curve: a list with each epoch's mean loss.
     batches: a re-iterable of NumPy (src, src_valid_lens, dec_input, labels, label_valid_lens)."""
+
+
+# --- the encoder-decoder Transformer ------------------------------------------------
+
+
+class TransformerEncoder:
+    """Token embedding (`embedding` (vocab_size, num_hiddens)) times sqrt(num_hiddens), sinusoidal
+    PositionalEncoding, and `num_blocks` TransformerEncoderBlocks `blocks.{i}`."""
+
+    def __init__(self, vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blocks, dropout=0.0, bias=False):
+        """Parameters embedding, blocks.0.attention.W_q, ..., blocks.{i}.addnorm2.norm.beta."""
+
+    def __call__(self, tokens, valid_lens=None, *, training=None):
+        """tokens int (b, T) -> (b, T, num_hiddens); valid_lens masks padded keys.
+        `.attention_weights`: a list, one (b, num_heads, T, T) per block."""
+
+
+class TransformerDecoder:
+    """The same embedding (times sqrt(num_hiddens)) and positions, `num_blocks`
+    TransformerDecoderBlocks `blocks.{i}`, and a dense map W_out (num_hiddens, vocab_size), b_out
+    to the vocabulary. A decoder for Seq2Seq(encoder=TransformerEncoder(...), decoder=...)."""
+
+    def __init__(self, vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blocks, dropout=0.0, bias=False):
+        """Parameters embedding, blocks.{i}.attention1.W_q, ..., W_out, b_out."""
+
+    def init_state(self, enc_outputs, enc_valid_lens=None):
+        """(enc_outputs, enc_valid_lens, caches): caches holds each block's inputs so far, None at first."""
+
+    def __call__(self, X, state, *, training=None):
+        """X int (b, T) -> (logits (b, T, vocab_size), state). With a fresh state, all T positions
+        at once, each seeing itself and earlier ones (teacher forcing); with the state of an earlier
+        call, X continues that sequence one position at a time through each block's `step`, at
+        positions after it: feeding a sequence in pieces gives the logits of one full pass.
+        `.attention_weights`: per block, (masked self-attention (b, num_heads, T, t),
+        encoder-decoder attention (b, num_heads, T, S)) of the last call (in steps: its last position)."""
 
 
 # --- decoder-only language models ------------------------------------------------

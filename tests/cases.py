@@ -277,6 +277,17 @@ CASES = [
          call={"score_mod": Mod("relative_bias_mod", (((0.5, -1.0, 2.0, 0.3, -0.7),),)), "block_size": 4}, seed=66),
     Case("flex-empty-rows-lse", "flex_attention", SELF7,
          call={"mask_mod": Mod("causal_mod", (-2,)), "block_size": 2, "return_lse": True}, seed=67),
+    # the encoder-decoder Transformer: the encoder on tokens; the decoder on the encoder's outputs (a float
+    # input) and tokens X, whole (teacher forcing) or in pieces, step by step after the first
+    Case("transformer-encoder", "TransformerEncoder", (),
+         {"vocab_size": 7, "num_hiddens": 8, "ffn_num_hiddens": 12, "num_heads": 2, "num_blocks": 2},
+         tokens=(("tokens", (B, 5), 7),), valid_lens=(5, 2), seed=53),
+    Case("transformer-decoder", "TransformerDecoder", ((B, 4, 8),),
+         {"vocab_size": 9, "num_hiddens": 8, "ffn_num_hiddens": 12, "num_heads": 2, "num_blocks": 2},
+         tokens=(("X", (B, 5), 9),), valid_lens=(4, 1), lens_arg="enc_valid_lens", seed=54),
+    Case("transformer-decoder-steps", "TransformerDecoder", ((B, 3, 4),),
+         {"vocab_size": 6, "num_hiddens": 4, "ffn_num_hiddens": 4, "num_heads": 2, "num_blocks": 2, "bias": True},
+         tokens=(("X", (B, 4), 6),), valid_lens=(2, 3), lens_arg="enc_valid_lens", pieces=(2, 1, 1), seed=55),
     # merging partial results: outputs then log-sum-exps, one of each per part
     Case("merge-2", "merge_attention", ((B, Q, DV),) * 2 + ((B, Q),) * 2, seed=50),
     Case("merge-3-4d", "merge_attention", ((B, 2, Q, DV),) * 3 + ((B, 2, Q),) * 3, seed=51),

@@ -66,6 +66,15 @@ def make_call(case):
 
 
 CACHED = ("CausalSelfAttention", "MultiHeadLatentAttention", "TransformerLM", "GatedDeltaNet")  # return (output, cache)
+STACKED = ("TransformerEncoder", "TransformerDecoder")  # modules whose weights are a list, one entry per block
+
+
+def _stacked_weights(d2l, weights):
+    """A Transformer's per-block weights as one array (blocks, b, heads, T, keys): the encoder's
+    self-attention, or the decoder's self-attention and encoder-decoder attention side by side."""
+    if any(w is None for w in _leaves(weights)):
+        return None
+    return d2l.stack([d2l.concat(list(w), axis=-1) if isinstance(w, tuple) else w for w in weights], axis=0)
 
 
 def _leaves(out):
@@ -85,6 +94,11 @@ def module_class(d2l, case_name):
     framework's own module, so it compiles and its parameters are found as before."""
     case = CASE_BY_NAME[case_name]
     cls = getattr(d2l, case.component)
+    if case.component == "TransformerDecoder":
+        return _decoder_class(d2l, cls, case)
+    if case.component in STACKED:
+        return type(cls.__name__, (cls,), {"attention_weights": property(
+            lambda self: _stacked_weights(d2l, super(type(self), self).attention_weights))})
     if not (case.keywords or case.call or case.pieces or case.component in CACHED):
         return cls
 
@@ -113,6 +127,24 @@ def built(d2l, value):
     if not isinstance(value, Mod):
         return value
     return getattr(d2l, value.name)(*(built(d2l, arg) for arg in value.args))
+
+
+def _decoder_class(d2l, cls, case):
+    """TransformerDecoder's class with a call that takes the encoder's outputs first (a float input,
+    differentiated) and the tokens X by name, makes the state with init_state, feeds X in
+    `case.pieces` (the state passed on: step by step after the first piece) or whole, and returns
+    the logits joined; its weights stacked as the encoder's (_stacked_weights), of the last piece."""
+
+    def __call__(self, enc_outputs, X, enc_valid_lens=None, **kwargs):
+        state, outs, start = self.init_state(enc_outputs, enc_valid_lens), [], 0
+        for size in case.pieces or (X.shape[1],):
+            out, state = super(adapted, self).__call__(X[:, start:start + size], state, **kwargs)
+            outs, start = outs + [out], start + size
+        return d2l.concat(outs, axis=1)                                          # (b, T, vocab)
+
+    weights = property(lambda self: _stacked_weights(d2l, super(adapted, self).attention_weights))
+    adapted = type(cls.__name__, (cls,), {"__call__": __call__, "attention_weights": weights})
+    return adapted
 
 
 def function(d2l, case):

@@ -51,6 +51,22 @@ def portable_seq2seq_init(d2l, model, seed, num_hiddens):
     return params
 
 
+def portable_transformer_init(d2l, model, seed, num_hiddens):
+    """The same starting weights on every backend, drawn by NumPy: embeddings N(0, 1/num_hiddens) (so
+    that times sqrt(num_hiddens) they are N(0, 1), as the sinusoids' scale), LayerNorm gains ones and
+    every bias zeros, every dense map W (in, out) uniform in +-1/sqrt(in)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, p in sorted(d2l.get_params(model).items()):
+        leaf = name.rpartition(".")[2]
+        if leaf == "gamma":
+            params[name] = np.ones(p.shape)
+        elif leaf == "beta" or leaf.startswith("b_"):
+            params[name] = np.zeros(p.shape)
+        elif leaf == "embedding":
+            params[name] = rng.normal(size=p.shape) / math.sqrt(num_hiddens)
+
+
 def portable_vit_init(d2l, model, seed):
     """The same starting weights on every backend, drawn by NumPy: LayerNorm gains ones, every
     dense map W (in, out) uniform in +-1/sqrt(in), biases, LayerNorm shifts and the class token

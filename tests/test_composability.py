@@ -41,6 +41,7 @@ MODULES = [harness.CASE_BY_NAME[name] for name in (
     "dot-bias-broadcast-lens-mask", "additive-lens2d-mask", "mha-cross-mask", "posenc-even", "rope-halves-offset",
     "concat-lens2d", "layernorm", "ffn", "rmsnorm", "swiglu", "addnorm", "encoder-block", "decoder-block",
     "gru-2layers-state", "seq2seq-encoder", "seq2seq-lens", "csa-cache-pieces", "lm-gqa-window-pieces",
+    "transformer-encoder", "transformer-decoder-steps",
     "patch-embedding", "vit-block-bias-lens", "vit",
     "gdn-sizes-pieces",
 )] + [DECODER, LM_STEP]
@@ -74,6 +75,7 @@ def _from_cache(cls):
 
 
 CALLS = {DECODER.name: _from_state, LM_STEP.name: _from_cache}
+FROM_STATE = (DECODER.name, "transformer-decoder-steps")  # decoders whose own call takes a state made by init_state
 
 
 def _build(d2l, case):
@@ -192,7 +194,7 @@ def _own_call(d2l, case):
     Keras takes no None; its Python loop over time runs outside any graph). The harness's derived
     classes (module_class, _from_state) read their arguments their own way, which a container that
     replays the calls it recorded (a loaded Keras model) would not follow."""
-    lengths = case.valid_lens if case.name == DECODER.name else None
+    lengths = case.valid_lens if case.name in FROM_STATE else None
     inputs, kwargs, params = harness.make_call(dataclasses.replace(case, valid_lens=lengths, mask=None, pieces=()))
     cls = getattr(d2l, case.component)
     rate = {"dropout": 0.25} if "dropout" in inspect.signature(cls).parameters else {}  # inactive here, but saved
@@ -205,7 +207,7 @@ def _own_call(d2l, case):
 
     def call(module, *arrays):
         own, by_name = arrays[:split], dict(zip(named, arrays[split:]))
-        if case.name == DECODER.name:                                       # from the encoder's outputs and state
+        if case.name in FROM_STATE:                                         # from the encoder's outputs (and state)
             return module(by_name.pop("X"), module.init_state(*own, by_name.pop(case.lens_arg)), **flags)[0]
         if case.name == LM_STEP.name:                                       # keys and values of each block in turn
             return module(by_name.pop("tokens"), cache=list(zip(own[::2], own[1::2])), **flags)

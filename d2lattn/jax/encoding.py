@@ -22,18 +22,24 @@ def sinusoids(max_len, num_hiddens):
 
 
 class PositionalEncoding(nnx.Module):
-    """`.P` is a constant jax array (module state, not an nnx.Param: never trained).
+    """`.P` is a constant jax array, kept in an nnx.Variable (module state, not an nnx.Param: never
+    trained), so nnx's graph of a module that holds one can be cached (nnx.cached_partial).
     `rngs` (keyword-only, default `nnx.Rngs(0)`) seeds dropout."""
 
     def __init__(self, num_hiddens, dropout=0.0, max_len=1000, *, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.P = sinusoids(_checks.checked_positive_int("max_len", max_len),
-                           _checks.checked_positive_int("num_hiddens", num_hiddens))
+        self.codes = nnx.Variable(sinusoids(_checks.checked_positive_int("max_len", max_len),
+                                            _checks.checked_positive_int("num_hiddens", num_hiddens)))
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
 
-    def __call__(self, X, *, training=None):
-        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
-        X = X + self.P[:, : X.shape[1]]                                       # (b, T, d)
+    @property
+    def P(self):
+        return self.codes.get_value()                                         # (1, max_len, num_hiddens)
+
+    def __call__(self, X, *, offset=0, training=None):
+        offset = _checks.checked_offset(offset)
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1] - offset)
+        X = X + self.P[:, offset: offset + X.shape[1]]                        # (b, T, d): from position offset
         return self.dropout(X, deterministic=_deterministic(training))
 
 

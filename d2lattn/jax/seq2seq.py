@@ -1,5 +1,6 @@
-"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
-decoding, on nnx.Linear, nnx.Embed and jax.lax.scan.
+"""A GRU and Bahdanau's encoder-decoder with additive attention, Seq2Seq for it and for any encoder and
+decoder (the Transformer's), the loss, greedy decoding and beam search, on nnx.Linear, nnx.Embed and
+jax.lax.scan.
 
 nnx.GRUCell has a single bias per gate, on the input side, so it cannot hold the
 canonical b_hh (inside the reset gate's product): the GRU here is written from
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from d2lattn import _checks
+from d2lattn import _checks, sampling
 from d2lattn.jax.attention import AdditiveAttention, _deterministic, _record
 
 
@@ -84,7 +85,7 @@ class Seq2SeqEncoder(nnx.Module):
                                    _checks.checked_positive_int("embed_size", embed_size), rngs=rngs)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
 
-    def __call__(self, X, *, training=None):
+    def __call__(self, X, valid_lens=None, *, training=None):
         X = jnp.asarray(X)
         _checks.check_tokens(X.shape)
         embs = self.embedding(X)                                    # (b, S, embed)
@@ -130,21 +131,35 @@ class Seq2SeqAttentionDecoder(nnx.Module):
 
 
 class Seq2Seq(nnx.Module):
-    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0, *,
-                 rngs=None):
+    def __init__(self, src_vocab_size=None, tgt_vocab_size=None, embed_size=None, num_hiddens=None, num_layers=1,
+                 dropout=0.0, *, encoder=None, decoder=None, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
-        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout,
-                                               rngs=rngs)
+        _checks.check_seq2seq_parts({"src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
+                                     "embed_size": embed_size, "num_hiddens": num_hiddens}, encoder, decoder)
+        if encoder is None:                                             # Bahdanau's model of these sizes
+            encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
+            decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout, rngs=rngs)
+        self.encoder, self.decoder = encoder, decoder
 
     def __call__(self, src, tgt, src_valid_lens=None, *, training=None):
-        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
-        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        state = _initial_state(self, src, src_valid_lens, training)
         return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
 
     @property
     def attention_weights(self):
-        return self.decoder.attention_weights                          # (b, T, S)
+        return _alignment(self.decoder.attention_weights)              # (b, T, S)
+
+
+def _initial_state(model, src, src_valid_lens, training):
+    """The decoder's state from the encoder's outputs (Bahdanau's: outputs and final state)."""
+    encoded = model.encoder(src, src_valid_lens, training=training)
+    return model.decoder.init_state(*(encoded if isinstance(encoded, tuple) else (encoded,)), src_valid_lens)
+
+
+def _alignment(weights):
+    """(b, T, S): Bahdanau's weights, or the mean over heads of a Transformer's last block's
+    encoder-decoder weights (its decoder's weights are a list, per block (self, cross))."""
+    return weights[-1][1].mean(1) if isinstance(weights, list) else weights
 
 
 def sequence_loss(logits, labels, valid_lens):
@@ -154,16 +169,22 @@ def sequence_loss(logits, labels, valid_lens):
 
 
 @nnx.jit
-def _encode(encoder, src):
-    """The compiled encoder, in evaluation mode: src (1, S) -> (1, S, h), (layers, 1, h)."""
-    return encoder(src, training=False)
+def _encode(model, src, src_valid_lens):
+    """The compiled encoder, in evaluation mode: src (b, S) -> the decoder's initial state."""
+    return _initial_state(model, src, src_valid_lens, False)
 
 
 @nnx.jit
-def _decode_step(decoder, token, state):
-    """One compiled decoder step: the next token (1, 1) and state; sets `decoder.attention_weights`."""
-    logits, state = decoder(token, state, training=False)              # (1, 1, vocab)
-    return logits.argmax(-1), state
+def _decode_step(model, token, state):
+    """One compiled decoder step: the next token (1, 1), the state, and the step's attention (1, 1, S)."""
+    logits, state = model.decoder(token, state, training=False)        # (1, 1, vocab)
+    return logits.argmax(-1), state, model.attention_weights
+
+
+@nnx.jit
+def _last_logits(decoder, prefixes, state):
+    """The compiled decoder on whole prefixes (k, t) from a fresh state -> the next logits (k, vocab)."""
+    return decoder(prefixes, state, training=False)[0][:, -1]
 
 
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
@@ -172,14 +193,27 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     included: (steps, S). The encoder and each decoder step run compiled (nnx.jit): op by
     op, JAX would dispatch every small operation of every step on its own."""
     src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
-    enc_outputs, enc_state = _encode(model.encoder, src)
-    state = model.decoder.init_state(enc_outputs, enc_state, jnp.array([int(src_valid_len)]))
-    decode_step = nnx.cached_partial(_decode_step, model.decoder)      # walks the decoder's graph once, not per step
+    state = _encode(model, src, jnp.array([int(src_valid_len)]))
+    decode_step = nnx.cached_partial(_decode_step, model)              # walks the model's graph once, not per step
     token, tokens, weights = jnp.array([[bos]]), [], []
     for _ in range(num_steps):
-        token, state = decode_step(token, state)                        # (1, 1)
-        weights.append(np.asarray(model.decoder.attention_weights)[0, 0])  # (S,)
+        token, state, attention = decode_step(token, state)             # (1, 1), ..., (1, 1, S)
+        weights.append(np.asarray(attention)[0, 0])                     # (S,)
         if token.item() == eos:
             break
         tokens.append(token.item())
     return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])
+
+
+def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
+    """The search is shared (d2lattn.sampling.beam_search); here the compiled decoder scores beam_size
+    prefixes at a time from one encoding of `src` (one compilation per prefix length)."""
+    k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
+    src = jnp.repeat(jnp.asarray(np.asarray(src))[None], k, axis=0)    # (k, S): one row per hypothesis
+    state = _encode(model, src, jnp.full((k,), int(src_valid_len)))
+    last_logits = nnx.cached_partial(_last_logits, model.decoder)
+
+    def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
+        return np.asarray(last_logits(jnp.asarray(prefixes), state), dtype=np.float64)
+
+    return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

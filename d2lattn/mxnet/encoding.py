@@ -35,15 +35,18 @@ class PositionalEncoding(nn.HybridBlock):
     def P(self):
         return self.codes.data()                                              # (1, max_len, num_hiddens)
 
-    def __call__(self, X, *, training=None):
-        if isinstance(X, np.ndarray):                                          # concrete, not a graph symbol
-            _checks.check_sequence_input(X.shape, self.codes.shape[-1], self.codes.shape[1])
+    def __call__(self, X, *, offset=0, training=None):
+        offset = _checks.checked_offset(offset)
+        if _traced(self, X):                                                   # a graph symbol: no shapes
+            positions = mx.sym.npx.arange_like(X, axis=1).astype("int32") + offset
+        else:
+            _checks.check_sequence_input(X.shape, self.codes.shape[-1], self.codes.shape[1] - offset)
+            positions = tensor(offset + onp.arange(X.shape[1]), "int32").as_in_ctx(X.ctx)
         with _train_mode(training):
-            return super().__call__(X)
+            return super().__call__(X, positions)
 
-    def hybrid_forward(self, F, X, codes):
-        T = F.npx.arange_like(X, axis=1).astype("int32")                       # positions 0..T-1
-        X = X + F.np.take(codes, T, axis=1)                                    # (b, T, d)
+    def hybrid_forward(self, F, X, positions, codes):
+        X = X + F.np.take(codes, positions, axis=1)                            # (b, T, d): offset .. offset + T - 1
         return F.npx.dropout(X, p=self.rate) if self.rate else X               # active only in training
 
 

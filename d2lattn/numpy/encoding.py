@@ -25,9 +25,10 @@ class PositionalEncoding(Module):
                            _checks.checked_positive_int("num_hiddens", num_hiddens))
         self.rate = _checks.checked_dropout_rate(dropout)
 
-    def forward(self, X, *, training=None):
-        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
-        X = X + self.P[:, : X.shape[1]]                                # (b, T, d)
+    def forward(self, X, *, offset=0, training=None):
+        offset = _checks.checked_offset(offset)
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1] - offset)
+        X = X + self.P[:, offset: offset + X.shape[1]]                 # (b, T, d): positions offset, offset + 1, ...
         return self.dropout(X, self.rate, training)
 
 

@@ -1,11 +1,11 @@
-"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
-decoding: the float64 reference, forward only."""
+"""A GRU and Bahdanau's encoder-decoder with additive attention, Seq2Seq for it and for any encoder and
+decoder (the Transformer's), the loss, greedy decoding and beam search: the float64 reference, forward only."""
 
 import math
 
 import numpy as np
 
-from d2lattn import _checks
+from d2lattn import _checks, sampling
 from d2lattn.numpy.attention import AdditiveAttention
 from d2lattn.numpy.params import Module
 
@@ -78,7 +78,7 @@ class Seq2SeqEncoder(Module):
         self.params = {"embedding": rng.normal(size=shape)}         # (vocab, embed)
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
 
-    def forward(self, X, *, training=None):
+    def forward(self, X, valid_lens=None, *, training=None):
         _checks.check_tokens(np.shape(X))
         embs = self.params["embedding"][np.asarray(X)]              # (b, S, embed)
         return self.rnn(embs, training=training)                    # (b, S, h), (layers, b, h)
@@ -119,19 +119,35 @@ class Seq2SeqAttentionDecoder(Module):
 
 
 class Seq2Seq(Module):
-    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+    def __init__(self, src_vocab_size=None, tgt_vocab_size=None, embed_size=None, num_hiddens=None, num_layers=1,
+                 dropout=0.0, *, encoder=None, decoder=None):
         super().__init__()
-        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
-        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        _checks.check_seq2seq_parts({"src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
+                                     "embed_size": embed_size, "num_hiddens": num_hiddens}, encoder, decoder)
+        if encoder is None:                                             # Bahdanau's model of these sizes
+            encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+            decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        self.encoder, self.decoder = encoder, decoder
 
     def forward(self, src, tgt, src_valid_lens=None, *, training=None):
-        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
-        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        state = _initial_state(self, src, src_valid_lens, training)
         return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
 
     @property
     def attention_weights(self):
-        return self.decoder.attention_weights                          # (b, T, S)
+        return _alignment(self.decoder.attention_weights)              # (b, T, S)
+
+
+def _initial_state(model, src, src_valid_lens, training):
+    """The decoder's state from the encoder's outputs (Bahdanau's: outputs and final state)."""
+    encoded = model.encoder(src, src_valid_lens, training=training)
+    return model.decoder.init_state(*(encoded if isinstance(encoded, tuple) else (encoded,)), src_valid_lens)
+
+
+def _alignment(weights):
+    """(b, T, S): Bahdanau's weights, or the mean over heads of a Transformer's last block's
+    encoder-decoder weights (its decoder's weights are a list, per block (self, cross))."""
+    return weights[-1][1].mean(1) if isinstance(weights, list) else weights
 
 
 def sequence_loss(logits, labels, valid_lens):
@@ -148,14 +164,26 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     Returns the tokens before eos and the attention of every step taken, the eos step
     included: (steps, S)."""
     src = np.asarray(src)[None]                                         # (1, S)
-    enc_outputs, enc_state = model.encoder(src, training=False)
-    state = model.decoder.init_state(enc_outputs, enc_state, np.array([src_valid_len]))
+    state = _initial_state(model, src, np.array([src_valid_len]), False)
     token, tokens, weights = np.array([[bos]]), [], []
     for _ in range(num_steps):
         logits, state = model.decoder(token, state, training=False)    # (1, 1, vocab)
         token = logits.argmax(-1)                                       # (1, 1)
-        weights.append(model.decoder.attention_weights[0, 0])           # (S,)
+        weights.append(model.attention_weights[0, 0])                   # (S,)
         if token.item() == eos:
             break
         tokens.append(int(token.item()))
     return tokens, np.array(weights).reshape(len(weights), src.shape[1])
+
+
+def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
+    """The search is shared (d2lattn.sampling.beam_search); here the model scores beam_size prefixes
+    at a time from one encoding of `src`."""
+    k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
+    src = np.repeat(np.asarray(src)[None], k, axis=0)                  # (k, S): one row per hypothesis
+    state = _initial_state(model, src, np.full(k, src_valid_len), False)
+
+    def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
+        return model.decoder(prefixes, state, training=False)[0][:, -1]
+
+    return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

@@ -26,9 +26,13 @@ class PositionalEncoding(_Layer):
         self.dropout = keras.layers.Dropout(_checks.checked_dropout_rate(dropout))
         self.built = True  # no weights: nothing for Keras to build on the first call
 
-    def call(self, X, *, training=None):
-        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
-        X = X + self.P[:, : tf.shape(X)[1]]                                     # (b, T, d)
+    def call(self, X, *, offset=0, training=None):
+        if tf.is_tensor(offset):                                                # traced: a cache of unknown length
+            _checks.check_sequence_input(X.shape, self.P.shape[-1])
+        else:
+            offset = _checks.checked_offset(offset)
+            _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1] - offset)
+        X = X + self.P[:, offset: offset + tf.shape(X)[1]]                      # (b, T, d): from position offset
         return self.dropout(X, training=training)
 
 

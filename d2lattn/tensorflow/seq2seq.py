@@ -1,13 +1,14 @@
-"""A GRU and Bahdanau's encoder-decoder with additive attention, its loss and greedy
-decoding, on keras.layers.GRU, Embedding and Dense."""
+"""A GRU and Bahdanau's encoder-decoder with additive attention, Seq2Seq for it and for any encoder and
+decoder (the Transformer's), the loss, greedy decoding and beam search, on keras.layers.GRU, Embedding and
+Dense."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from d2lattn import _checks
+from d2lattn import _checks, sampling
 from d2lattn.tensorflow.attention import AdditiveAttention, _dense_layer
-from d2lattn.tensorflow.ops import _Layer, _RecordedWeights
+from d2lattn.tensorflow.ops import _Layer, _RecordedWeights, _records_weights
 
 
 def _embedding_layer(vocab_size, embed_size):
@@ -55,7 +56,7 @@ class Seq2SeqEncoder(_Layer):
         self.rnn = GRU(embed_size, num_hiddens, num_layers, dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
-    def call(self, X, *, training=None):
+    def call(self, X, valid_lens=None, *, training=None):
         X = tf.convert_to_tensor(X)
         _checks.check_tokens(X.shape)
         embs = self.embedding(X)                                        # (b, S, embed)
@@ -97,20 +98,36 @@ class Seq2SeqAttentionDecoder(_Layer):
 
 
 class Seq2Seq(_Layer):
-    def __init__(self, src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers=1, dropout=0.0):
+    def __init__(self, src_vocab_size=None, tgt_vocab_size=None, embed_size=None, num_hiddens=None, num_layers=1,
+                 dropout=0.0, *, encoder=None, decoder=None):
         super().__init__()
-        self.encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
-        self.decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        _checks.check_seq2seq_parts({"src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
+                                     "embed_size": embed_size, "num_hiddens": num_hiddens}, encoder, decoder)
+        if encoder is None:                                             # Bahdanau's model of these sizes
+            encoder = Seq2SeqEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+            decoder = Seq2SeqAttentionDecoder(tgt_vocab_size, embed_size, num_hiddens, num_layers, dropout)
+        self.encoder, self.decoder = encoder, decoder
         self.built = True  # weights made above: nothing for Keras to build on the first call
 
     def call(self, src, tgt, src_valid_lens=None, *, training=None):
-        enc_outputs, enc_state = self.encoder(src, training=training)   # (b, S, h), (layers, b, h)
-        state = self.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+        state = _initial_state(self, src, src_valid_lens, training)
         return self.decoder(tgt, state, training=training)[0]           # (b, T, vocab)
 
     @property
     def attention_weights(self):
-        return self.decoder.attention_weights                          # (b, T, S)
+        return _alignment(self.decoder.attention_weights)              # (b, T, S)
+
+
+def _initial_state(model, src, src_valid_lens, training):
+    """The decoder's state from the encoder's outputs (Bahdanau's: outputs and final state)."""
+    encoded = model.encoder(src, src_valid_lens, training=training)
+    return model.decoder.init_state(*(encoded if isinstance(encoded, (tuple, list)) else (encoded,)), src_valid_lens)
+
+
+def _alignment(weights):
+    """(b, T, S): Bahdanau's weights, or the mean over heads of a Transformer's last block's
+    encoder-decoder weights (its decoder's weights are a list, per block (self, cross))."""
+    return tf.reduce_mean(weights[-1][1], 1) if isinstance(weights, list) else weights
 
 
 def sequence_loss(logits, labels, valid_lens):
@@ -124,15 +141,21 @@ def sequence_loss(logits, labels, valid_lens):
 # traced, well under one. Traced once per model; a new source length relaxes the trace.
 @tf.function(reduce_retracing=True)
 def _encode(model, src, src_valid_lens):
-    enc_outputs, enc_state = model.encoder(src, training=False)        # (1, S, h), (layers, 1, h)
-    return model.decoder.init_state(enc_outputs, enc_state, src_valid_lens)
+    return _initial_state(model, src, src_valid_lens, False)           # (b, S) -> the decoder's state
 
 
 @tf.function(reduce_retracing=True)
 def _decode_step(model, token, state):
     """(1, 1) -> (next token (1, 1), state, attention (1, 1, S))."""
     logits, state = model.decoder(token, state, training=False)        # (1, 1, vocab)
-    return tf.argmax(logits, -1, output_type=tf.int32), state, model.decoder.attention_weights
+    return tf.argmax(logits, -1, output_type=tf.int32), state, model.attention_weights
+
+
+@tf.function
+def _last_logits(model, prefixes, state):
+    """The decoder on whole prefixes (k, t) from a fresh state -> the next logits (k, vocab); traced
+    once per prefix length (the decoders unstack their steps, so the length must be known)."""
+    return model.decoder(prefixes, state, training=False)[0][:, -1]
 
 
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
@@ -148,6 +171,19 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
         if int(token[0, 0]) == eos:
             break
         tokens.append(int(token[0, 0]))
-    if weights:  # a traced step keeps no weights readable from outside: the last step's, as values
-        model.decoder.attention_weights = model.decoder.attention.attention_weights = attention
+    if weights and _records_weights(model.decoder):  # a traced step keeps no weights readable from outside:
+        model.decoder.attention_weights = model.decoder.attention.attention_weights = attention   # the last's
     return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])
+
+
+def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
+    """The search is shared (d2lattn.sampling.beam_search); here the traced decoder scores beam_size
+    prefixes at a time from one encoding of `src`."""
+    k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
+    src = tf.convert_to_tensor(np.repeat(np.asarray(src)[None], k, axis=0))   # (k, S): one row per hypothesis
+    state = _encode(model, src, tf.fill([k], tf.constant(int(src_valid_len), src.dtype)))
+
+    def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
+        return _last_logits(model, tf.constant(prefixes), state).numpy().astype(np.float64)
+
+    return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

@@ -29,10 +29,11 @@ class PositionalEncoding(nn.Module):
                              persistent=False)
         self.rate = _checks.checked_dropout_rate(dropout)
 
-    def forward(self, X, *, training=None):
-        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1])
+    def forward(self, X, *, offset=0, training=None):
+        offset = _checks.checked_offset(offset)
+        _checks.check_sequence_input(X.shape, self.P.shape[-1], self.P.shape[1] - offset)
         training = self.training if training is None else training
-        X = X + self.P[:, : X.shape[1]]                                        # (b, T, d)
+        X = X + self.P[:, offset: offset + X.shape[1]]                         # (b, T, d): from position offset
         return F.dropout(X, self.rate, training)
 
 

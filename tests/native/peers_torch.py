@@ -34,6 +34,43 @@ def native_gqa(params, heads, kv_heads):
     return attend
 
 
+def _load_layer(layer, params, attentions, norms):
+    """Copy canonical block weights into an nn.TransformerEncoderLayer or nn.TransformerDecoderLayer:
+    `attentions` {our child: its nn.MultiheadAttention}, `norms` {our AddNorm: its nn.LayerNorm}."""
+    t = {name: torch.from_numpy(value) for name, value in params.items()}
+    with torch.no_grad():
+        for ours, mha in attentions.items():
+            mha.in_proj_weight.copy_(torch.cat([t[f"{ours}.W_{x}"].T for x in "qkv"]))
+            mha.in_proj_bias.copy_(torch.cat([t[f"{ours}.b_{x}"] for x in "qkv"]))
+            mha.out_proj.weight.copy_(t[f"{ours}.W_o"].T)
+            mha.out_proj.bias.copy_(t[f"{ours}.b_o"])
+        for ours, norm in norms.items():
+            norm.weight.copy_(t[f"{ours}.norm.gamma"])
+            norm.bias.copy_(t[f"{ours}.norm.beta"])
+        for i, linear in ((1, layer.linear1), (2, layer.linear2)):
+            linear.weight.copy_(t[f"ffn.W_{i}"].T)
+            linear.bias.copy_(t[f"ffn.b_{i}"])
+    return layer.eval()
+
+
+def native_encoder_layer(params, hidden, heads, ffn_hidden):
+    """nn.TransformerEncoderLayer (post-norm, ReLU, batch first, no dropout) holding a
+    TransformerEncoderBlock's canonical weights (with biases)."""
+    layer = nn.TransformerEncoderLayer(hidden, heads, ffn_hidden, dropout=0.0, activation="relu", batch_first=True,
+                                       norm_first=False)
+    return _load_layer(layer, params, {"attention": layer.self_attn},
+                       {"addnorm1": layer.norm1, "addnorm2": layer.norm2})
+
+
+def native_decoder_layer(params, hidden, heads, ffn_hidden):
+    """nn.TransformerDecoderLayer (post-norm, ReLU, batch first, no dropout) holding a
+    TransformerDecoderBlock's canonical weights (with biases)."""
+    layer = nn.TransformerDecoderLayer(hidden, heads, ffn_hidden, dropout=0.0, activation="relu", batch_first=True,
+                                       norm_first=False)
+    return _load_layer(layer, params, {"attention1": layer.self_attn, "attention2": layer.multihead_attn},
+                       {"addnorm1": layer.norm1, "addnorm2": layer.norm2, "addnorm3": layer.norm3})
+
+
 def native_vit_block(params, hidden, heads, mlp_hidden):
     """nn.TransformerEncoderLayer as a pre-norm ViT block (norm_first, exact GELU, no dropout) holding
     the canonical ViTBlock weights: its self_attn is nn.MultiheadAttention, linear1 and linear2 the MLP."""

@@ -14,10 +14,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from d2lattn import numpy as reference
 from d2lattn import torch as d2l
 from tests import native
-from tests.native.peers_torch import native_gqa, native_mha, native_vit_block
+from tests.native.peers_torch import (
+    native_decoder_layer,
+    native_encoder_layer,
+    native_gqa,
+    native_mha,
+    native_vit_block,
+)
 from tests.native.weights import mha_weights, random_gqa_weights
+from tests.support import random_params
 
 B, Q, K, H, HEADS = 3, 5, 6, 16, 4
 
@@ -242,6 +250,50 @@ def test_soft_capping_and_sinks_match_flex_attention():
     keep = torch.ones(Q, K, dtype=torch.bool).tril(K - Q)
     ours = d2l.DotProductAttention()(q * 3, k, v, mask=keep, logit_cap=cap, sinks=sinks)
     np.testing.assert_allclose(ours.numpy(), native.numpy(), atol=1e-5)
+
+
+# --- the Transformer's blocks against nn.TransformerEncoderLayer / nn.TransformerDecoderLayer ---------
+# Post-norm (norm_first=False), ReLU, batch_first=True, no dropout, biases everywhere (PyTorch's layers
+# always have them): the canonical weights of our block loaded into PyTorch's.
+
+
+def _block_weights(block, seed):
+    params = {n: p.astype(np.float32) for n, p in random_params(block, np.random.default_rng(seed)).items()}
+    params.update({n: (1 + 0.3 * np.random.default_rng(seed).normal(size=p.shape)).astype(np.float32)
+                   for n, p in params.items() if n.endswith("gamma")})      # not ones: a swapped norm shows
+    return params
+
+
+def test_encoder_block_matches_nn_transformerencoderlayer():
+    params = _block_weights(reference.TransformerEncoderBlock(H, 24, HEADS, bias=True), 0)
+    ours = d2l.TransformerEncoderBlock(H, 24, HEADS, bias=True).eval()
+    d2l.set_params(ours, params)
+    native_layer = native_encoder_layer(params, H, HEADS, 24)
+    X = torch.from_numpy(np.random.default_rng(1).normal(size=(B, K, H)).astype(np.float32))
+    lens = torch.tensor([2, 6, 4])
+    with torch.no_grad():
+        want = native_layer(X, src_key_padding_mask=torch.arange(K) >= lens[:, None])   # True: padding
+        got = ours(X, lens)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_decoder_block_matches_nn_transformerdecoderlayer_whole_and_step_by_step():
+    params = _block_weights(reference.TransformerDecoderBlock(H, 24, HEADS, bias=True), 2)
+    ours = d2l.TransformerDecoderBlock(H, 24, HEADS, bias=True).eval()
+    d2l.set_params(ours, params)
+    native_layer = native_decoder_layer(params, H, HEADS, 24)
+    rng = np.random.default_rng(3)
+    X, memory = (torch.from_numpy(rng.normal(size=(B, n, H)).astype(np.float32)) for n in (Q, K))
+    lens = torch.tensor([1, 6, 3])
+    with torch.no_grad():
+        want = native_layer(X, memory, tgt_mask=nn.Transformer.generate_square_subsequent_mask(Q), tgt_is_causal=True,
+                            memory_key_padding_mask=torch.arange(K) >= lens[:, None])
+        np.testing.assert_allclose(ours(X, memory, lens).numpy(), want.numpy(), atol=1e-5)
+        cache, steps = None, []
+        for t in range(Q):
+            y, cache = ours.step(X[:, t:t + 1], memory, lens, cache)
+            steps.append(y)
+    np.testing.assert_allclose(torch.cat(steps, 1).numpy(), want.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -43,7 +43,7 @@ MODULES = [harness.CASE_BY_NAME[name] for name in (
     "gru-2layers-state", "seq2seq-encoder", "seq2seq-lens", "csa-cache-pieces", "lm-gqa-window-pieces",
     "transformer-encoder", "transformer-decoder-steps",
     "patch-embedding", "vit-block-bias-lens", "vit",
-    "gdn-sizes-pieces",
+    "gdn-sizes-pieces", "mla-absorbed-pieces",
 )] + [DECODER, LM_STEP]
 IDS = [case.name for case in MODULES]
 # The modules built on the GRU, which a framework may not map (_backend.LACKS: "vmap GRU")

@@ -36,7 +36,7 @@ def test_show_heatmaps_draws_one_panel_per_matrix_on_one_scale(d2l):
 @pytest.mark.parametrize("name, computation", [
     ("DotProductAttention", ["sqrt", "softmax"]),  # the scores and their softmax, even beside a fused kernel
     ("PositionalEncoding", ["sin(", "cos("]),      # the sinusoids, wherever they are computed
-    ("blockwise_attention", ["exp(", "lse"]),      # the online softmax and the saved log-sum-exp
+    ("flex_attention", ["exp(", "lse"]),           # the online softmax and its log-sum-exp (blockwise calls it)
 ])
 def test_show_source_shows_the_computation_with_its_files_helpers(d2l, capsys, name, computation):
     source = d2l.show_source(getattr(d2l, name))

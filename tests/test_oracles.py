@@ -234,14 +234,16 @@ def test_causal_self_attention_by_loops(num_kv_heads, window):
     i, j = np.arange(6)[:, None], np.arange(6)
     keep = (j <= i) & ((i - j < window) if window else True)
     expected, weights = heads_by_loops(X, X, p, 4, num_kv_heads, keep=keep, rope_base=50.0)
-    Y, (keys, values) = layer(X)
+    Y, (keys, values, *_) = layer(X)   # a windowed layer's cache is its rolling buffer, its last positions
     np.testing.assert_allclose(Y, expected, atol=1e-12)
     np.testing.assert_allclose(layer.attention_weights, weights, atol=1e-12)
+    assert keys.shape[2] == (6 if window is None else max(window - 1, 1))
     K, V = X @ p["W_k"] + p["b_k"], X @ p["W_v"] + p["b_v"]                   # (b, T, kv_heads * 2)
+    kept = slice(6 - keys.shape[2], 6)
     for g in range(num_kv_heads):
-        np.testing.assert_allclose(keys[:, g], rotated_by_complex(K[..., 2 * g:2 * g + 2], 0, 50.0, False),
+        np.testing.assert_allclose(keys[:, g], rotated_by_complex(K[..., 2 * g:2 * g + 2], 0, 50.0, False)[:, kept],
                                    atol=1e-13)
-        np.testing.assert_allclose(values[:, g], V[..., 2 * g:2 * g + 2], atol=1e-13)
+        np.testing.assert_allclose(values[:, g], V[:, kept, 2 * g:2 * g + 2], atol=1e-13)
 
 
 @pytest.mark.parametrize("pieces", [(7,), (4, 1, 1, 1), (1, 1, 1, 1, 1, 1, 1), (2, 5), (3, 2, 2)])
@@ -256,7 +258,8 @@ def test_cached_pieces_equal_the_full_pass(pieces):
         out, cache = layer(X[:, start:start + size], cache=cache)
         outs.append(out)
         start += size
-    assert layer.attention_weights.shape == (2, 4, pieces[-1], 7)
+    seen = pieces[-1] + (2 if len(pieces) > 1 else 0)  # the last piece and the rolling buffer's w - 1 = 2
+    assert layer.attention_weights.shape == (2, 4, pieces[-1], seen)
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-13)
     for a, b in zip(cache, full_cache):
         np.testing.assert_allclose(a, b, atol=1e-13)

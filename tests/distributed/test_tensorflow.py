@@ -40,6 +40,8 @@ def gather_and_merge():
         context = tf.distribute.get_replica_context()
         rank = context.replica_id_in_sync_group
         keys, values = (context.all_gather(x[None], axis=0) for x in (keys, values))  # (WORLD, b, heads, SHARD, d)
+        # all_gather forgets the static shape, which flex_attention plans its tiles by
+        keys, values = (tf.ensure_shape(x, (WORLD, *queries.shape)) for x in (keys, values))
         i = tf.range(SHARD)
         outputs, lses = [], []
         for source in range(WORLD):

@@ -225,9 +225,9 @@ class GatedDeltaNet(nn.Block):
         return X.reshape(*X.shape[:2], self.num_heads, size).swapaxes(1, 2)
 
     def __call__(self, X, *, cache=None, training=None):  # no dropout: `training` is ignored
-        return super().__call__(X, cache)
+        return self._run(X, cache)  # imperative: Block.__call__ would take the cache by position only
 
-    def forward(self, X, cache):
+    def _run(self, X, cache):
         H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
         _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])      # Dense: (out, in)
         b, T = X.shape[:2]

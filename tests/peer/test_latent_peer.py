@@ -55,7 +55,7 @@ def test_deepseek_v3_attention(interleave, q_lora_rank):
         hf = support.load(support.module(modeling_deepseek_v3.DeepseekV3Attention, cfg, 0),
                           deepseek_state(params, interleave))
         rope = support.rotary(support.module(modeling_deepseek_v3.DeepseekV3RotaryEmbedding, cfg), T)
-        theirs = support.run(hf, X, rope, support.additive_mask(T))
+        theirs = support.run(hf, X, rope, support.causal_mask(cfg, T, b=B))
         with torch.no_grad():
             got = mine(torch.from_numpy(X.astype(np.float32)))[0].numpy()
         diffs[absorb] = support.largest(theirs, ref(X)[0]), support.largest(theirs, got)

@@ -141,7 +141,9 @@ def test_compiled_call_equals_eager(d2l, adapter, case):
 
 @pytest.mark.needs("vmap")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.needs("vmap GRU")) if c.component in RECURRENT
-                                  else c for c in MODULES], ids=IDS)
+                                  else pytest.param(c, marks=pytest.mark.needs("vmap Transformer weights"))
+                                  if c.component in ("TransformerEncoder", "TransformerDecoder") else c
+                                  for c in MODULES], ids=IDS)
 def test_mapped_call_equals_eager_per_example(d2l, adapter, case):
     """Two examples of the inputs, the second drawn with another seed; lengths and masks shared."""
     _, floats, tokens, _ = _build(d2l, case)

@@ -478,6 +478,7 @@ class CausalSelfAttention:
     equals MultiHeadAttention with mask=causal_mask(T) and the same parameters.
 
     The options of today's open models (keyword-only; the defaults are the plain layer):
+
     - `qk_norm`: RMSNorm (eps `norm_eps`) of each head's queries and keys over head_size,
       before the rotation, with gains `q_norm.gamma`, `k_norm.gamma` (head_size,) shared by
       the heads: Qwen3's per-head variant (also Gemma 3's). OLMo 2 normalizes the whole

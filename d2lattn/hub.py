@@ -7,10 +7,13 @@ What TransformerLM cannot express is refused with a ValueError naming the config
 approximated. Nothing is downloaded: a path that is not a directory is an error.
 """
 
+import inspect
 import json
 import pathlib
 
 import numpy as np
+
+from d2lattn import api
 
 # model_type -> architecture name transformers' Auto classes read from config.json
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -282,10 +285,6 @@ def _config(kwargs, family):
 def _check_expressed(kwargs, read_back, family):
     """What the written config.json reads back as must be the model: an argument the family's format
     cannot hold (QK-norm in LLaMA, per-layer windows in Mistral, sinks anywhere) is a ValueError."""
-    import inspect
-
-    from d2lattn import api
-
     n = kwargs["num_layers"]
     for name, parameter in inspect.signature(api.TransformerLM.__init__).parameters.items():
         if name in ("self", "dropout"):  # dropout acts in training only: no checkpoint holds it

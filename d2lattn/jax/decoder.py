@@ -113,14 +113,15 @@ class TransformerLMBlock(nnx.Module):
                                                  **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation, rngs=rngs)
-        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
+        self.post_norm1 = RMSNorm(num_hiddens, norm_eps) if post_norms else None  # Gemma: on each branch too
+        self.post_norm2 = RMSNorm(num_hiddens, norm_eps) if post_norms else None
         self.dropout = nnx.Dropout(_checks.checked_dropout_rate(dropout), rngs=rngs)
-
 
     @staticmethod
     def _post(norm, Y):
         """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
         return Y if norm is None else norm(Y)
+
     def __call__(self, X, *, cache=None, training=None, position=None):
         drop = functools.partial(self.dropout, deterministic=_deterministic(training))
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training, position=position)

@@ -92,14 +92,15 @@ class TransformerLMBlock(Module):
                                                  rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
         self.norm2 = RMSNorm(num_hiddens, norm_eps)
         self.ffn = SwiGLUFFN(num_hiddens, ffn_num_hiddens, activation=ffn_activation)
-        self.post_norm1, self.post_norm2 = (RMSNorm(num_hiddens, norm_eps) if post_norms else None for _ in "12")
+        self.post_norm1 = RMSNorm(num_hiddens, norm_eps) if post_norms else None  # Gemma: on each branch too
+        self.post_norm2 = RMSNorm(num_hiddens, norm_eps) if post_norms else None
         self.rate = _checks.checked_dropout_rate(dropout)
-
 
     @staticmethod
     def _post(norm, Y):
         """A branch's output, through its post-norm where the block has one (Gemma 2 and 3)."""
         return Y if norm is None else norm(Y)
+
     def forward(self, X, *, cache=None, training=None):
         Y, cache = self.attention(self.norm1(X), cache=cache, training=training)
         X = X + self.dropout(self._post(self.post_norm1, Y), self.rate, training)  # (b, T, h)

@@ -43,10 +43,20 @@ def install(session, backend, *extras):
     session.install("-c", f"constraints/{backend}.txt", "-e", f".[{extras}]" if extras else ".")
 
 
+# The suite on one pytest-xdist worker per core, each worker given whole files (so a file's
+# module-level results, the harness's among them, stay in one process) and each framework one
+# intra-op thread: the suite's tensors are small, and two workers whose frameworks each spread over
+# both cores spend their time waiting for each other's threads. `-- -n 0` runs it in one process.
+WORKERS = ("-n", "auto", "--dist", "loadfile")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+              "TF_NUM_INTEROP_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1"}
+
+
 def tests(session, backend):
     """The whole suite on one backend; writes its harness results for crosscheck."""
     install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
-    session.run("pytest", f"--backend={backend}", *session.posargs, env={"D2LATTN_BACKEND": backend})
+    session.run("pytest", f"--backend={backend}", *WORKERS, *session.posargs,
+                env={"D2LATTN_BACKEND": backend, **ONE_THREAD})
 
 
 @nox.session(python="3.11")

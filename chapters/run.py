@@ -5,8 +5,12 @@ bottom with D2LATTN_BACKEND=BACKEND, and the executed notebook, outputs and
 figures included, is written to OUTDIR (default build/BACKEND/) with the time
 each chapter took. A failing cell fails the run. Progress bars are tqdm's text
 bars, stored as their final line (a widget's saved state would be its first frame).
+Chapters run JOBS at a time (one per core, at most four), each kernel on one intra-op thread:
+their models are small, and two kernels whose frameworks each spread over every core spend their
+time waiting for each other's threads. D2LATTN_CHAPTER_JOBS=1 runs them one after another.
 """
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -25,6 +29,10 @@ from nbclient import NotebookClient
 
 HERE = pathlib.Path(__file__).resolve().parent
 CELL_TIMEOUT = 600
+JOBS = int(os.environ.get("D2LATTN_CHAPTER_JOBS", min(4, os.cpu_count() or 1)))
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+              "TF_NUM_INTEROP_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 TEXT_BARS = "--IPKernelApp.exec_lines=import tqdm.auto, tqdm.std; tqdm.auto.tqdm = tqdm.std.tqdm"
 # What kernels write to the terminal, or into a notebook's stderr, that tells a learner nothing:
 # TensorFlow 2.21 prints its oneDNN notice (and absl's preamble) before its log level is read, so
@@ -46,7 +54,7 @@ class IPCKernelManager(KernelManager):
     """Kernels on IPC sockets in a private folder: nothing listens on the network, and ipykernel
     has no reason to warn, once per chapter, that TCP traffic is unencrypted."""
 
-    folder = tempfile.gettempdir()  # run() points it at a temporary folder of its own
+    folder = tempfile.gettempdir()  # execute() gives each chapter's kernel a folder of its own
 
     def __init__(self, **kwargs):
         super().__init__(transport="ipc", ip=os.path.join(self.folder, "kernel"), **kwargs)
@@ -93,23 +101,38 @@ def final_states(cell):
     cell.outputs = [out for out in outputs if out.get("name") != "stderr" or out.text.strip()]
 
 
+def execute(path, folder):
+    """Run one chapter top to bottom in its own kernel (IPC sockets in `folder`): (notebook, seconds)."""
+    notebook = jupytext.read(path)
+    kernels = type("Kernels", (IPCKernelManager,), {"folder": folder})
+    start = time.perf_counter()
+    NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3", kernel_manager_class=kernels,
+                   extra_arguments=[TEXT_BARS], resources={"metadata": {"path": str(HERE.parent)}}).execute()
+    for cell in notebook.cells:
+        final_states(cell)
+    return notebook, round(time.perf_counter() - start, 1)
+
+
 def run(backend, outdir, names=()):
     os.environ["D2LATTN_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines: a log level, not a kernel switch
+    if JOBS > 1:
+        for key, value in ONE_THREAD.items():
+            os.environ.setdefault(key, value)
     outdir.mkdir(parents=True, exist_ok=True)
     timings = {}
-    IPCKernelManager.folder = tempfile.mkdtemp(prefix="d2lattn-kernels-")
-    for path in chapters(names):
-        notebook = jupytext.read(path)
-        start = time.perf_counter()
-        NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3", kernel_manager_class=IPCKernelManager,
-                       extra_arguments=[TEXT_BARS], resources={"metadata": {"path": str(HERE.parent)}}).execute()
-        for cell in notebook.cells:
-            final_states(cell)
-        timings[path.stem] = round(time.perf_counter() - start, 1)
-        nbformat.write(notebook, outdir / f"{path.stem}.ipynb")
-        print(f"{backend:<11} {path.stem:<36} {timings[path.stem]:>7.1f} s", flush=True)
-    shutil.rmtree(IPCKernelManager.folder, ignore_errors=True)
+    root = tempfile.mkdtemp(prefix="d2lattn-kernels-")
+    paths = chapters(names)
+    pool = concurrent.futures.ThreadPoolExecutor(JOBS)
+    futures = [pool.submit(execute, path, tempfile.mkdtemp(dir=root)) for path in paths]
+    try:
+        for path, future in zip(paths, futures):  # in chapter order, each as soon as it and those before are done
+            notebook, timings[path.stem] = future.result()
+            nbformat.write(notebook, outdir / f"{path.stem}.ipynb")
+            print(f"{backend:<11} {path.stem:<36} {timings[path.stem]:>7.1f} s", flush=True)
+    finally:  # a failed chapter fails the run: the chapters not yet started are not started
+        pool.shutdown(cancel_futures=True)
+        shutil.rmtree(root, ignore_errors=True)
     (outdir / "timings.json").write_text(json.dumps(timings, indent=1))
     print(f"executed {len(timings)} chapters on {backend}: open {outdir}/*.ipynb")
 

@@ -14,8 +14,11 @@ from d2lattn import _backend
 # eager call once per new shape, and at the suite's small shapes compiling is most of the time,
 # LLVM's optimization passes most of that: the tests compile without them (13.2 -> 10.1 CPU s on
 # 48 small eager compilations; the same IEEE arithmetic, unoptimized). A user's program keeps
-# XLA's defaults; XLA_FLAGS set by the caller win. Set before any framework starts.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# XLA's defaults; XLA_FLAGS set by the caller win. Set before any framework starts. The last two
+# flags keep XLA's kernels on one thread, as the noxfile keeps the other frameworks' (one pytest-xdist
+# worker per core).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                                   "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 def pytest_addoption(parser):

@@ -320,7 +320,9 @@ def test_vit_block_matches_pre_norm_transformer_encoder_layer(bias):
 def test_small_models_run_on_one_thread_and_the_count_comes_back():
     """generate, greedy_decode, train_lm and train_seq2seq run a small model on one intra-op thread
     (d2lattn/torch/ops.py) and give PyTorch its thread count back afterwards, after an error too."""
-    before, seen = torch.get_num_threads(), []
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # whatever the suite runs on (one thread per worker): two to come back to
+    before, seen = 2, []
     lm = d2l.TransformerLM(7, 8, 2, 1, 12)
     lm.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     d2l.generate(lm, np.zeros((1, 2), np.int32), 2)
@@ -334,3 +336,4 @@ def test_small_models_run_on_one_thread_and_the_count_comes_back():
     with pytest.raises(ValueError, match="gave no batch"):
         d2l.train_seq2seq(seq2seq, [], epochs=1, progress=False)
     assert torch.get_num_threads() == before
+    torch.set_num_threads(outer)

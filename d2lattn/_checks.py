@@ -77,21 +77,34 @@ def per_layer(name, value, num_layers):
 
 
 # A TransformerLM layer's attention: "mha" a CausalSelfAttention (multi-head, grouped-query with
-# num_kv_heads), "mla" a MultiHeadLatentAttention with the sizes in `mla`.
-LAYER_KINDS = ("mha", "mla")
+# num_kv_heads), "mla" a MultiHeadLatentAttention with the sizes in `mla`, "gated_deltanet" a
+# GatedDeltaNet (a state of constant size, no K/V cache) with the sizes in `gated_deltanet`.
+LAYER_KINDS = ("mha", "mla", "gated_deltanet")
+# What `gated_deltanet` may set: GatedDeltaNet's own arguments (num_heads, norm_eps: the model's by default)
+GATED_DELTANET_SIZES = ("num_heads", "head_size", "value_head_size", "conv_size", "norm_eps", "chunk_size")
 
 
-def checked_layer_kinds(attention, num_layers, mla):
+def checked_layer_kinds(attention, num_layers, mla, gated_deltanet=None):
     """TransformerLM's `attention`: one of LAYER_KINDS, or a sequence of one per layer -> a list;
-    `mla` must be a dict (MultiHeadLatentAttention's keyword arguments) where a layer is "mla"."""
+    `mla` must be a dict (MultiHeadLatentAttention's keyword arguments) where a layer is "mla", and
+    `gated_deltanet` a dict of GATED_DELTANET_SIZES ({} for GatedDeltaNet's defaults) where one is
+    "gated_deltanet"."""
     kinds = per_layer("attention", attention, num_layers)
     for kind in kinds:
-        if kind not in LAYER_KINDS:
+        if not isinstance(kind, str) or kind not in LAYER_KINDS:
             raise ValueError(f"attention must be one of {', '.join(map(repr, LAYER_KINDS))} or a sequence of one per "
                              f"layer, got {kind!r}")
     if "mla" in kinds and not isinstance(mla, dict):
         raise ValueError("mla must be a dict of MultiHeadLatentAttention's sizes (kv_lora_rank, qk_nope_head_size, "
                          f"qk_rope_head_size, v_head_size, ...) for the 'mla' layers, got {type(mla).__name__}")
+    if "gated_deltanet" in kinds:
+        sizes = ", ".join(GATED_DELTANET_SIZES)
+        if not isinstance(gated_deltanet, dict):
+            raise ValueError(f"gated_deltanet must be a dict of GatedDeltaNet's sizes ({sizes}; {{}} for its "
+                             f"defaults) for the 'gated_deltanet' layers, got {type(gated_deltanet).__name__}")
+        unknown = sorted(set(gated_deltanet) - set(GATED_DELTANET_SIZES), key=str)
+        if unknown:
+            raise ValueError(f"gated_deltanet: GatedDeltaNet takes {sizes}, not {', '.join(map(repr, unknown))}")
     return kinds
 
 
@@ -386,7 +399,7 @@ def cached_positions(cache_value):
 
 
 def check_lm_cache(cache_value, num_layers):
-    """A TransformerLM cache: None or a list with one CausalSelfAttention cache per block."""
+    """A TransformerLM cache: None or a list with one cache per block, its layer's (each layer checks its own)."""
     if cache_value is None:
         return
     if not isinstance(cache_value, (tuple, list)) or len(cache_value) != num_layers:

@@ -538,7 +538,7 @@ class TransformerLM:
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None, gated_deltanet=None):
         """Parameter names follow the children: embedding, blocks.0.attention.W_q,
         blocks.0.ffn.W_gate, blocks.0.norm1.gamma, ..., norm.gamma, W_out (absent when tied).
         `window` and `rope_base` may be one value for every layer or a list or tuple of one per
@@ -548,13 +548,21 @@ class TransformerLM:
         grouped-query with num_kv_heads), "mla" for a MultiHeadLatentAttention(num_hiddens,
         num_heads, rope_base=that layer's, dropout=dropout, **mla), `mla` a dict of its sizes
         (kv_lora_rank, qk_nope_head_size, qk_rope_head_size, v_head_size, and q_lora_rank,
-        norm_eps, absorb as it takes them); window, num_kv_heads and the open-model options are
-        CausalSelfAttention's and leave "mla" layers alone."""
+        norm_eps, absorb as it takes them), and "gated_deltanet" for a GatedDeltaNet(num_hiddens,
+        num_heads, norm_eps=norm_eps, **gated_deltanet), `gated_deltanet` a dict of its sizes
+        (num_heads, head_size, value_head_size, conv_size, norm_eps, chunk_size; {} for its
+        defaults), its parameters GatedDeltaNet's own (blocks.0.attention.conv, .A_log, ...); so
+        Qwen3-Next's three linear layers per full one is attention=["gated_deltanet"] * 3 + ["mha"].
+        window, num_kv_heads and the open-model options are CausalSelfAttention's and leave "mla"
+        and "gated_deltanet" layers alone (a "gated_deltanet" layer has no positions: rope_base
+        does not reach it either)."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
         previous call returned (a list with one cache per block: a windowed block's is its rolling
-        buffer, of constant size; an "mla" block's its (latents, rotary keys))."""
+        buffer, of constant size; an "mla" block's its (latents, rotary keys); a "gated_deltanet"
+        block's its state (conv, S), (b, conv_size - 1, channels) and (b, num_heads, head_size,
+        value_head_size), of constant size: generate carries it, not keys and values)."""
 
     # `config`: the dict of the arguments the model was made with (what save_pretrained writes).
 

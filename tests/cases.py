@@ -4,7 +4,7 @@ A case names an API component, its constructor arguments, the shapes of its
 float inputs (and of any integer token inputs), and how attention is restricted
 (`valid_lens` given literally, `mask` by kind). All numbers come from a NumPy generator seeded by `seed`, so
 every backend sees the same inputs and the same parameters. A module that returns a cache
-(`CausalSelfAttention`, `MultiHeadLatentAttention`, `TransformerLM`) is checked on its output and every
+(`CausalSelfAttention`, `MultiHeadLatentAttention`, `GatedDeltaNet`, `TransformerLM`) is checked on its output and every
 array of the cache.
 """
 
@@ -183,6 +183,11 @@ CASES = [
          {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6,
           "attention": ["mla", "mha"], "mla": {k: v for k, v in MLA.items() if k not in ("num_hiddens", "num_heads")}},
          tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=56),
+    # a hybrid stack: GatedDeltaNet blocks, whose caches are their (conv, S) states, before a softmax one
+    Case("lm-gdn-mha-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6,
+          "attention": ["gated_deltanet", "mha"], "gated_deltanet": {"conv_size": 3, "chunk_size": 2}},
+         tokens=(("tokens", (B, 6), 7),), pieces=(5, 1), seed=57),
     # open-model attention: soft-capping and sinks in the scores (sinks differentiated as an input; a row with
     # nothing to attend to stays zeros), scaled RoPE, and CausalSelfAttention's options, cached in pieces too
     Case("dot-cap-mask", "DotProductAttention", QKV, mask="random", call={"logit_cap": 0.7}, seed=60),

@@ -5,6 +5,8 @@ Beyond the harness (tests/cases.py): the reference is held to the recurrences wr
 recurrent = chunked for random lengths and chunk sizes), a sequence fed in pieces with the state
 passed on equals one pass, the delta rule with beta = 0 only decays its state and with alpha = 1,
 beta = 1 writes exactly v k^T on orthonormal keys; the layer's cache does not grow; bad input.
+GatedDeltaNet as TransformerLM's layer type: a hybrid stack equals the reference, generates with its
+state (of one size throughout), carries its weights through a file and trains.
 Shapes are few and small (each new one is a new compile on JAX).
 """
 
@@ -13,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from d2lattn import _checks
 from d2lattn import numpy as reference
-from tests.support import bad_input_test, t
+from tests.support import bad_input_test, portable_lm_init, random_params, t
 
 FEW = settings(max_examples=8, deadline=None, derandomize=True, database=None)
 LENGTHS, CHUNKS = (1, 5, 9), (1, 2, 4, 16)   # lengths and chunk sizes the properties draw from
@@ -226,3 +229,132 @@ BAD_INPUT = {
                     r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
 }
 test_bad_input_is_named = bad_input_test(BAD_INPUT)
+
+
+# --- GatedDeltaNet as TransformerLM's attention: a hybrid stack ---------------------------------
+
+# Qwen3-Next's pattern, three linear layers then a full one, with linear heads of their own sizes
+# (4 heads of 3 key and 2 value features beside the model's 2 heads of 4) and norms' eps 0.1,
+# which the linear layers must take from the model
+LM_GDN = {"num_heads": 4, "head_size": 3, "value_head_size": 2, "conv_size": 3, "chunk_size": 4}
+HYBRID = {"vocab_size": 11, "num_hiddens": 8, "num_heads": 2, "num_layers": 4, "ffn_num_hiddens": 12,
+          "attention": ["gated_deltanet"] * 3 + ["mha"], "gated_deltanet": LM_GDN, "norm_eps": 0.1}
+STATE = ((2, 2, 4 * 3 + 4 * 3 + 4 * 2), (2, 4, 3, 2))   # (conv (b, conv_size - 1, channels), S (b, heads, dk, dv))
+
+
+def hybrid_pair(d2l, **changes):
+    args = {**HYBRID, **changes}
+    ref, ours = reference.TransformerLM(**args), d2l.TransformerLM(**args)
+    params = random_params(ref, np.random.default_rng(9), scale=3.0)  # logits far apart: no near ties for argmax
+    reference.set_params(ref, params)
+    d2l.set_params(ours, params)
+    return ours, ref
+
+
+def shapes(cache):
+    return [tuple(tuple(x.shape) for x in layer[:2]) for layer in cache]
+
+
+def test_a_qwen3_next_style_language_model(d2l):
+    """Three GatedDeltaNet blocks per softmax one: the parameters are GatedDeltaNet's own, the
+    logits the reference's, a linear block's cache its (conv, S) state beside the softmax block's
+    keys and values, pieces give the full pass, and generation gives the reference's tokens with
+    and without the cache."""
+    model, ref = hybrid_pair(d2l)
+    names = d2l.get_params(model)
+    assert tuple(names["blocks.0.attention.conv"].shape) == (3, 32) and tuple(names["blocks.2.attention.A_log"].shape) \
+        == (4,) and "blocks.3.attention.W_k" in names and "blocks.0.attention.W_z" in names
+    tokens = np.random.default_rng(8).integers(0, 11, (2, 7)).astype(np.int32)
+    full, cache = model(d2l.tensor(tokens), training=False)
+    np.testing.assert_allclose(d2l.to_numpy(full), ref(tokens, training=False)[0], atol=1e-4)
+    assert shapes(cache) == [STATE] * 3 + [((2, 2, 7, 4),) * 2]
+    first, cache = model(d2l.tensor(tokens[:, :4]), training=False)
+    last, cache = model(d2l.tensor(tokens[:, 4:]), cache=cache, training=False)
+    np.testing.assert_allclose(np.concatenate([d2l.to_numpy(first), d2l.to_numpy(last)], 1), d2l.to_numpy(full),
+                               atol=1e-4)
+    prompt = tokens[:, :3]
+    want = reference.generate(ref, prompt, 6)
+    np.testing.assert_array_equal(d2l.generate(model, prompt, 6), want)
+    np.testing.assert_array_equal(d2l.generate(model, prompt, 6, use_cache=False), want)
+
+
+def test_the_state_does_not_grow_with_the_generated_length(d2l, adapter, monkeypatch):
+    """generate hands each GatedDeltaNet call the (conv, S) state of the call before, of one size
+    from the prompt to the last token, while the softmax layer's keys grow by one per token; one
+    token at a time after the prompt, the logits are those of one pass."""
+    model, ref = hybrid_pair(d2l)
+    states = []
+
+    def recording(name, state, *args):
+        if name == "cache":                                      # GatedDeltaNet's check of its state
+            states.append(tuple(tuple(x.shape) for x in state))
+        return original(name, state, *args)
+
+    original = _checks.check_state
+    monkeypatch.setattr(_checks, "check_state", recording)
+    with adapter.eagerly():
+        d2l.generate(model, np.array([[1, 2, 3], [4, 5, 6]], np.int32), 4)
+    monkeypatch.setattr(_checks, "check_state", original)
+    assert len(states) >= 3 * 3 and set(states) == {STATE}, states   # 3 linear layers, 3 calls after the prompt's
+    tokens = np.random.default_rng(10).integers(0, 11, (2, 6)).astype(np.int32)
+    out, cache = model(d2l.tensor(tokens[:, :3]), training=False)
+    logits = [d2l.to_numpy(out)]
+    for i in range(3, 6):
+        out, cache = model(d2l.tensor(tokens[:, i:i + 1]), cache=cache, training=False)
+        logits.append(d2l.to_numpy(out))
+        assert shapes(cache) == [STATE] * 3 + [((2, 2, i + 1, 4),) * 2]
+    np.testing.assert_allclose(np.concatenate(logits, 1), ref(tokens, training=False)[0], atol=1e-4)
+
+
+def test_hybrid_weights_travel_through_a_file(d2l, tmp_path):
+    """save_params writes the linear layers under their canonical names: a fresh model and the reference
+    read the same logits back."""
+    model, _ = hybrid_pair(d2l)
+    path = tmp_path / "hybrid.safetensors"
+    d2l.save_params(model, path)
+    fresh, into_reference = d2l.TransformerLM(**HYBRID), reference.TransformerLM(**HYBRID)
+    d2l.load_params(fresh, path)
+    reference.load_params(into_reference, path)
+    tokens = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], np.int32)
+    want = d2l.to_numpy(model(d2l.tensor(tokens), training=False)[0])
+    np.testing.assert_allclose(d2l.to_numpy(fresh(d2l.tensor(tokens), training=False)[0]), want, atol=1e-5)
+    np.testing.assert_allclose(into_reference(tokens)[0], want, atol=1e-4)
+
+
+@pytest.mark.needs("training")
+def test_a_hybrid_stack_trains(d2l):
+    """train_lm lowers the loss of the hybrid stack on a sequence it can learn: counting up mod 11."""
+    model = d2l.TransformerLM(**{**HYBRID, "norm_eps": 1e-6})
+    portable_lm_init(d2l, model, seed=0)
+    seq = (np.arange(9)[None] + np.arange(8)[:, None]) % 11                # (8, 9)
+    batches = [(seq[:, :-1].astype(np.int32), seq[:, 1:].astype(np.int32), np.full(8, 8, np.int32))]
+    losses = d2l.train_lm(model, batches, epochs=30, lr=0.02, progress=False)
+    assert np.isfinite(losses).all() and losses[-1] < 0.3 * losses[0], losses
+
+
+LM_BAD_INPUT = {
+    "unknown layer kind": (lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention="linear"), ValueError,
+                           r"attention must be one of 'mha', 'mla', 'gated_deltanet' or a sequence of one per layer, "
+                           r"got 'linear'"),
+    "unknown kind among the layers": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention=["gated_deltanet", "softmax"], gated_deltanet={}),
+        ValueError, r"attention must be one of 'mha', 'mla', 'gated_deltanet' .*, got 'softmax'"),
+    "kinds for other layers": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention=["gated_deltanet"] * 3, gated_deltanet={}),
+        ValueError, r"attention must be one value or a sequence of one per layer \(num_layers = 2\), got 3 entries"),
+    "gated_deltanet without sizes": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention=["gated_deltanet", "mha"]), ValueError,
+        r"gated_deltanet must be a dict of GatedDeltaNet's sizes \(num_heads, head_size, value_head_size, conv_size, "
+        r"norm_eps, chunk_size; \{\} for its defaults\) for the 'gated_deltanet' layers, got NoneType"),
+    "gated_deltanet not a dict": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention="gated_deltanet", gated_deltanet=[4]), ValueError,
+        r"gated_deltanet must be a dict of GatedDeltaNet's sizes .*, got list"),
+    "gated_deltanet with another layer's size": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention="gated_deltanet", gated_deltanet={"kv_lora_rank": 4}),
+        ValueError, r"gated_deltanet: GatedDeltaNet takes num_heads, head_size, value_head_size, conv_size, norm_eps, "
+                    r"chunk_size, not 'kv_lora_rank'"),
+    "gated_deltanet sizes that do not fit": (
+        lambda d2l: d2l.TransformerLM(11, 8, 2, 2, 12, attention="gated_deltanet", gated_deltanet={"num_heads": 3}),
+        ValueError, r"num_hiddens \(8\) must be divisible by num_heads \(3\)"),
+}
+test_lm_bad_input_is_named = bad_input_test(LM_BAD_INPUT)

@@ -21,6 +21,7 @@ from d2lattn.jax.attention import MultiHeadAttention, _deterministic
 from d2lattn.jax.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.jax.encoding import RotaryPositionalEncoding
 from d2lattn.jax.latent import MultiHeadLatentAttention
+from d2lattn.jax.linear import GatedDeltaNet
 from d2lattn.jax.ops import causal_mask
 from d2lattn.jax.params import get_params, set_params
 from d2lattn.sampling import next_tokens
@@ -102,11 +103,14 @@ class TransformerLMBlock(nnx.Module):
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
                  norm_eps, rngs, post_norms=False, ffn_activation="silu", attention="mha",
-                 mla=None, **options):
+                 mla=None, gated_deltanet=None, **options):
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
             self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
                                                       rngs=rngs, **mla)
+        elif attention == "gated_deltanet":  # Qwen3-Next's linear layer: a state of constant size, no positions
+            self.attention = GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,
+                                                           **gated_deltanet})
         else:
             self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                                  rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, rngs=rngs,
@@ -138,16 +142,18 @@ class TransformerLM(nnx.Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None, rngs=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
+                 gated_deltanet=None, rngs=None):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
+                     gated_deltanet=gated_deltanet)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
-        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
+        kinds = _checks.checked_layer_kinds(attention, L, mla, gated_deltanet)  # one of LAYER_KINDS per layer
         self.embedding = nnx.Embed(vocab_size, h, rngs=rngs)
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = nnx.List([
@@ -190,7 +196,10 @@ def _logits(graphdef, state, tokens, cache, position):
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
     sequence, or a window's rolling buffer of window - 1 positions, at position 0; a latent
-    attention's (latents (b, L, r), rotary keys (b, L, dr))."""
+    attention's (latents (b, L, r), rotary keys (b, L, dr)); a GatedDeltaNet's its state (conv, S),
+    the same size at every position (it ignores `position`)."""
+    if isinstance(attention, GatedDeltaNet):
+        return attention.empty_cache(jnp.zeros((b, 0, attention.W_q.in_features)))
     if isinstance(attention, MultiHeadLatentAttention):
         return tuple(jnp.zeros((b, L, dict(attention.sizes)[n])) for n in ("kv_lora_rank", "qk_rope_head_size"))
     if attention.window is None:

@@ -18,6 +18,7 @@ from d2lattn.mxnet.attention import DENSE_INIT, MultiHeadAttention
 from d2lattn.mxnet.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.mxnet.encoding import RotaryPositionalEncoding
 from d2lattn.mxnet.latent import MultiHeadLatentAttention
+from d2lattn.mxnet.linear import GatedDeltaNet
 from d2lattn.mxnet.ops import _graph_keep, _traced, _train_mode, causal_mask, tensor, to_numpy
 from d2lattn.mxnet.params import get_params, set_params
 from d2lattn.mxnet.seq2seq import EMBEDDING_INIT
@@ -141,16 +142,20 @@ def _rolled(F, k, v, window):
 class TransformerLMBlock(nn.HybridBlock):
     """One pre-norm block: X + attention(norm1(X)), then + ffn(norm2(X)); dropout (training
     only) on the attention weights and on each branch before it is added. Runs inside its
-    model's graph: -> (X, keys, values, weights, live)."""
+    model's graph on its `inputs`: -> (X, keys, values, weights, live) for a softmax layer,
+    (X, conv, S) for a GatedDeltaNet, whose state goes in and comes out as the keys and values do."""
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
                  norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
-                 mla=None, **options):
+                 mla=None, gated_deltanet=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
             self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
                                                       **mla)
+        elif attention == "gated_deltanet":  # Qwen3-Next's linear layer: a state of constant size, no positions
+            self.attention = GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,
+                                                           **gated_deltanet})
         else:
             self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                                  rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
@@ -159,6 +164,31 @@ class TransformerLMBlock(nn.HybridBlock):
         self.post_norm1 = RMSNorm(num_hiddens, norm_eps) if post_norms else None  # Gemma: on each branch too
         self.post_norm2 = RMSNorm(num_hiddens, norm_eps) if post_norms else None
         self.rate = _checks.checked_dropout_rate(dropout)
+        self.linear = attention == "gated_deltanet"                     # a state, no positions, no weights
+        # its attention's inputs and outputs in the graph: (conv, S) and (conv, S), or keys, values and
+        # keep, and keys, values, weights and live
+        self.num_inputs, self.num_outputs = (2, 2) if self.linear else (3, 4)
+        self.rotary = not self.linear and self.attention.rope is not None  # it takes the rotary positions
+
+    def inputs(self, batch, T, cache, ctx):
+        """Its graph's inputs for T new tokens after `cache`, made before the graph: a softmax layer's
+        cache as (keys, values) and its keep mask; a GatedDeltaNet's state (conv, S)."""
+        if self.linear:
+            return self.attention.cache_inputs(batch, cache, ctx)
+        return (*self.attention.cache_inputs(batch, cache, ctx), self.attention.positions(T, cache, ctx)[0])
+
+    def graph_inputs(self, tokens):
+        """As `inputs`, traced inside a parent's graph for a call without a cache."""
+        return (None, None) if self.linear else (None, None, self.attention.graph_positions(tokens)[0])
+
+    def cached(self, outputs, cache, T):
+        """Its cache from its attention's graph outputs (a softmax layer keeps its weights)."""
+        if self.linear:
+            return tuple(outputs)                                       # (conv, S)
+        self.attention.save_weights(*outputs[2:])                       # (weights, live)
+        if isinstance(outputs[0], mx.sym.Symbol):
+            return tuple(outputs[:2])
+        return self.attention.cached(*outputs[:2], cache, T)
 
     @staticmethod
     def _post(norm, Y):
@@ -168,37 +198,43 @@ class TransformerLMBlock(nn.HybridBlock):
     def dropout(self, F, X):
         return F.npx.dropout(X, p=self.rate) if self.rate else X          # active only in training
 
-    def hybrid_forward(self, F, X, keys, values, keep, *rotary):
-        Y, (keys, values) = self.attention.with_keep(self.norm1(X), keys, values, keep, *rotary)
+    def hybrid_forward(self, F, X, *inputs):
+        if self.linear:
+            Y, cache = self.attention.with_state(self.norm1(X), *inputs)  # (conv, S) in and out
+            saved = ()
+        else:
+            Y, cache = self.attention.with_keep(self.norm1(X), *inputs)   # keys, values, keep, rotary positions
+            saved = getattr(self.attention, "attention", self.attention)._saved  # its DotProductAttention's, or MLA's
         X = X + self.dropout(F, self._post(self.post_norm1, Y))             # (b, T, h)
         X = X + self.dropout(F, self._post(self.post_norm2, self.ffn(self.norm2(X))))
-        recorder = getattr(self.attention, "attention", self.attention)  # its DotProductAttention, or MLA itself
-        return (X, keys, values, *recorder._saved)
+        return (X, *cache, *saved)
 
 
 class TransformerLM(nn.HybridBlock):
     """Embedding, pre-norm blocks `blocks.{i}`, a final RMSNorm and W_out, as one graph; tied,
     W_out is a Dense that shares the Embedding's table (both (vocab, h) in Gluon), named once.
 
-    The call makes each block's inputs (its mask, its cache) and the rotary positions they share,
-    flat, before the graph; the graph hands back each block's cache and attention weights
-    (`blocks[i].attention.attention_weights` hold arrays after a hybridized call too).
+    The call makes each block's inputs (its mask and its cache, or a GatedDeltaNet's state) and the
+    rotary positions they share, flat, before the graph; the graph hands back each block's cache and
+    attention weights (`blocks[i].attention.attention_weights` hold arrays after a hybridized call too).
     """
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
+                 gated_deltanet=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
-        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
+                     gated_deltanet=gated_deltanet)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
-        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
+        kinds = _checks.checked_layer_kinds(attention, L, mla, gated_deltanet)  # one of LAYER_KINDS per layer
         self.embedding = nn.Embedding(v, h)
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.embedding.initialize(EMBEDDING_INIT)
@@ -218,32 +254,30 @@ class TransformerLM(nn.HybridBlock):
 
     def __call__(self, tokens, *, cache=None, training=None):
         if _traced(self, tokens, cache=cache):
-            caches = [(None, None)] * len(self.blocks)                      # nothing cached
+            cache, T = [None] * len(self.blocks), None                      # nothing cached
+            inputs = [block.graph_inputs(tokens) for block in self.blocks]
             positions = mx.sym.npx.arange_like(tokens, axis=1)
-            keeps = [block.attention.graph_positions(tokens)[0] for block in self.blocks]
         else:
             tokens = tensor(tokens)
             _checks.check_tokens(tokens.shape, "tokens")
             _checks.check_lm_cache(cache, len(self.blocks))
             (b, T), ctx, cache = tokens.shape, tokens.ctx, cache or [None] * len(self.blocks)
-            caches = [block.attention.cache_inputs(b, c, ctx) for block, c in zip(self.blocks, cache)]
-            keeps = [block.attention.positions(T, c, ctx)[0] for block, c in zip(self.blocks, cache)]
-            positions = _rotary_positions(_checks.cached_positions(cache[0]), T, ctx)  # shared by every block
+            inputs = [block.inputs(b, T, c, ctx) for block, c in zip(self.blocks, cache)]
+            seen = next((_checks.cached_positions(c) for block, c in zip(self.blocks, cache) if not block.linear), 0)
+            positions = _rotary_positions(seen, T, ctx)                     # shared by every softmax block
         with _train_mode(training):
-            inputs = [a for c, keep in zip(caches, keeps) for a in (*c, keep)]   # keys, values, keep per block
-            logits, *rest = super().__call__(tokens, positions, *inputs)
-        for i, block in enumerate(self.blocks):
-            block.attention.save_weights(*rest[4 * i + 2: 4 * i + 4])          # (weights, live) of each
-        if isinstance(tokens, mx.sym.Symbol):
-            return logits, [tuple(rest[4 * i: 4 * i + 2]) for i in range(len(self.blocks))]
-        return logits, [block.attention.cached(*rest[4 * i: 4 * i + 2], c, tokens.shape[1])
-                        for i, (block, c) in enumerate(zip(self.blocks, cache))]
+            logits, *rest = super().__call__(tokens, positions, *[a for block in inputs for a in block])
+        caches = []
+        for block, c in zip(self.blocks, cache):
+            caches.append(block.cached(rest[:block.num_outputs], c, T))     # its cache, its weights kept
+            rest = rest[block.num_outputs:]
+        return logits, caches
 
     def hybrid_forward(self, F, tokens, positions, *args):
         X, out = self.embedding(tokens) * self.embedding_scale, []          # (b, T, h)
-        for block, (keys, values, keep) in zip(self.blocks, zip(args[0::3], args[1::3], args[2::3])):
-            X, *saved = block(X, keys, values, keep, *(() if block.attention.rope is None else (positions,)))
-            out += saved                                                    # keys, values, weights, live
+        for block in self.blocks:
+            X, *saved = block(X, *args[:block.num_inputs], *((positions,) if block.rotary else ()))
+            out, args = out + saved, args[block.num_inputs:]                # its cache, then its weights
         logits = self.W_out(self.norm(X))                                   # (b, T, vocab)
         if self.final_logit_cap is not None:
             logits = self.final_logit_cap * F.np.tanh(logits / self.final_logit_cap)  # soft-capped in (-cap, cap)

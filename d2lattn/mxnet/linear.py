@@ -5,17 +5,21 @@ A state S (..., d_k, d_v) holds what the keys wrote, one (d_k, d_v) matrix per h
 as q^T S. The chunked forms pad the sequence to whole chunks with positions that write nothing.
 
 The loops over positions and chunks need the sequence's length, which a hybridized graph symbol does
-not have: the functions run imperatively (tests say so: _backend.LACKS), and GatedDeltaNet is a plain
-Block, whose hybridize() hybridizes its dense maps.
+not have: the functions run imperatively (tests say so: _backend.LACKS). GatedDeltaNet is a HybridBlock
+all the same, so that a hybridized TransformerLM holds it in its one graph: run imperatively it loops over
+chunks; traced, its whole sequence is one chunk of the same WY form (`_delta_whole`), and its cache (conv, S)
+is an input and an output of the graph, as a softmax layer's keys and values are.
 """
 
 import math
 
+import mxnet as mx
 import numpy as onp
 from mxnet import init, np, npx
 from mxnet.gluon import nn
 
 from d2lattn import _checks
+from d2lattn.mxnet.ops import _F, _traced
 
 
 def _feature_map(x, name):
@@ -25,7 +29,7 @@ def _feature_map(x, name):
 
 def _l2_normalized(x):
     """x / |x| over the features, with the 1e-6 under the root that Qwen3-Next and FLA use."""
-    return x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
+    return x / _F(x).np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
 
 
 def _chunks(x, size):
@@ -128,31 +132,61 @@ def _delta_recurrent(q, k, v, log_alpha, beta, S):
 
 def _unit_lower_solve(A, B):
     """X with (I + tril(A, -1)) X = B: forward substitution, batched over the leading axes."""
-    return np.linalg.solve(np.eye(A.shape[-1], ctx=A.ctx) + np.tril(A, -1), B)
+    F, ones = _F(A), _F(A).np.ones_like(A)
+    return F.np.linalg.solve(F.np.tril(ones) - F.np.tril(ones, -1) + F.np.tril(A, -1), B)  # the diagonal: 1 - 0
+
+
+def _wy(q, k, v, G, G_end, beta):
+    """The WY/UT form's work within chunks (..., c, f), whatever the state before them (Yang et al.):
+    the delta updates are one lower-triangular solve (the UT transform) for the new values
+    u = beta (v - S^T k) the positions would write, u - w S once S is known. G (..., c) is the
+    cumulative log decay, so the decay between positions j <= i is exp(G_i - G_j); G_end (..., 1)
+    the chunk's last; beta (..., c, 1). -> u, w, the causal scores, the queries decayed from the
+    chunk's start, the keys decayed to its end. Arrays or graph symbols (no `...` indexing here)."""
+    F = _F(q)
+    exp_G = F.np.expand_dims(F.np.exp(G), -1)                          # (..., c, 1)
+    decay = F.np.tril(F.np.exp(F.np.tril(F.np.expand_dims(G, -1) - F.np.expand_dims(G, -2))))  # (..., c, c), j <= i
+    system = F.np.matmul(beta * k, F.np.swapaxes(k, -1, -2)) * decay   # (..., c, c)
+    u = _unit_lower_solve(system, beta * v)                            # (..., c, dv): values to write
+    w = _unit_lower_solve(system, beta * k * exp_G)                    # (..., c, dk): keys reading S
+    attn = F.np.matmul(q, F.np.swapaxes(k, -1, -2)) * decay            # (..., c, c), j <= i
+    k_decayed = k * F.np.expand_dims(F.np.exp(G_end - G), -1)          # (..., c, dk): to the chunk's end
+    return u, w, attn, q * exp_G, k_decayed
+
+
+def _carried(u, w, attn, q_decayed, k_decayed, G_end, S):
+    """One chunk after the state S (..., dk, dv): its output (..., c, dv) and the state after it."""
+    F = _F(u)
+    new = u - F.np.matmul(w, S)                                        # (..., c, dv): the errors written
+    out = F.np.matmul(q_decayed, S) + F.np.matmul(attn, new)           # (..., c, dv)
+    S = F.np.expand_dims(F.np.exp(G_end), -1) * S + F.np.matmul(F.np.swapaxes(k_decayed, -1, -2), new)
+    return out, S
 
 
 def _delta_chunked(q, k, v, log_alpha, beta, S, chunk_size):
-    """The WY/UT form (Yang et al.): within a chunk, the delta updates are one lower-triangular solve
-    (the UT transform) for the new values u = beta (v - S^T k) all positions would write; across chunks,
-    the state. The cumulative log decay G_i gives the decay between positions j <= i as exp(G_i - G_j)."""
+    """The WY/UT form: within each chunk of `chunk_size` (`_wy`, every chunk at once), then across
+    the chunks, the state (`_carried`, one chunk after another)."""
     T = q.shape[-2]
     q, k, v = (_chunks(x, chunk_size) for x in (q, k, v))              # (..., n, c, f)
     G = _chunks(log_alpha[..., None], chunk_size)[..., 0]              # (..., n, c): padding decays by 1
     G = np.cumsum(G, axis=G.ndim - 1)                                  # (MXNet's cumsum refuses axis=-1)
     beta = _chunks(beta[..., None], chunk_size)                        # (..., n, c, 1): padding writes 0
-    decay = np.tril(np.exp(np.tril(G[..., :, None] - G[..., None, :])))  # (..., n, c, c), j <= i
-    system = (beta * k) @ k.swapaxes(-1, -2) * decay                  # (..., n, c, c)
-    u = _unit_lower_solve(system, beta * v)                            # (..., n, c, dv): values to write
-    w = _unit_lower_solve(system, beta * k * np.exp(G)[..., None])  # (..., n, c, dk): keys reading S
-    attn = q @ k.swapaxes(-1, -2) * decay                             # (..., n, c, c), j <= i
-    q_decayed = q * np.exp(G)[..., None]                            # (..., n, c, dk)
-    k_decayed = k * np.exp(G[..., -1:] - G)[..., None]              # (..., n, c, dk): to the chunk's end
+    parts = _wy(q, k, v, G, G[..., -1:], beta)                         # each (..., n, c, f)
     outs = []
     for i in range(q.shape[-3]):
-        new = u[..., i, :, :] - w[..., i, :, :] @ S                    # (..., c, dv): the errors written
-        outs.append(q_decayed[..., i, :, :] @ S + attn[..., i, :, :] @ new)  # (..., c, dv)
-        S = np.exp(G[..., i, -1])[..., None, None] * S + k_decayed[..., i, :, :].swapaxes(-1, -2) @ new
+        out, S = _carried(*(x[..., i, :, :] for x in parts), G[..., i, -1:], S)
+        outs.append(out)                                               # (..., c, dv)
     return _unchunked(np.stack(outs, -3), T), S
+
+
+def _delta_whole(q, k, v, log_alpha, beta, S):
+    """The WY/UT form with the whole sequence as its one chunk, on (b, heads, T, f) and gates (b, heads, T):
+    what a hybridized graph runs, whose symbols have no length to count chunks by (O(T^2) memory and a
+    (T, T) solve per head, as a chunk of T has)."""
+    F = _F(q)
+    G = F.np.cumsum(log_alpha, axis=2)                                 # (b, heads, T)
+    G_end = G[:, :, -1:]                                               # (b, heads, 1)
+    return _carried(*_wy(q, k, v, G, G_end, F.np.expand_dims(beta, -1)), G_end, S)
 
 
 def gated_delta_rule(queries, keys, values, alpha, beta, *, chunk_size=64, state=None, return_state=False,
@@ -182,15 +216,19 @@ def _delta(queries, keys, values, log_alpha, beta, S, form, chunk_size):
 
 
 def _silu(x):
-    return x * npx.sigmoid(x)
+    return x * _F(x).npx.sigmoid(x)
 
 
-class GatedDeltaNet(nn.Block):
+class GatedDeltaNet(nn.HybridBlock):
     """Qwen3-Next's linear-attention layer with one key head per value head: dense maps to queries,
     keys and values, a short causal depthwise convolution over them (then SiLU), per-head gates
     beta = sigmoid(x W_b) and alpha = exp(-exp(A_log) softplus(x W_a + dt_bias)), the gated delta rule,
     an RMSNorm of each head's output gated by SiLU(x W_z), and W_o. Its cache is (conv, S): the last
-    conv_size - 1 inputs of the convolution (b, conv_size - 1, channels) and the state (b, heads, dk, dv)."""
+    conv_size - 1 inputs of the convolution (b, conv_size - 1, channels) and the state (b, heads, dk, dv).
+
+    The call checks the cache (zeros at the start) and runs `with_state`; a parent's graph (a
+    TransformerLM's) calls `with_state` with the cache as two of its inputs.
+    """
 
     def __init__(self, num_hiddens, num_heads, *, head_size=None, value_head_size=None, conv_size=4,
                  norm_eps=1e-6, chunk_size=64):
@@ -216,34 +254,53 @@ class GatedDeltaNet(nn.Block):
 
     def empty_cache(self, X):
         """The cache before the first position of X (b, T, num_hiddens): zeros (conv, S)."""
-        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
-        b, channels = X.shape[0], 2 * H * dk + H * dv
-        return (np.zeros((b, K - 1, channels), ctx=X.ctx), np.zeros((b, H, dk, dv), ctx=X.ctx))
+        return self.cache_inputs(X.shape[0], None, X.ctx)
 
     def _heads(self, X, size):
         """(b, T, heads * size) -> (b, heads, T, size)."""
-        return X.reshape(*X.shape[:2], self.num_heads, size).swapaxes(1, 2)
+        F = _F(X)
+        return F.np.swapaxes(F.npx.reshape(X, (-2, -2, self.num_heads, size)), 1, 2)
+
+    def cache_inputs(self, batch, cache, ctx):
+        """The cache checked, as (conv, S); zeros (b, conv_size - 1, channels), (b, heads, dk, dv) at the start."""
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        shapes = ((batch, K - 1, 2 * H * dk + H * dv), (batch, H, dk, dv))
+        if cache is None:
+            return tuple(np.zeros(shape, ctx=ctx) for shape in shapes)
+        _checks.check_state("cache", cache, shapes, "a tuple (conv, S)")
+        return tuple(cache)
 
     def __call__(self, X, *, cache=None, training=None):  # no dropout: `training` is ignored
-        return self._run(X, cache)  # imperative: Block.__call__ would take the cache by position only
-
-    def _run(self, X, cache):
-        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        if _traced(self, X, cache=cache):
+            return self.with_state(X, None, None)                        # nothing cached: zeros before X
         _checks.check_sequence_input(X.shape, self.W_q.weight.shape[1])      # Dense: (out, in)
-        b, T = X.shape[:2]
-        channels = 2 * H * dk + H * dv
-        cache = self.empty_cache(X) if cache is None else cache
-        _checks.check_state("cache", cache, ((b, K - 1, channels), (b, H, dk, dv)), "a tuple (conv, S)")
-        new = np.concatenate([self.W_q(X), self.W_k(X), self.W_v(X)], -1)       # (b, T, channels): q, k, v
-        mixed = np.concatenate([cache[0], new], 1)                              # (b, K - 1 + T, channels)
-        weight = self.conv.data(X.ctx)                                   # (K, channels)
-        conv = sum(weight[i] * mixed[:, i:i + T] for i in range(K))      # (b, T, channels): causal, depthwise
-        q, k, v = np.split(_silu(conv), [H * dk, 2 * H * dk], axis=-1)
-        beta = npx.sigmoid(self.W_b(X))                                  # (b, T, heads)
-        a = self.W_a(X) + self.dt_bias.data(X.ctx)
-        log_alpha = -np.exp(self.A_log.data(X.ctx)) * npx.activation(a, act_type="softrelu")  # (b, T, heads): <= 0
-        out, S = _delta(self._heads(q, dk), self._heads(k, dk), self._heads(v, dv), log_alpha.swapaxes(1, 2),
-                        beta.swapaxes(1, 2), cache[1], "chunked", self.chunk_size)  # (b, heads, T, dv)
-        out = out / np.sqrt((out ** 2).mean(-1, keepdims=True) + self.eps) * self.gamma.data(X.ctx)  # per head
-        out = out.swapaxes(1, 2) * _silu(self.W_z(X)).reshape(b, T, H, dv)  # (b, T, heads, dv), gated
-        return self.W_o(out.reshape(b, T, H * dv)), (mixed[:, mixed.shape[1] - (K - 1):], S)
+        return self.with_state(X, *self.cache_inputs(X.shape[0], cache, X.ctx))
+
+    def with_state(self, X, conv, S):
+        """The graph on ready inputs, as a parent's graph calls it: -> (Y, (conv, S))."""
+        Y, conv, S = nn.HybridBlock.__call__(self, X, conv, S)
+        return Y, (conv, S)
+
+    def hybrid_forward(self, F, X, conv_state, S, conv, dt_bias, A_log, gamma):
+        H, dk, dv, K = self.num_heads, self.head_size, self.value_head_size, self.conv_size
+        new = F.np.concatenate([self.W_q(X), self.W_k(X), self.W_v(X)], axis=-1)  # (b, T, channels): q, k, v
+        if conv_state is None:                                           # traced without a cache
+            conv_state = F.np.repeat(F.np.zeros_like(new[:, :1]), K - 1, axis=1)  # (b, K - 1, channels)
+        mixed = F.np.concatenate([conv_state, new], axis=1)              # (b, K - 1 + T, channels)
+        # causal and depthwise; each window ends K - 1 - i from the end (a graph knows no T)
+        conv_out = sum(conv[i] * mixed[:, i:i - (K - 1) or None] for i in range(K))  # (b, T, channels)
+        q, k, v = F.np.split(_silu(conv_out), [H * dk, 2 * H * dk], axis=-1)
+        beta = F.np.swapaxes(F.npx.sigmoid(self.W_b(X)), 1, 2)           # (b, heads, T)
+        a = self.W_a(X) + dt_bias
+        log_alpha = F.np.swapaxes(-F.np.exp(A_log) * F.npx.activation(a, act_type="softrelu"), 1, 2)  # <= 0
+        q, k, v = self._heads(q, dk), self._heads(k, dk), self._heads(v, dv)     # (b, heads, T, d)
+        if isinstance(X, mx.sym.Symbol):  # no length to count chunks by: the whole sequence is one chunk
+            if S is None:                                                # traced without a cache: nothing written
+                S = F.np.zeros_like(F.np.matmul(F.np.swapaxes(k[:, :, :1], 2, 3), v[:, :, :1]))  # (b, heads, dk, dv)
+            out, S = _delta_whole(_l2_normalized(q) / math.sqrt(dk), _l2_normalized(k), v, log_alpha, beta, S)
+        else:
+            out, S = _delta(q, k, v, log_alpha, beta, S, "chunked", self.chunk_size)  # (b, heads, T, dv)
+        out = out / F.np.sqrt((out ** 2).mean(-1, keepdims=True) + self.eps) * gamma  # RMSNorm per head
+        out = F.np.swapaxes(out, 1, 2) * F.npx.reshape(_silu(self.W_z(X)), (-2, -2, H, dv))  # (b, T, heads, dv)
+        conv_state = mixed[:, 1 - K:] if K > 1 else mixed[:, :0]         # the last K - 1 inputs
+        return self.W_o(F.npx.reshape(out, (-2, -2, -5))), conv_state, S

@@ -9,6 +9,7 @@ from d2lattn.numpy.attention import MultiHeadAttention, _init
 from d2lattn.numpy.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.numpy.encoding import RotaryPositionalEncoding
 from d2lattn.numpy.latent import MultiHeadLatentAttention
+from d2lattn.numpy.linear import GatedDeltaNet
 from d2lattn.numpy.ops import causal_mask
 from d2lattn.numpy.params import Module, get_params, set_params
 from d2lattn.sampling import next_tokens
@@ -81,12 +82,15 @@ class TransformerLMBlock(Module):
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
                  norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
-                 mla=None, **options):
+                 mla=None, gated_deltanet=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
             self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
                                                       **mla)
+        elif attention == "gated_deltanet":  # Qwen3-Next's linear layer: a state of constant size, no positions
+            self.attention = GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,
+                                                           **gated_deltanet})
         else:
             self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                                  rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
@@ -114,17 +118,19 @@ class TransformerLM(Module):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
+                 gated_deltanet=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
-        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
+                     gated_deltanet=gated_deltanet)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         rng = np.random.default_rng(3)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
-        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
+        kinds = _checks.checked_layer_kinds(attention, L, mla, gated_deltanet)  # one of LAYER_KINDS per layer
         self.params = {"embedding": rng.normal(size=(v, h))}
         self.embedding_scale = math.sqrt(h) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         if not tie_embeddings:

@@ -11,6 +11,7 @@ from d2lattn.tensorflow.attention import MultiHeadAttention, _dense_layer
 from d2lattn.tensorflow.blocks import RMSNorm, SwiGLUFFN
 from d2lattn.tensorflow.encoding import RotaryPositionalEncoding
 from d2lattn.tensorflow.latent import MultiHeadLatentAttention
+from d2lattn.tensorflow.linear import GatedDeltaNet
 from d2lattn.tensorflow.ops import _Layer, causal_mask
 from d2lattn.tensorflow.params import get_params, set_params
 from d2lattn.tensorflow.seq2seq import _embedding_layer
@@ -103,12 +104,15 @@ class TransformerLMBlock(_Layer):
 
     def __init__(self, num_hiddens, num_heads, ffn_num_hiddens, *, num_kv_heads, window, rope_base, dropout,
                  norm_eps, post_norms=False, ffn_activation="silu", attention="mha",
-                 mla=None, **options):
+                 mla=None, gated_deltanet=None, **options):
         super().__init__()
         self.norm1 = RMSNorm(num_hiddens, norm_eps)
         if attention == "mla":   # DeepSeek's latent attention; the open-model options are CausalSelfAttention's
             self.attention = MultiHeadLatentAttention(num_hiddens, num_heads, rope_base=rope_base, dropout=dropout,
                                                       **mla)
+        elif attention == "gated_deltanet":  # Qwen3-Next's linear layer: a state of constant size, no positions
+            self.attention = GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,
+                                                           **gated_deltanet})
         else:
             self.attention = CausalSelfAttention(num_hiddens, num_heads, num_kv_heads=num_kv_heads, window=window,
                                                  rope_base=rope_base, dropout=dropout, norm_eps=norm_eps, **options)
@@ -140,14 +144,16 @@ class TransformerLM(_Layer):
                  num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
-                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None):
+                 scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
+                 gated_deltanet=None):
         super().__init__()
         self.config = hub.arguments(locals())                         # what save_pretrained writes
-        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation)
+        layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
+                     gated_deltanet=gated_deltanet)
         options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
                        rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
-        kinds = _checks.checked_layer_kinds(attention, L, mla)                 # "mha" or "mla" per layer
+        kinds = _checks.checked_layer_kinds(attention, L, mla, gated_deltanet)  # one of LAYER_KINDS per layer
         self.embedding = _embedding_layer(vocab_size, num_hiddens)
         self.embedding_scale = math.sqrt(num_hiddens) if scale_embeddings else 1.0  # Gemma: times sqrt(h)
         self.blocks = [TransformerLMBlock(num_hiddens, num_heads, ffn_num_hiddens, num_kv_heads=num_kv_heads,
@@ -183,7 +189,7 @@ def _calls(model):
     and buffer length unknown: traced once, whatever the prompt, the number of tokens or the position."""
     if not hasattr(model, "_generate_calls"):
         tokens, position = tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32)
-        caches = [tuple(_spec(x) for x in _buffers(block.attention, 1, 1)) for block in model.blocks]
+        caches = [_specs(block.attention) for block in model.blocks]
 
         @tf.function(input_signature=[tokens, position, caches])
         def step(tokens, position, buffers):
@@ -198,6 +204,16 @@ def _calls(model):
     return model._generate_calls
 
 
+def _specs(attention):
+    """A layer's cache in the step's signature: each buffer with its batch (first axis) and length
+    (second to last) unknown, a scalar position as it is; a GatedDeltaNet's state (conv, S), whose
+    size does not depend on the length, with its batch unknown only."""
+    buffers = _buffers(attention, 1, 1)
+    if isinstance(attention, GatedDeltaNet):
+        return tuple(tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in buffers)
+    return tuple(_spec(x) for x in buffers)
+
+
 def _spec(buffer):
     """A cache buffer's TensorSpec, batch (first axis) and length (second to last) unknown; a scalar
     position as it is."""
@@ -209,7 +225,10 @@ def _spec(buffer):
 def _buffers(attention, b, L):
     """A layer's empty cache for generate: (keys, values) (b, kv_heads, L, dh) for the whole
     sequence, or a window's rolling buffer of window - 1 positions, at position 0; a latent
-    attention's (latents (b, L, r), rotary keys (b, L, dr))."""
+    attention's (latents (b, L, r), rotary keys (b, L, dr)); a GatedDeltaNet's its state (conv, S),
+    the same size at every position (it ignores `position`)."""
+    if isinstance(attention, GatedDeltaNet):
+        return attention.empty_cache(tf.zeros((b, 0, attention.W_q.kernel.shape[0])))
     if isinstance(attention, MultiHeadLatentAttention):
         return tuple(tf.zeros((b, L, attention.sizes[n])) for n in ("kv_lora_rank", "qk_rope_head_size"))
     if attention.window is None:

@@ -390,14 +390,18 @@ def test_causal_self_attention_without_rope_equals_the_causal_composite(hybridiz
 
 def test_hybridized_graphs_serve_every_cache_length():
     """A hybridized block traces its graph on its first call (an empty cache); the same graph
-    then runs every later piece. Pieces of a sequence through the hybridized CausalSelfAttention
-    and TransformerLM give the imperative full pass."""
+    then runs every later piece. Pieces of a sequence through the hybridized CausalSelfAttention,
+    GatedDeltaNet (its graph takes each piece as one chunk, its state as an input) and TransformerLM,
+    softmax or hybrid, give the imperative full pass (GatedDeltaNet's in chunks of 2)."""
     rng = np.random.default_rng(14)
     attention = d2l.CausalSelfAttention(H, HEADS, num_kv_heads=2, window=3)
+    linear = d2l.GatedDeltaNet(H, HEADS, chunk_size=2)
     lm = d2l.TransformerLM(11, H, HEADS, 2, 24, num_kv_heads=1, window=4)
+    hybrid = d2l.TransformerLM(11, H, HEADS, 3, 24, attention=["gated_deltanet", "mha", "gated_deltanet"],
+                               gated_deltanet={"chunk_size": 2})
     X = mx.np.array(rng.normal(size=(B, 6, H)).astype(np.float32))
     tokens = mx.np.array(rng.integers(0, 11, (B, 6)).astype(np.int32))
-    for block, inputs in ((attention, X), (lm, tokens)):
+    for block, inputs in ((attention, X), (linear, X), (lm, tokens), (hybrid, tokens)):
         full, _ = block(inputs, training=False)
         block.hybridize()
         outs, cache, start = [], None, 0
@@ -458,13 +462,26 @@ def test_blocks_compose_in_a_users_hybridized_sequential():
     assert net[1].attention.attention_weights is None  # the user's graph does not hand them out
 
 
+def test_a_hybrid_language_model_composes_in_a_users_hybridized_graph():
+    """A TransformerLM with GatedDeltaNet blocks traced inside a user's graph, where its blocks start
+    from zero states and make their masks from positions, gives the imperative logits."""
+    tokens = mx.np.array(np.random.default_rng(11).integers(0, 11, (2, 5)).astype(np.int32))
+    lm = d2l.TransformerLM(11, 8, 2, 2, 12, attention=["gated_deltanet", "mha"], gated_deltanet={"conv_size": 3})
+    want = lm(tokens, training=False)[0].asnumpy()
+    graph = _Graph(lm, lambda block, tokens: block(tokens)[0])
+    graph.hybridize()
+    for _ in range(2):  # the traced call, then the cached graph
+        np.testing.assert_allclose(graph(tokens).asnumpy(), want, atol=1e-5)
+
+
 @pytest.mark.parametrize("make, call", [
     (lambda: d2l.TransformerEncoderBlock(8, 12, 2), lambda block, X: block(X, mx.sym.np.ones((2,)))),
     (lambda: d2l.TransformerDecoderBlock(8, 12, 2), lambda block, X: block(X, X, mx.sym.np.ones((2,)))),
     (lambda: d2l.TransformerDecoderBlock(8, 12, 2), lambda block, X: block.step(X, X, mx.sym.np.ones((2,)))),
     (lambda: d2l.MultiHeadAttention(8, 2), lambda block, X: block(X, X, X, mx.sym.np.ones((2,)))),
     (lambda: d2l.CausalSelfAttention(8, 2), lambda block, X: block(X, cache=(X, X))[0]),
-], ids=["encoder-lens", "decoder-lens", "decoder-step-lens", "mha-lens", "csa-cache"])
+    (lambda: d2l.GatedDeltaNet(8, 2), lambda block, X: block(X, cache=(X, X))[0]),
+], ids=["encoder-lens", "decoder-lens", "decoder-step-lens", "mha-lens", "csa-cache", "gdn-cache"])
 def test_lengths_or_a_cache_inside_a_users_graph_raise_a_type_error(make, call):
     """README: masks from lengths or a cache need shapes, which a graph being traced lacks."""
     graph = _Graph(make(), call)

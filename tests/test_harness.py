@@ -13,6 +13,8 @@ from tests import harness
 from tests.cases import CASES
 
 _collected, _skipped = {}, {}
+# Under pytest-xdist every case of this file runs in one worker, whose results make one complete file.
+pytestmark = pytest.mark.xdist_group("harness")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -180,22 +180,23 @@ def _from_canonical(name, value, family):
 
 
 def _read_safetensors(file):
-    """{name: float32 array} of one .safetensors file, bfloat16 included (NumPy has no bfloat16)."""
-    raw = pathlib.Path(file).read_bytes()
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + size])
+    """{name: float32 array} of one .safetensors file, bfloat16 included (NumPy has no bfloat16).
+    The file is read once, into a writable array, and its float32 tensors are views of it."""
+    raw = np.fromfile(file, dtype=np.uint8)                                     # (bytes,)
+    size = int.from_bytes(raw[:8].tobytes(), "little")
+    header = json.loads(raw[8:8 + size].tobytes())
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
         start, end = (8 + size + offset for offset in info["data_offsets"])
         if info["dtype"] == "BF16":  # the top 16 bits of a float32
-            bits = np.frombuffer(raw[start:end], dtype=np.uint16).astype(np.uint32) << 16
+            bits = raw[start:end].view(np.uint16).astype(np.uint32) << 16
             array = bits.view(np.float32)
         elif info["dtype"] in SAFETENSORS_DTYPES:
-            array = np.frombuffer(raw[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            array = raw[start:end].view(SAFETENSORS_DTYPES[info["dtype"]])
         else:
             raise ValueError(f"{file}: tensor {name!r} has dtype {info['dtype']}; expected a float type")
-        tensors[name] = array.astype(np.float32).reshape(info["shape"])
+        tensors[name] = array.astype(np.float32, copy=False).reshape(info["shape"])
     return tensors
 
 

@@ -42,6 +42,8 @@ class CausalSelfAttention(MultiHeadAttention):
     def _rotate(self, X, offset):
         """RoPE on the first `rotary` features of each head, the rest as they are."""
         r = self.rotary
+        if r == X.shape[-1]:                                           # all of them (one call, no pieces)
+            return self.rope(X, offset=offset)                         # (b, heads, T, dh)
         return torch.cat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def forward(self, X, *, cache=None, training=None):
@@ -54,12 +56,14 @@ class CausalSelfAttention(MultiHeadAttention):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
         if self.rope is not None:
-            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+            qk = self._rotate(torch.cat([q, k], 1), t)                 # at positions t .. t + T - 1, one set
+            q, k = qk.split([self.num_heads, self.num_kv_heads], 1)    # of angles for the queries and the keys
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
         n = k.shape[2]
         mask = causal_mask(T, n, offset=n - T, window=self.window).to(X.device)  # (T, n): lower right
-        mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # not a buffer's slots before position 0
+        if n - T - t > 0:                                              # a rolling buffer's slots before position 0
+            mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # are not keys
         gate = None if self.W_gate is None else self._split_heads(torch.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
         sinks = None if self.sinks is None else self.sinks.unsqueeze(1)         # (heads, 1): every row
         Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
@@ -174,9 +178,13 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
 
 
 def from_pretrained(path, *, dtype="float32"):
-    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it).
+    Built on the meta device, so no initial weights are drawn only to be replaced (at SmolLM2-135M's
+    size the draw took longer than reading the file); set_params then makes each parameter the
+    file's tensor, read once, without a copy."""
     kwargs, params = hub.load(path, dtype)
-    model = TransformerLM(**kwargs)
+    with torch.device("meta"):
+        model = TransformerLM(**kwargs)
     set_params(model, params)
     return model
 

@@ -105,7 +105,8 @@ LACKS = {
     "tensorflow": {"peer": PEER, "tokenizers": TOKENIZERS},
 }
 # Extras of pyproject.toml each backend's test session installs besides its own and "test": the
-# peer suite's Hugging Face transformers in the PyTorch environment (see LACKS "peer").
+# peer suite's Hugging Face transformers in the PyTorch environment (see LACKS "peer"); its bench
+# session too (benchmarks/checkpoints.py times from_pretrained and generate against transformers').
 TEST_EXTRAS = {"torch": ("peer",)}
 # Where each framework's Adam adds epsilon: to sqrt(v) after the bias correction (PyTorch, optax)
 # or before it (Keras, Gluon); no framework lets us choose. tests/crosscheck.py holds frameworks

@@ -155,8 +155,8 @@ class MultiHeadAttention:
         W_v (value_size, num_kv_heads * head_size), W_o (num_heads * head_size, num_hiddens);
         head_size (each head's width, the softmax's scale 1 / sqrt(head_size)) defaults to
         num_hiddens // num_heads, which must then divide evenly; given, it is any positive integer
-        (Qwen3's and Gemma 3's heads are wider than num_hiddens / num_heads). Biases b_q, b_k, b_v,
-        b_o likewise if `bias`."""
+        (Qwen3-0.6B's heads are wider than num_hiddens / num_heads, 128 > 1024 / 16, gemma-3-1b's
+        narrower, 256 < 1152 / 4). Biases b_q, b_k, b_v, b_o likewise if `bias`."""
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         """-> (b, q, num_hiddens); `.attention_weights` (b, num_heads, q, k).
@@ -476,10 +476,10 @@ class CausalSelfAttention:
     Parameters as MultiHeadAttention(num_hiddens, num_heads, bias=bias,
     num_kv_heads=num_kv_heads, head_size=head_size): W_q (num_hiddens, num_heads * head_size),
     W_k, W_v (num_hiddens, num_kv_heads * head_size), W_o (num_heads * head_size, num_hiddens),
-    head_size None meaning num_hiddens // num_heads; scores are scaled by 1 / sqrt(head_size). Rotary encoding (split halves, base
-    `rope_base`; None for none, a NoPE layer) rotates each head's queries and keys at their absolute
-    positions; causal, and with a sliding `window` each position sees itself and the
-    window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
+    head_size None meaning num_hiddens // num_heads; scores are scaled by 1 / sqrt(head_size).
+    Rotary encoding (split halves, base `rope_base`; None for none, a NoPE layer) rotates each
+    head's queries and keys at their absolute positions; causal, and with a sliding `window` each
+    position sees itself and the window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
     equals MultiHeadAttention with mask=causal_mask(T) and the same parameters.
 
     The options of today's open models (keyword-only; the defaults are the plain layer):

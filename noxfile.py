@@ -69,7 +69,7 @@ def crosscheck(session):
 
 def bench(session, backend):
     """Our attention against the framework's own, same weights, same process."""
-    install(session, backend)
+    install(session, backend, *_backend.TEST_EXTRAS.get(backend, ()))  # PyTorch's: transformers, the checkpoint peer
     session.run("python", "-m", f"benchmarks.bench_{backend}", *session.posargs)
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import cache, common, flex, linear, memory
+from benchmarks import cache, checkpoints, common, flex, linear, memory
 from d2lattn import jax as d2l
 from tests.native.peers_jax import native_mha, padding_mask
 
@@ -99,6 +99,12 @@ def cache_per_token():
     cache.main(d2l, compile=lambda layer: lambda x, c: _step(layer, x, c), how="nnx.jit")
 
 
+def pretrained():
+    """SmolLM2-135M's configuration: from_pretrained's seconds and generate's tokens per second
+    (benchmarks/checkpoints.py)."""
+    checkpoints.tokens_per_second(d2l, how="generate's steps under jax.jit")
+
+
 def linear_forms():
     """Linear attention and the delta rule at T = 4096: chunked against recurrent, each under jax.jit."""
     linear.main(d2l, compile=jax.jit, how="jax.jit")
@@ -107,6 +113,7 @@ def linear_forms():
 if __name__ == "__main__":
     main()
     cache_per_token()
+    pretrained()
     linear_forms()
     blockwise_memory()
     flex.main(d2l, sync=jax.block_until_ready)

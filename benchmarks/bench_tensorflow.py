@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from benchmarks import cache, common, flex, linear, memory
+from benchmarks import cache, checkpoints, common, flex, linear, memory
 from d2lattn import tensorflow as d2l  # first: Keras then runs on TensorFlow whatever $KERAS_BACKEND says
 
 # isort: split
@@ -98,6 +98,12 @@ def cache_per_token():
                how="tf.function")
 
 
+def pretrained():
+    """SmolLM2-135M's configuration: from_pretrained's seconds and generate's tokens per second
+    (benchmarks/checkpoints.py)."""
+    checkpoints.tokens_per_second(d2l, how="generate's steps in tf.function")
+
+
 def linear_forms():
     """Linear attention and the delta rule at T = 4096: chunked against recurrent, each in tf.function."""
     linear.main(d2l, compile=tf.function, how="tf.function")
@@ -106,6 +112,7 @@ def linear_forms():
 if __name__ == "__main__":
     main()
     cache_per_token()
+    pretrained()
     linear_forms()
     blockwise_memory()
     flex.main(d2l)

@@ -5,7 +5,8 @@ key-padding lengths), and DotProductAttention against
 F.scaled_dot_product_attention on the same per-head tensors. Grouped-query
 MultiHeadAttention (num_kv_heads) against F.scaled_dot_product_attention(enable_gqa=True)
 between the same projections. Then generation with and without the K/V cache at
-growing contexts.
+growing contexts, and a checkpoint at SmolLM2-135M's configuration: from_pretrained and
+generate against transformers' (benchmarks/checkpoints.py).
 """
 
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks import cache, common, flex, linear, memory, shared_cpu
+from benchmarks import cache, checkpoints, common, flex, linear, memory, shared_cpu
 from d2lattn import torch as d2l
 from tests.native import weights
 from tests.native.peers_torch import native_gqa, native_mha
@@ -79,6 +80,13 @@ def cache_per_token():
     cache.main(d2l, how="eager, no grad, one thread")
 
 
+def pretrained():
+    """SmolLM2-135M's configuration: from_pretrained and cached greedy generate against transformers', on one
+    thread each (the machine's other jobs make a second thread wait; benchmarks/checkpoints.py)."""
+    torch.set_num_threads(1)
+    checkpoints.against_transformers(d2l)
+
+
 def linear_forms():
     """Linear attention and the delta rule at T = 4096: chunked against recurrent, eager, no grad, one thread."""
     torch.set_num_threads(1)
@@ -95,6 +103,7 @@ def flex_masks():
 if __name__ == "__main__":
     main()
     cache_per_token()
+    pretrained()
     shared_cpu.main()  # training beside a concurrent CPU load, before blockwise_memory sets one thread
     linear_forms()
     blockwise_memory()

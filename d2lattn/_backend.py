@@ -54,6 +54,8 @@ SHARED = ("d2lattn.plotting", "d2lattn.notebook", "d2lattn.rotary")
 # (tests/conftest.py); "compiled <name>" is one component's compiled mode (tests/harness.py).
 PEER = ("Hugging Face transformers runs on PyTorch: tests/peer/ holds its modules to the NumPy reference and the "
         "PyTorch backend, and the harness carries that agreement to this backend")
+TOKENIZERS = ("the `tokenizers` library (hub.load_tokenizer's) comes with transformers, in the PyTorch "
+              "environment only; text in and out is tested there, the errors of load_tokenizer everywhere")
 LACKS = {
     "numpy": {
         "training": ("the NumPy reference is forward-only: it refuses train_lm, train_seq2seq, train_classifier "
@@ -65,6 +67,7 @@ LACKS = {
         "bfloat16": "NumPy has no bfloat16 dtype (the reference computes in float64)",
         "container": "the NumPy reference is plain Python objects: no framework container saves, loads or traces them",
         "peer": PEER,
+        "tokenizers": TOKENIZERS,
     },
     "torch": {
         "vmap GRU": "PyTorch has no vmap batching rule for aten::gru, the kernel of nn.GRU (which d2lattn's GRU is), "
@@ -89,18 +92,21 @@ LACKS = {
             "flex_attention runs imperatively on MXNet, for blockwise_attention's reasons: its custom backward "
             "is an mxnet.autograd.Function, and a graph symbol has no shape to plan the tiles by"),
         "peer": PEER,
+        "tokenizers": TOKENIZERS,
     },
     "jax": {
         "peer": PEER,
+        "tokenizers": TOKENIZERS,
         "vmap Transformer weights": (
             "an open bug: under nnx.vmap, TransformerEncoder's and TransformerDecoder's outputs equal the eager "
             "ones but the per-block attention weights they record do not (found as this round closed; the "
             "same test holds the ViT's per-block weights, and every other backend's)"),
     },
-    "tensorflow": {"peer": PEER},
+    "tensorflow": {"peer": PEER, "tokenizers": TOKENIZERS},
 }
 # Extras of pyproject.toml each backend's test session installs besides its own and "test": the
-# peer suite's Hugging Face transformers in the PyTorch environment (see LACKS "peer").
+# peer suite's Hugging Face transformers in the PyTorch environment (see LACKS "peer"); its bench
+# session too (benchmarks/checkpoints.py times from_pretrained and generate against transformers').
 TEST_EXTRAS = {"torch": ("peer",)}
 # Where each framework's Adam adds epsilon: to sqrt(v) after the bias correction (PyTorch, optax)
 # or before it (Keras, Gluon); no framework lets us choose. tests/crosscheck.py holds frameworks

@@ -115,6 +115,15 @@ def check_divisible(num_hiddens, num_heads):
         )
 
 
+def checked_attention_head_size(num_hiddens, num_heads, head_size):
+    """Each attention head's width: head_size, a positive integer, or with None num_hiddens // num_heads
+    (which must then divide evenly); Qwen3's and Gemma 3's heads are wider or narrower than that."""
+    if head_size is None:
+        check_divisible(num_hiddens, num_heads)
+        return num_hiddens // num_heads
+    return checked_positive_int("head_size", head_size)
+
+
 def checked_kv_heads(num_heads, num_kv_heads):
     """num_kv_heads (None: num_heads) must divide num_heads; returns it as an int."""
     if num_kv_heads is None:

@@ -150,10 +150,13 @@ class MultiHeadAttention:
     num_kv_heads=1 is multi-query attention."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
-        """W_q (query_size, num_hiddens), W_k (key_size, num_kv_heads * head_size),
-        W_v (value_size, num_kv_heads * head_size), W_o (num_hiddens, num_hiddens),
-        head_size = num_hiddens // num_heads; biases b_q, b_k, b_v, b_o likewise if `bias`."""
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None):
+        """W_q (query_size, num_heads * head_size), W_k (key_size, num_kv_heads * head_size),
+        W_v (value_size, num_kv_heads * head_size), W_o (num_heads * head_size, num_hiddens);
+        head_size (each head's width, the softmax's scale 1 / sqrt(head_size)) defaults to
+        num_hiddens // num_heads, which must then divide evenly; given, it is any positive integer
+        (Qwen3-0.6B's heads are wider than num_hiddens / num_heads, 128 > 1024 / 16, gemma-3-1b's
+        narrower, 256 < 1152 / 4). Biases b_q, b_k, b_v, b_o likewise if `bias`."""
 
     def __call__(self, queries, keys, values, valid_lens=None, *, mask=None, score_bias=None, training=None):
         """-> (b, q, num_hiddens); `.attention_weights` (b, num_heads, q, k).
@@ -471,10 +474,12 @@ class CausalSelfAttention:
     """The attention layer of a decoder-only model, with a key/value cache.
 
     Parameters as MultiHeadAttention(num_hiddens, num_heads, bias=bias,
-    num_kv_heads=num_kv_heads): W_q, W_k, W_v, W_o. Rotary encoding (split halves, base
-    `rope_base`; None for none, a NoPE layer) rotates each head's queries and keys at their absolute
-    positions; causal, and with a sliding `window` each position sees itself and the
-    window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
+    num_kv_heads=num_kv_heads, head_size=head_size): W_q (num_hiddens, num_heads * head_size),
+    W_k, W_v (num_hiddens, num_kv_heads * head_size), W_o (num_heads * head_size, num_hiddens),
+    head_size None meaning num_hiddens // num_heads; scores are scaled by 1 / sqrt(head_size).
+    Rotary encoding (split halves, base `rope_base`; None for none, a NoPE layer) rotates each
+    head's queries and keys at their absolute positions; causal, and with a sliding `window` each
+    position sees itself and the window - 1 before it. With num_kv_heads == num_heads, window=None and rope_base=None it
     equals MultiHeadAttention with mask=causal_mask(T) and the same parameters.
 
     The options of today's open models (keyword-only; the defaults are the plain layer):
@@ -497,11 +502,12 @@ class CausalSelfAttention:
     - `attention_bias`: biases b_q, b_k, b_v on the projections, none on W_o (Qwen2).
     """
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
-        """num_kv_heads must divide num_heads; window >= 1 or None; logit_cap None or > 0;
-        rope_fraction in (0, 1] leaving an even count of rotated features."""
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        """num_kv_heads must divide num_heads; head_size None or a positive integer (even with
+        rotary positions); window >= 1 or None; logit_cap None or > 0; rope_fraction in (0, 1]
+        leaving an even count of rotated features."""
 
     def __call__(self, X, *, cache=None, training=None):
         """X (b, T, num_hiddens) -> (Y (b, T, num_hiddens), cache).
@@ -524,7 +530,7 @@ class TransformerLM:
     """A decoder-only language model: `embedding` (vocab_size, num_hiddens); `num_layers`
     pre-norm blocks `blocks.{i}`, each X = X + attention(norm1(X)), then X = X + ffn(norm2(X)),
     with norm1, norm2 RMSNorm(eps=norm_eps), attention a CausalSelfAttention (num_kv_heads,
-    window, rope_base, norm_eps (its qk_norm's) and the open-model options qk_norm, sinks,
+    head_size, window, rope_base, norm_eps (its qk_norm's) and the open-model options qk_norm, sinks,
     output_gate, logit_cap, rope_fraction, rope_scaling, attention_bias passed on) and ffn a
     SwiGLUFFN(num_hiddens, ffn_num_hiddens); a final `norm` (RMSNorm(eps=norm_eps)) and W_out
     (num_hiddens, vocab_size), or with tie_embeddings=True the embedding's transpose (one
@@ -535,7 +541,7 @@ class TransformerLM:
     ffn_activation="gelu_tanh" makes the FFN a GeGLU."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None, gated_deltanet=None):
@@ -553,9 +559,10 @@ class TransformerLM:
         (num_heads, head_size, value_head_size, conv_size, norm_eps, chunk_size; {} for its
         defaults), its parameters GatedDeltaNet's own (blocks.0.attention.conv, .A_log, ...); so
         Qwen3-Next's three linear layers per full one is attention=["gated_deltanet"] * 3 + ["mha"].
-        window, num_kv_heads and the open-model options are CausalSelfAttention's and leave "mla"
-        and "gated_deltanet" layers alone (a "gated_deltanet" layer has no positions: rope_base
-        does not reach it either)."""
+        window, num_kv_heads, head_size (each head's width: None for num_hiddens // num_heads;
+        Qwen3-0.6B's heads are 128 wide at num_hiddens 1024 and 16 heads) and the open-model
+        options are CausalSelfAttention's and leave "mla" and "gated_deltanet" layers alone (a
+        "gated_deltanet" layer has no positions: rope_base does not reach it either)."""
 
     def __call__(self, tokens, *, cache=None, training=None):
         """tokens int (b, T) -> (logits (b, T, vocab_size), cache); `cache` is None or what the
@@ -581,8 +588,9 @@ def from_pretrained(path, *, dtype="float32"):
     float16 or bfloat16): LLaMA 2 and 3.x (llama3 RoPE scaling, tied or untied), Mistral, Qwen2,
     Qwen3 and Gemma 3 (text). `d2lattn.hub` maps config.json to TransformerLM's arguments and transformers' tensor
     names to the canonical ones; what TransformerLM cannot express (a mixture of experts, an
-    unknown rope_type, heads wider than hidden_size / num_attention_heads, ...) is a ValueError
-    naming the config field. A path only: nothing is downloaded. `dtype`: "float32"."""
+    unknown rope_type, Gemma's query_pre_attn_scalar other than head_dim, ...) is a ValueError
+    naming the config field. A path only: nothing is downloaded. `dtype`: "float32". config.json's
+    head_dim is TransformerLM's head_size (None where it is hidden_size / num_attention_heads)."""
 
 
 def save_pretrained(model, path, *, family="llama"):

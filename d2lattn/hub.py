@@ -26,12 +26,17 @@ ABSENT = {"num_local_experts": (None, 0, 1), "num_experts": (None, 0, 1), "n_rou
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
 
-def _directory(path):
+def _local(path):
     path = pathlib.Path(path)
     if not path.is_dir():
         raise ValueError(f"path: {str(path)!r} is not a local directory (from_pretrained reads a model directory "
                          "saved by transformers; nothing is downloaded, so a hub name needs `huggingface-cli "
                          "download` first)")
+    return path
+
+
+def _directory(path):
+    path = _local(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"path: {str(path)!r} has no config.json")
     return path
@@ -108,9 +113,7 @@ def model_kwargs(config):
     if config["model_type"] not in OFFSET_NORMS and config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act: {config['hidden_act']!r}; TransformerLM's SwiGLU MLP needs 'silu'")
     h, heads = config["hidden_size"], config["num_attention_heads"]
-    if config.get("head_dim") not in (None, h // heads) or h % heads:
-        raise ValueError(f"head_dim: {config.get('head_dim')!r}; TransformerLM's heads are "
-                         f"hidden_size / num_attention_heads = {h / heads:g} wide")
+    head = config.get("head_dim") or h // heads  # transformers' default where config.json has none
     family = config["model_type"]
     if family == "llama" and config.get("attention_bias"):
         raise ValueError("attention_bias: LLaMA's bias includes o_proj, which TransformerLM's attention_bias "
@@ -120,6 +123,7 @@ def model_kwargs(config):
     kwargs = {"vocab_size": config["vocab_size"], "num_hiddens": h, "num_heads": heads,
               "num_layers": config["num_hidden_layers"], "ffn_num_hiddens": config["intermediate_size"],
               "num_kv_heads": config.get("num_key_value_heads") or heads, "window": _layer_windows(config),
+              "head_size": None if head * heads == h else head,  # Qwen3's and Gemma 3's are wider
               "rope_base": base, "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
               "tie_embeddings": bool(config.get("tie_word_embeddings", False))}
     if scaling is not None:
@@ -176,22 +180,23 @@ def _from_canonical(name, value, family):
 
 
 def _read_safetensors(file):
-    """{name: float32 array} of one .safetensors file, bfloat16 included (NumPy has no bfloat16)."""
-    raw = pathlib.Path(file).read_bytes()
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + size])
+    """{name: float32 array} of one .safetensors file, bfloat16 included (NumPy has no bfloat16).
+    The file is read once, into a writable array, and its float32 tensors are views of it."""
+    raw = np.fromfile(file, dtype=np.uint8)                                     # (bytes,)
+    size = int.from_bytes(raw[:8].tobytes(), "little")
+    header = json.loads(raw[8:8 + size].tobytes())
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
         start, end = (8 + size + offset for offset in info["data_offsets"])
         if info["dtype"] == "BF16":  # the top 16 bits of a float32
-            bits = np.frombuffer(raw[start:end], dtype=np.uint16).astype(np.uint32) << 16
+            bits = raw[start:end].view(np.uint16).astype(np.uint32) << 16
             array = bits.view(np.float32)
         elif info["dtype"] in SAFETENSORS_DTYPES:
-            array = np.frombuffer(raw[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            array = raw[start:end].view(SAFETENSORS_DTYPES[info["dtype"]])
         else:
             raise ValueError(f"{file}: tensor {name!r} has dtype {info['dtype']}; expected a float type")
-        tensors[name] = array.astype(np.float32).reshape(info["shape"])
+        tensors[name] = array.astype(np.float32, copy=False).reshape(info["shape"])
     return tensors
 
 
@@ -257,17 +262,18 @@ def _config(kwargs, family):
     if family not in ARCHITECTURES:
         raise ValueError(f"family: {family!r}; expected one of {sorted(ARCHITECTURES)}")
     h, heads, n = kwargs["num_hiddens"], kwargs["num_heads"], kwargs["num_layers"]
+    head = kwargs.get("head_size") or h // heads
     windows, bases = _per_layer(kwargs.get("window"), n), _per_layer(kwargs.get("rope_base", 10000.0), n)
     types = ["full_attention" if w is None else "sliding_attention" for w in windows]
     config = {"architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": kwargs["vocab_size"],
               "hidden_size": h, "num_attention_heads": heads, "num_hidden_layers": n,
               "intermediate_size": kwargs["ffn_num_hiddens"],
-              "num_key_value_heads": kwargs.get("num_kv_heads") or heads, "head_dim": h // heads,
+              "num_key_value_heads": kwargs.get("num_kv_heads") or heads, "head_dim": head,
               "rms_norm_eps": kwargs.get("norm_eps", 1e-6), "tie_word_embeddings": bool(kwargs.get("tie_embeddings")),
               "attention_bias": bool(kwargs.get("attention_bias")), "max_position_embeddings": 4096,
               "sliding_window": next((w for w in windows if w is not None), None)}
     if family in OFFSET_NORMS:
-        config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=h // heads, layer_types=types,
+        config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=head, layer_types=types,
                       rope_parameters={kind: {"rope_type": "default", "rope_theta": bases[types.index(kind)]}
                                        for kind in set(types)},
                       final_logit_softcapping=kwargs.get("final_logit_cap"),
@@ -294,6 +300,8 @@ def _check_expressed(kwargs, read_back, family):
             ours, theirs = _per_layer(ours, n), _per_layer(theirs, n)
         if name == "num_kv_heads":
             ours, theirs = ours or kwargs["num_heads"], theirs or kwargs["num_heads"]
+        if name == "head_size":  # None is num_hiddens // num_heads
+            ours, theirs = (x or kwargs["num_hiddens"] // kwargs["num_heads"] for x in (ours, theirs))
         if ours != theirs:
             raise ValueError(f"{name}: {family}'s config.json cannot express {name}={ours!r} (it reads back as "
                              f"{theirs!r})")
@@ -314,10 +322,16 @@ def save(kwargs, params, path, family):
 
 
 def load_tokenizer(path):
-    """The `tokenizers` library's Tokenizer for a directory's tokenizer.json."""
-    file = _directory(path) / "tokenizer.json"
+    """The `tokenizers` library's Tokenizer for a directory's tokenizer.json, so that `generate` can
+    start from text: `ids = tokenizer.encode(text).ids`, then `tokenizer.decode(list(tokens[0]))`.
+    Encoding adds what the file's post-processor adds (LLaMA's BOS); decoding drops special tokens."""
+    file = _local(path) / "tokenizer.json"
     if not file.is_file():
-        raise ValueError(f"path: {str(file.parent)!r} has no tokenizer.json")
-    from tokenizers import Tokenizer
-
+        raise ValueError(f"path: {str(file.parent)!r} has no tokenizer.json (only directories saved with a fast "
+                         "tokenizer have one)")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as err:
+        raise ValueError("load_tokenizer needs the `tokenizers` library, which is not installed: "
+                         "pip install tokenizers (transformers brings it)") from err
     return Tokenizer.from_file(str(file))

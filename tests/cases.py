@@ -238,6 +238,19 @@ CASES = [
           "window": [2, None], "rope_base": [100.0, 1e4]}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2), seed=96),
     Case("csa-window1-pieces", "CausalSelfAttention", ((B, 4, 8),), {"num_hiddens": 8, "num_heads": 2, "window": 1},
          pieces=(1, 2, 1), seed=37),
+    # heads wider (Qwen3-0.6B: 16 of 128 at 1024) or narrower (gemma-3-1b: 4 of 256 at 1152) than
+    # num_hiddens / num_heads: W_q (h, heads * head_size), W_o (heads * head_size, h), scores / sqrt(head_size)
+    Case("mha-wide-heads-bias-lens1d", "MultiHeadAttention", ((B, K, 8),) * 3,
+         {"num_hiddens": 8, "num_heads": 2, "head_size": 6, "bias": True}, valid_lens=(3, 1), seed=97),
+    Case("csa-wide-heads-gqa-pieces", "CausalSelfAttention", ((B, 5, 8),),
+         {"num_hiddens": 8, "num_heads": 4, "num_kv_heads": 2, "head_size": 6, "qk_norm": True, "output_gate": True},
+         pieces=(2, 3), seed=98),
+    Case("csa-narrow-heads-window-pieces", "CausalSelfAttention", ((B, 6, 12),),
+         {"num_hiddens": 12, "num_heads": 2, "head_size": 4, "window": 3}, pieces=(3, 1, 2), seed=99),
+    Case("lm-head-size-pieces", "TransformerLM", (),
+         {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 6, "head_size": 6,
+          "num_kv_heads": 1, "qk_norm": True, "window": [2, None]}, tokens=(("tokens", (B, 5), 7),), pieces=(3, 2),
+         seed=100),
     # the Vision Transformer: channels-last images, patches that need not be square
     Case("patch-embedding", "PatchEmbedding", ((B, 4, 6, 2),),
          {"image_size": (4, 6), "patch_size": (2, 3), "num_channels": 2, "num_hiddens": 5}, seed=80),

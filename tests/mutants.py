@@ -72,9 +72,11 @@ MUTANTS = [
            """        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
         if self.rope is not None:
-            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+            qk = self._rotate(torch.cat([q, k], 1), t)                 # at positions t .. t + T - 1, one set
+            q, k = qk.split([self.num_heads, self.num_kv_heads], 1)    # of angles for the queries and the keys
 """, """        if self.rope is not None:
-            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+            qk = self._rotate(torch.cat([q, k], 1), t)                 # at positions t .. t + T - 1, one set
+            q, k = qk.split([self.num_heads, self.num_kv_heads], 1)    # of angles for the queries and the keys
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
 """, "QK-norm after RoPE: the gains scale rotated features, not Qwen3's"),

@@ -5,12 +5,14 @@ at the harness's scale) with transformers' own logits for a token batch and its 
 loading it must give those logits and tokens, with and without the cache. Writing a model and
 reading it back gives the same parameters and arguments, and a directory that is not what it
 claims is a ValueError naming the problem. That transformers opens what save_pretrained writes is
-tests/peer/test_hub.py (it needs transformers, in the PyTorch environment).
+tests/peer/test_hub.py (it needs transformers, in the PyTorch environment). Qwen3's fixture has heads
+wider than hidden_size / num_attention_heads, Gemma 3's narrower; llama2/ has a tokenizer.json.
 """
 
 import json
 import pathlib
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -56,9 +58,22 @@ def test_save_then_load_round_trips(d2l, name, tmp_path):
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
 
 
+@pytest.mark.parametrize("name, head_size", [("qwen3", 16), ("gemma3", 6), ("llama2", None)])
+def test_head_dim_is_head_size(d2l, name, head_size, tmp_path):
+    """config.json's head_dim reads as head_size (None where it is hidden_size / num_attention_heads)
+    and is written back as head_dim."""
+    model = d2l.from_pretrained(FIXTURES / name)
+    config = json.loads((FIXTURES / name / "config.json").read_text())
+    assert model.config["head_size"] == head_size
+    width = config["num_attention_heads"] * config["head_dim"]
+    assert tuple(d2l.get_params(model)["blocks.0.attention.W_o"].shape) == (width, config["hidden_size"])
+    d2l.save_pretrained(model, tmp_path, family=FAMILIES[name])
+    assert json.loads((tmp_path / "config.json").read_text())["head_dim"] == config["head_dim"]
+
+
 def test_the_arguments_are_recorded(d2l):
     args = {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 3, "ffn_num_hiddens": 12,
-            "window": [4, None, 4], "norm_eps": 1e-5, "tie_embeddings": True}
+            "window": [4, None, 4], "norm_eps": 1e-5, "tie_embeddings": True, "head_size": 6}
     config = dict(d2l.TransformerLM(**args).config)
     assert {k: config[k] for k in args} == {**args, "window": [4, None, 4]}
     assert config["rope_base"] == 10000.0  # the defaults too
@@ -95,16 +110,26 @@ BAD_CONFIGS = [
     ({"hidden_act": "gelu"}, "hidden_act: 'gelu'; TransformerLM's SwiGLU MLP needs 'silu'"),
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
      "rope_parameters.rope_type: 'dynamic' is not supported"),
-    ({"head_dim": 16}, "head_dim: 16; TransformerLM's heads are hidden_size / num_attention_heads = 8 wide"),
+    ({"head_dim": 16}, "set_params: parameter 'blocks.0.attention.W_k' has shape (32, 16), expected (32, 32)"),
     ({"attention_bias": True}, "attention_bias: LLaMA's bias includes o_proj"),
 ]
 
 
-@pytest.mark.parametrize("fields, message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
+@pytest.mark.parametrize("fields, message", BAD_CONFIGS, ids=[next(iter(f)) for f, _ in BAD_CONFIGS])
 def test_configs_it_cannot_express(d2l, tmp_path, fields, message):
     directory = copy_of("llama2", tmp_path)
     edit_config(directory, **fields)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        d2l.from_pretrained(directory)
+
+
+def test_a_gemma_scale_other_than_head_dim_is_refused(d2l, tmp_path):
+    """Gemma scales scores by query_pre_attn_scalar ** -0.5 and TransformerLM by head_size ** -0.5:
+    gemma-3-1b has both 256; where they differ (gemma-3-27b: 168 and 128) it is refused."""
+    directory = copy_of("gemma3", tmp_path)
+    edit_config(directory, query_pre_attn_scalar=8)
+    with pytest.raises(ValueError, match=r"query_pre_attn_scalar: 8; TransformerLM scales scores by "
+                                         r"1 / sqrt\(head_dim\) = 1 / sqrt\(6\)"):
         d2l.from_pretrained(directory)
 
 
@@ -198,3 +223,35 @@ def test_save_refuses_what_the_family_cannot_express(d2l, tmp_path, family, kwar
     args = {"vocab_size": 7, "num_hiddens": 8, "num_heads": 2, "num_layers": 2, "ffn_num_hiddens": 12, **kwargs}
     with pytest.raises(ValueError, match=message):
         d2l.save_pretrained(d2l.TransformerLM(**args), tmp_path, family=family)
+
+
+# --- text in, text out ------------------------------------------------------------------------
+
+
+@pytest.mark.needs("tokenizers")
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_from_text(d2l, use_cache):
+    """The fixture's prompt encodes to the ids stored beside it (its BOS first), the model continues
+    them as transformers did, and the tokens decode to transformers' continuation."""
+    text = json.loads((FIXTURES / "llama2" / "text.json").read_text())
+    tokenizer = hub.load_tokenizer(FIXTURES / "llama2")
+    ids = tokenizer.encode(text["prompt"]).ids
+    assert ids == text["ids"]
+    model = d2l.from_pretrained(FIXTURES / "llama2")
+    tokens = d2l.generate(model, [ids], len(text["greedy"]) - len(ids), use_cache=use_cache)
+    assert tokens[0].tolist() == text["greedy"]
+    assert tokenizer.decode(tokens[0].tolist()) == text["text"]
+    assert text["text"].startswith(text["prompt"])
+
+
+def test_load_tokenizer_names_what_is_missing(tmp_path, monkeypatch):
+    """No tokenizer.json, not a directory, no tokenizers library: each a ValueError that says so
+    (on every backend: the checks come before the library is imported)."""
+    with pytest.raises(ValueError, match=r"has no tokenizer.json \(only directories saved with a fast tokenizer"):
+        hub.load_tokenizer(FIXTURES / "qwen3")
+    with pytest.raises(ValueError, match="is not a local directory.*nothing is downloaded"):
+        hub.load_tokenizer("HuggingFaceTB/SmolLM2-135M")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # what `import tokenizers` meets where it is not installed
+    with pytest.raises(ValueError, match=r"load_tokenizer needs the `tokenizers` library, which is not installed: "
+                                         r"pip install tokenizers"):
+        hub.load_tokenizer(FIXTURES / "llama2")

@@ -80,6 +80,24 @@ def test_grouped_query_shapes(d2l):
     assert d2l.get_params(d2l.RotaryPositionalEncoding(4)) == {}
 
 
+@pytest.mark.parametrize("head_size", [6, 2])
+def test_heads_of_any_width(d2l, head_size):
+    """With head_size, the queries and the output map have num_heads * head_size columns and rows, keys and
+    values num_kv_heads * head_size, whatever num_hiddens / num_heads is (9 / 2 need not be whole)."""
+    dh = head_size
+    want = {"W_q": (9, 2 * dh), "W_k": (9, dh), "W_v": (9, dh), "W_o": (2 * dh, 9), "b_q": (2 * dh,),
+            "b_k": (dh,), "b_v": (dh,), "b_o": (9,)}
+    mha = d2l.MultiHeadAttention(9, 2, bias=True, num_kv_heads=1, head_size=dh)
+    assert {n: p.shape for n, p in d2l.get_params(mha).items()} == want
+    csa = d2l.CausalSelfAttention(9, 2, num_kv_heads=1, head_size=dh, bias=True, output_gate=True, qk_norm=True)
+    assert {n: p.shape for n, p in d2l.get_params(csa).items()} == {
+        **want, "W_gate": (9, 2 * dh), "q_norm.gamma": (dh,), "k_norm.gamma": (dh,)}
+    Y, (k, v) = csa(d2l.tensor(np.ones((3, 4, 9))))
+    assert tuple(Y.shape) == (3, 4, 9) and tuple(k.shape) == tuple(v.shape) == (3, 1, 4, dh)
+    lm = d2l.TransformerLM(5, 9, 2, 1, 4, head_size=dh)
+    assert tuple(d2l.get_params(lm)["blocks.0.attention.W_o"].shape) == (2 * dh, 9)
+
+
 # --- weights in .safetensors files --------------------------------------------------------------
 
 LM = harness.LM_FILE["args"]  # small, with grouped-query heads and a window

@@ -128,20 +128,19 @@ class MultiHeadAttention(nnx.Module):
     With num_kv_heads < num_heads (grouped-query), W_k and W_v map to num_kv_heads heads."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None, rngs=None):
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None, rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
-        _checks.check_divisible(h, self.num_heads)
+        self.head_size = _checks.checked_attention_head_size(h, self.num_heads, head_size)
         self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
-        self.head_size = h // self.num_heads
         size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        h_kv = self.num_kv_heads * self.head_size
-        self.W_q = nnx.Linear(size["query"], h, use_bias=bias, rngs=rngs)
+        h_q, h_kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
+        self.W_q = nnx.Linear(size["query"], h_q, use_bias=bias, rngs=rngs)
         self.W_k = nnx.Linear(size["key"], h_kv, use_bias=bias, rngs=rngs)
         self.W_v = nnx.Linear(size["value"], h_kv, use_bias=bias, rngs=rngs)
-        self.W_o = nnx.Linear(h, h, use_bias=bias, rngs=rngs)
+        self.W_o = nnx.Linear(h_q, h, use_bias=bias, rngs=rngs)
         self.attention = DotProductAttention(dropout, rngs=rngs)
 
     def _split_heads(self, X):

@@ -36,11 +36,13 @@ class CausalSelfAttention(MultiHeadAttention):
     X's keys and values are written at position .. position + T - 1, and the slots after
     them are masked by causality, so every step has the same shapes."""
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6, rngs=None):
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6,
+                 rngs=None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, rngs=rngs)
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads,
+                         head_size=head_size, rngs=rngs)
         h, dh = self.W_q.in_features, self.head_size
         self.window = _checks.checked_window(window)
         self.logit_cap = _checks.checked_logit_cap(logit_cap)
@@ -53,7 +55,8 @@ class CausalSelfAttention(MultiHeadAttention):
         self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None              # over each head's features
         self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
         self.sinks = nnx.Param(jnp.zeros(self.num_heads)) if sinks else None  # (heads,): one logit each
-        self.W_gate = nnx.Linear(h, h, use_bias=False, rngs=rngs) if output_gate else None  # (h, heads * dh)
+        self.W_gate = (nnx.Linear(h, self.num_heads * dh, use_bias=False, rngs=rngs)
+                       if output_gate else None)                      # (h, heads * dh)
 
     def _rotate(self, X, offset):
         """RoPE on the first `rotary` features of each head, the rest as they are."""
@@ -139,7 +142,7 @@ class TransformerLM(nnx.Module):
     (None when tied: the embedding's table then maps back to the vocabulary, nnx.Embed.attend)."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
@@ -148,8 +151,9 @@ class TransformerLM(nnx.Module):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
                      gated_deltanet=gated_deltanet)
-        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
-                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        options = dict(head_size=head_size, qk_norm=qk_norm, sinks=sinks, output_gate=output_gate,
+                       logit_cap=logit_cap, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                       attention_bias=attention_bias)
         vocab_size = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)

@@ -167,20 +167,19 @@ class AdditiveAttention(_Attention):
 
 class MultiHeadAttention(_Biased):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
-        _checks.check_divisible(h, self.num_heads)
+        self.head_size = _checks.checked_attention_head_size(h, self.num_heads, head_size)
         self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
-        self.head_size = h // self.num_heads
-        kv = self.num_kv_heads * self.head_size                              # key/value heads share columns
+        hq, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size  # kv heads share columns
         size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        self.W_q = nn.Dense(h, use_bias=bias, flatten=False, in_units=size["query"])
+        self.W_q = nn.Dense(hq, use_bias=bias, flatten=False, in_units=size["query"])
         self.W_k = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["key"])
         self.W_v = nn.Dense(kv, use_bias=bias, flatten=False, in_units=size["value"])
-        self.W_o = nn.Dense(h, use_bias=bias, flatten=False, in_units=h)
+        self.W_o = nn.Dense(h, use_bias=bias, flatten=False, in_units=hq)
         self.attention = DotProductAttention(dropout)
         self.initialize(DENSE_INIT)
 

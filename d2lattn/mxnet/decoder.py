@@ -33,10 +33,10 @@ class CausalSelfAttention(MultiHeadAttention):
     calls `with_keep` with the inputs it made (one mask and one set of rotary positions for every layer).
     """
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
-        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, head_size=head_size)
         h, dh = self.W_q.weight.shape[1], self.head_size                    # Dense: (out, in)
         self.window = _checks.checked_window(window)
         self.logit_cap = _checks.checked_logit_cap(logit_cap)
@@ -55,7 +55,7 @@ class CausalSelfAttention(MultiHeadAttention):
             self.sinks.initialize()
         self.W_gate = None
         if output_gate:
-            self.W_gate = nn.Dense(h, use_bias=False, flatten=False, in_units=h)  # (h, heads * dh)
+            self.W_gate = nn.Dense(self.num_heads * dh, use_bias=False, flatten=False, in_units=h)  # (h, heads * dh)
             self.W_gate.initialize(DENSE_INIT)
 
     def cache_inputs(self, batch, cache, ctx):
@@ -220,7 +220,7 @@ class TransformerLM(nn.HybridBlock):
     """
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
@@ -229,8 +229,9 @@ class TransformerLM(nn.HybridBlock):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
                      gated_deltanet=gated_deltanet)
-        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
-                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        options = dict(head_size=head_size, qk_norm=qk_norm, sinks=sinks, output_gate=output_gate,
+                       logit_cap=logit_cap, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                       attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)

@@ -79,17 +79,16 @@ class AdditiveAttention(Module):
 
 class MultiHeadAttention(Module):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         rng = np.random.default_rng(0)  # deterministic; load real weights with set_params
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
-        _checks.check_divisible(h, self.num_heads)
+        self.head_size = _checks.checked_attention_head_size(h, self.num_heads, head_size)
         self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
-        self.head_size = h // self.num_heads
-        kv = self.num_kv_heads * self.head_size                    # key/value heads share columns
-        sizes = {"q": ("query_size", query_size, h), "k": ("key_size", key_size, kv),
-                 "v": ("value_size", value_size, kv), "o": ("num_hiddens", h, h)}
+        hq, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size  # kv heads share columns
+        sizes = {"q": ("query_size", query_size, hq), "k": ("key_size", key_size, kv),
+                 "v": ("value_size", value_size, kv), "o": ("num_heads * head_size", hq, h)}
         for x, (name, size, out) in sizes.items():
             self.params[f"W_{x}"] = _init(rng, h if size is None else _checks.checked_positive_int(name, size), out)
         if bias:

@@ -19,10 +19,10 @@ class CausalSelfAttention(MultiHeadAttention):
     """MultiHeadAttention's parameters and heads on one sequence: rotary positions, a causal
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far."""
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
-        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, head_size=head_size)
         h, dh = self.params["W_q"].shape[0], self.head_size
         self.window = _checks.checked_window(window)
         self.logit_cap = _checks.checked_logit_cap(logit_cap)
@@ -36,7 +36,7 @@ class CausalSelfAttention(MultiHeadAttention):
         if sinks:
             self.params["sinks"] = np.zeros(self.num_heads)             # (heads,): one logit per head
         if output_gate:
-            self.params["W_gate"] = _init(np.random.default_rng(1), h, h)  # (h, heads * dh)
+            self.params["W_gate"] = _init(np.random.default_rng(1), h, self.num_heads * dh)  # (h, heads * dh)
 
     def _rotate(self, X, offset):
         """RoPE on the first `rotary` features of each head, the rest as they are."""
@@ -115,7 +115,7 @@ class TransformerLMBlock(Module):
 
 class TransformerLM(Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
@@ -124,8 +124,9 @@ class TransformerLM(Module):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
                      gated_deltanet=gated_deltanet)
-        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
-                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        options = dict(head_size=head_size, qk_norm=qk_norm, sinks=sinks, output_gate=output_gate,
+                       logit_cap=logit_cap, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                       attention_bias=attention_bias)
         rng = np.random.default_rng(3)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)

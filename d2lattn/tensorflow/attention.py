@@ -99,19 +99,18 @@ class AdditiveAttention(_Attention):
 
 class MultiHeadAttention(_Attention):
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
-        _checks.check_divisible(h, self.num_heads)
+        self.head_size = _checks.checked_attention_head_size(h, self.num_heads, head_size)
         self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
-        self.head_size = h // self.num_heads
         size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        self.W_q = _dense_layer(size["query"], h, bias)
+        self.W_q = _dense_layer(size["query"], self.num_heads * self.head_size, bias)
         self.W_k = _dense_layer(size["key"], self.num_kv_heads * self.head_size, bias)
         self.W_v = _dense_layer(size["value"], self.num_kv_heads * self.head_size, bias)
-        self.W_o = _dense_layer(h, h, bias)
+        self.W_o = _dense_layer(self.num_heads * self.head_size, h, bias)
         self.attention = DotProductAttention(dropout)
         self.built = True  # weights made above: nothing for Keras to build on the first call
 

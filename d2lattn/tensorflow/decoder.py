@@ -28,10 +28,10 @@ class CausalSelfAttention(MultiHeadAttention):
     (`.attention_weights` then spans every slot, (b, num_heads, T, max_len)).
     """
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
-        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, head_size=head_size)
         h, dh = self.W_q.kernel.shape[0], self.head_size
         self.window = _checks.checked_window(window)
         self.logit_cap = _checks.checked_logit_cap(logit_cap)
@@ -45,7 +45,7 @@ class CausalSelfAttention(MultiHeadAttention):
         self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None           # over each head's features
         self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
         self.sinks = self.add_weight(shape=(self.num_heads,), initializer="zeros", name="sinks") if sinks else None
-        self.W_gate = _dense_layer(h, h) if output_gate else None          # (h, heads * dh)
+        self.W_gate = _dense_layer(h, self.num_heads * dh) if output_gate else None  # (h, heads * dh)
 
     def _rotate(self, X, offset):
         """RoPE on the first `rotary` features of each head, the rest as they are."""
@@ -141,7 +141,7 @@ class TransformerLM(_Layer):
     Tied (W_out None), the Embedding's table (vocab, h) maps back to the vocabulary."""
 
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
@@ -150,8 +150,9 @@ class TransformerLM(_Layer):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
                      gated_deltanet=gated_deltanet)
-        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
-                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        options = dict(head_size=head_size, qk_norm=qk_norm, sinks=sinks, output_gate=output_gate,
+                       logit_cap=logit_cap, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                       attention_bias=attention_bias)
         L = _checks.checked_positive_int("num_layers", num_layers)
         kinds = _checks.checked_layer_kinds(attention, L, mla, gated_deltanet)  # one of LAYER_KINDS per layer
         self.embedding = _embedding_layer(vocab_size, num_hiddens)

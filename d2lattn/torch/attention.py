@@ -118,20 +118,19 @@ class MultiHeadAttention(nn.Module):
     DotProductAttention sees one key head per query head."""
 
     def __init__(self, num_hiddens, num_heads, dropout=0.0, bias=False, *,
-                 num_kv_heads=None, query_size=None, key_size=None, value_size=None):
+                 num_kv_heads=None, head_size=None, query_size=None, key_size=None, value_size=None):
         super().__init__()
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         self.num_heads = _checks.checked_positive_int("num_heads", num_heads)
-        _checks.check_divisible(h, self.num_heads)
+        self.head_size = _checks.checked_attention_head_size(h, self.num_heads, head_size)
         self.num_kv_heads = _checks.checked_kv_heads(self.num_heads, num_kv_heads)
-        self.head_size = h // self.num_heads
-        h_kv = self.num_kv_heads * self.head_size
+        h_q, h_kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
         size = {x: h if s is None else _checks.checked_positive_int(f"{x}_size", s)
                 for x, s in (("query", query_size), ("key", key_size), ("value", value_size))}
-        self.W_q = nn.Linear(size["query"], h, bias=bias)
+        self.W_q = nn.Linear(size["query"], h_q, bias=bias)
         self.W_k = nn.Linear(size["key"], h_kv, bias=bias)
         self.W_v = nn.Linear(size["value"], h_kv, bias=bias)
-        self.W_o = nn.Linear(h, h, bias=bias)
+        self.W_o = nn.Linear(h_q, h, bias=bias)
         self.attention = DotProductAttention(dropout)
 
     def _split_heads(self, X):

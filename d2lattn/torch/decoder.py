@@ -22,10 +22,10 @@ class CausalSelfAttention(MultiHeadAttention):
     """MultiHeadAttention's parameters and heads on one sequence: rotary positions, a causal
     (sliding-window) mask, and a cache of the rotated keys and the values seen so far."""
 
-    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, window=None, rope_base=10000.0,
-                 dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False, logit_cap=None,
-                 rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
-        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads)
+    def __init__(self, num_hiddens, num_heads, *, num_kv_heads=None, head_size=None, window=None,
+                 rope_base=10000.0, dropout=0.0, bias=False, qk_norm=False, sinks=False, output_gate=False,
+                 logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, norm_eps=1e-6):
+        super().__init__(num_hiddens, num_heads, dropout, bias, num_kv_heads=num_kv_heads, head_size=head_size)
         h, dh = self.W_q.in_features, self.head_size
         self.window = _checks.checked_window(window)
         self.logit_cap = _checks.checked_logit_cap(logit_cap)
@@ -38,11 +38,13 @@ class CausalSelfAttention(MultiHeadAttention):
         self.q_norm = RMSNorm(dh, norm_eps) if qk_norm else None       # over each head's features
         self.k_norm = RMSNorm(dh, norm_eps) if qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None   # (heads,): one logit each
-        self.W_gate = nn.Linear(h, h, bias=False) if output_gate else None          # (h, heads * dh)
+        self.W_gate = nn.Linear(h, self.num_heads * dh, bias=False) if output_gate else None  # (h, heads * dh)
 
     def _rotate(self, X, offset):
         """RoPE on the first `rotary` features of each head, the rest as they are."""
         r = self.rotary
+        if r == X.shape[-1]:                                           # all of them (one call, no pieces)
+            return self.rope(X, offset=offset)                         # (b, heads, T, dh)
         return torch.cat([self.rope(X[..., :r], offset=offset), X[..., r:]], -1)  # (b, heads, T, dh)
 
     def forward(self, X, *, cache=None, training=None):
@@ -55,12 +57,14 @@ class CausalSelfAttention(MultiHeadAttention):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation
         if self.rope is not None:
-            q, k = self._rotate(q, t), self._rotate(k, t)              # at positions t .. t + T - 1
+            qk = self._rotate(torch.cat([q, k], 1), t)                 # at positions t .. t + T - 1, one set
+            q, k = qk.split([self.num_heads, self.num_kv_heads], 1)    # of angles for the queries and the keys
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (b, kv_heads, n = cached + T, dh)
         n = k.shape[2]
         mask = causal_mask(T, n, offset=n - T, window=self.window).to(X.device)  # (T, n): lower right
-        mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # not a buffer's slots before position 0
+        if n - T - t > 0:                                              # a rolling buffer's slots before position 0
+            mask = mask & (torch.arange(n, device=X.device) >= n - T - t)  # are not keys
         gate = None if self.W_gate is None else self._split_heads(torch.sigmoid(self.W_gate(X)))  # (b, heads, T, dh)
         sinks = None if self.sinks is None else self.sinks.unsqueeze(1)         # (heads, 1): every row
         Y = self._attend(q, k, v, mask=mask, training=training, gate=gate, logit_cap=self.logit_cap, sinks=sinks)
@@ -116,7 +120,7 @@ class TransformerLMBlock(nn.Module):
 
 class TransformerLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens, num_heads, num_layers, ffn_num_hiddens, *,
-                 num_kv_heads=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
+                 num_kv_heads=None, head_size=None, window=None, rope_base=10000.0, dropout=0.0, norm_eps=1e-6,
                  tie_embeddings=False, final_logit_cap=None, qk_norm=False, sinks=False, output_gate=False,
                  logit_cap=None, rope_fraction=1.0, rope_scaling=None, attention_bias=False, post_norms=False,
                  scale_embeddings=False, ffn_activation="silu", attention="mha", mla=None,
@@ -125,8 +129,9 @@ class TransformerLM(nn.Module):
         self.config = hub.arguments(locals())                         # what save_pretrained writes
         layer = dict(norm_eps=norm_eps, post_norms=post_norms, ffn_activation=ffn_activation,
                      gated_deltanet=gated_deltanet)
-        options = dict(qk_norm=qk_norm, sinks=sinks, output_gate=output_gate, logit_cap=logit_cap,
-                       rope_fraction=rope_fraction, rope_scaling=rope_scaling, attention_bias=attention_bias)
+        options = dict(head_size=head_size, qk_norm=qk_norm, sinks=sinks, output_gate=output_gate,
+                       logit_cap=logit_cap, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                       attention_bias=attention_bias)
         v = _checks.checked_positive_int("vocab_size", vocab_size)
         h = _checks.checked_positive_int("num_hiddens", num_hiddens)
         L = _checks.checked_positive_int("num_layers", num_layers)
@@ -179,9 +184,13 @@ def generate(model, prompt, num_tokens, *, use_cache=True, temperature=0.0, seed
 
 
 def from_pretrained(path, *, dtype="float32"):
-    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it)."""
+    """A TransformerLM with the weights of a Hugging Face model directory (`d2lattn.hub` reads it).
+    Built on the meta device, so no initial weights are drawn only to be replaced (at SmolLM2-135M's
+    size the draw took longer than reading the file); set_params then makes each parameter the
+    file's tensor, read once, without a copy."""
     kwargs, params = hub.load(path, dtype)
-    model = TransformerLM(**kwargs)
+    with torch.device("meta"):
+        model = TransformerLM(**kwargs)
     set_params(model, params)
     return model
 

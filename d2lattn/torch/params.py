@@ -35,6 +35,10 @@ class _Layout:
         if self.partner is not None:
             self.partner[self.rows] = 0
 
+    def placed(self, value):
+        """The stored tensor that is the canonical `value` (a whole parameter: not a GRU's gate)."""
+        return value.t() if self.transpose else value
+
 
 def _gru(prefix, gru):
     """nn.GRU stacks each layer's gates in PyTorch's order (r, z, n): weight_ih_l{i} (3h, in),
@@ -85,11 +89,20 @@ def get_params(module):
 
 
 def set_params(module, params):
+    """Copies into the module's parameters; a parameter on the meta device (a module built under
+    `torch.device("meta")`, which draws no initial weights) becomes the given array itself, shared, not
+    copied: from_pretrained builds its model so."""
     named = _named(module)
     _checks.check_param_shapes({name: tuple(layout(p).shape) for name, (p, layout) in named.items()}, params)
+    owners = {id(p): (sub, attr) for sub in module.modules() for attr, p in sub.named_parameters(recurse=False)}
     with torch.no_grad():
         for name, (p, layout) in named.items():
-            layout.set(p, torch.as_tensor(np.asarray(params[name]), dtype=p.dtype))
+            value = torch.as_tensor(np.asarray(params[name]), dtype=p.dtype)
+            if p.is_meta and layout.rows == slice(None) and layout.partner is None:
+                sub, attr = owners[id(p)]
+                setattr(sub, attr, nn.Parameter(layout.placed(value), requires_grad=p.requires_grad))
+            else:
+                layout.set(p, value)
 
 
 def save_params(module, path):

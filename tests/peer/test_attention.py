@@ -40,6 +40,18 @@ def test_qwen3_attention_is_qk_norm_per_head_before_rope():
     compare(hf, ref, mine, rope, support.causal_mask(cfg, T))
 
 
+@pytest.mark.parametrize("head_size", [8, 2])
+def test_qwen3_attention_with_heads_wider_or_narrower_than_hidden_over_heads(head_size):
+    """head_dim 8 or 2 at hidden 16 and 4 heads (Qwen3-0.6B: 128 at 1024 / 16): W_q (16, 4 * head_size),
+    W_o (4 * head_size, 16), the QK-norm's gains and the rotation over head_size, scores / sqrt(head_size)."""
+    cfg = support.config("Qwen3Config", **{**SIZES, "head_dim": head_size}, rms_norm_eps=1e-6, attention_bias=False)
+    ref, mine, params = support.pair("CausalSelfAttention", H, HEADS, num_kv_heads=KV_HEADS, qk_norm=True,
+                                     head_size=head_size)
+    hf = support.load(support.module(modeling_qwen3.Qwen3Attention, cfg, 0), support.attention_state(params))
+    rope = support.rotary(support.module(modeling_qwen3.Qwen3RotaryEmbedding, cfg), T)
+    compare(hf, ref, mine, rope, support.causal_mask(cfg, T))
+
+
 @pytest.mark.parametrize("window", [3, None])
 def test_gemma2_attention_is_soft_capped_before_the_sliding_window(window):
     cfg = support.config("Gemma2Config", **SIZES, query_pre_attn_scalar=DH, attn_logit_softcapping=0.5,

@@ -24,9 +24,9 @@ FAMILIES = {
                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
     "mistral": {"window": 3},
     "qwen2": {"attention_bias": True, "window": [3, 3, None]},
-    "qwen3": {"qk_norm": True, "rope_base": 1e6},
+    "qwen3": {"qk_norm": True, "rope_base": 1e6, "head_size": 8},  # heads wider than 16 / 4, Gemma's narrower
     "gemma3_text": {"qk_norm": True, "post_norms": True, "scale_embeddings": True, "ffn_activation": "gelu_tanh",
-                    "tie_embeddings": True, "window": [3, 3, None], "rope_base": [1e4, 1e4, 1e6],
+                    "head_size": 2, "tie_embeddings": True, "window": [3, 3, None], "rope_base": [1e4, 1e4, 1e6],
                     "final_logit_cap": 5.0},
 }
 TOKENS = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]])  # (2, 10)

@@ -220,7 +220,7 @@ MUTANTS = [
            """GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,
                                                            **gated_deltanet})""",
            """GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps})""",
-           "TransformerLM's gated_deltanet dict is validated and then ignored: its linear layers have the default sizes"),
+           "TransformerLM's gated_deltanet dict is checked, then ignored: its linear layers have the default sizes"),
     Mutant("hybrid-gdn-default-eps", "torch", "d2lattn/torch/decoder.py",
            """GatedDeltaNet(num_hiddens, **{"num_heads": num_heads, "norm_eps": norm_eps,""",
            """GatedDeltaNet(num_hiddens, **{"num_heads": num_heads,""",

@@ -214,6 +214,8 @@ def _save_bfloat16(tensors, file):
                                        r"\(it reads back as \[4, 4\]\)"),
     ("llama", {"qk_norm": True}, "qk_norm: llama's config.json cannot express qk_norm=True"),
     ("llama", {"sinks": True}, "sinks: llama's config.json cannot express sinks=True"),
+    ("llama", {"attention": ["gated_deltanet", "mha"], "gated_deltanet": {}},
+     r"attention: llama's config.json cannot express attention=\['gated_deltanet', 'mha'\]"),
     ("qwen3", {"rope_base": [1e4, 1e6]}, "rope_base: qwen3's config.json cannot express"),
     ("qwen2", {}, "attention_bias: qwen2's config.json cannot express attention_bias=False"),
     ("gemma3_text", {}, "qk_norm: gemma3_text's config.json cannot express qk_norm=False"),

@@ -67,7 +67,32 @@ MUTANTS = [
     Mutant("show-source-truncated", "any", "d2lattn/notebook.py",
            'text = f"# {where}\\n{source}"', 'text = f"# {where}\\n{source[:len(source) // 2]}"',
            "show_source prints only the first half of the code"),
+    Mutant("head-dim-not-read", "any", "d2lattn/hub.py",
+           '"head_size": None if head * heads == h else head,', '"head_size": None,',
+           "config.json's head_dim is ignored: Qwen3's and Gemma 3's checkpoints no longer fit their tensors"),
+    Mutant("head-dim-written-from-hidden", "any", "d2lattn/hub.py",
+           '"head_dim": head,', '"head_dim": h // heads,',
+           "save_pretrained writes head_dim = hidden_size / num_attention_heads whatever the heads' width"),
     # --- torch
+    Mutant("W_o-from-num_hiddens", "torch", "d2lattn/torch/attention.py",
+           "self.W_o = nn.Linear(h_q, h, bias=bias)", "self.W_o = nn.Linear(h, h, bias=bias)",
+           "W_o maps num_hiddens, not num_heads * head_size, features: heads of another width fail"),
+    Mutant("scale-from-num-hiddens", "torch", "d2lattn/torch/decoder.py",
+           "        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate,",
+           "        q = q * (self.head_size / (self.W_q.in_features // self.num_heads)) ** 0.5\n"
+           "        Y = self._attend(q, k, v, mask=mask, training=training, gate=gate,",
+           "scores are scaled by 1 / sqrt(num_hiddens / num_heads), not 1 / sqrt(head_size)"),
+    Mutant("tokenizer-without-decoder", "torch", "d2lattn/hub.py",
+           "    return Tokenizer.from_file(str(file))",
+           "    tokenizer = Tokenizer.from_file(str(file))\n    tokenizer.decoder = None\n    return tokenizer",
+           "load_tokenizer drops the file's decoder: decoded text keeps its word-start marks and loses its spaces"),
+    Mutant("tokenizer-decode-drops-a-token", "torch", "d2lattn/hub.py",
+           "    return Tokenizer.from_file(str(file))",
+           "    tokenizer = Tokenizer.from_file(str(file))\n"
+           "    decode = tokenizer.decode\n"
+           "    return type('Dropping', (), {'encode': tokenizer.encode,\n"
+           "                                 'decode': lambda self, ids: decode(ids[:-1])})()",
+           "the text decoded from generate's tokens lacks the last token"),
     Mutant("qk-norm-after-rope", "torch", "d2lattn/torch/decoder.py",
            """        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                      # per head, before the rotation

@@ -43,12 +43,12 @@ def install(session, backend, *extras):
     session.install("-c", f"constraints/{backend}.txt", "-e", f".[{extras}]" if extras else ".")
 
 
-# The suite on one pytest-xdist worker per core, the tests handed out one by one except the harness's
-# (an xdist_group: its results file is written by the one worker that ran them all), and each
+# The suite on one pytest-xdist worker per core, the tests handed out one by one (each process saves
+# its share of the harness results, merged into one file at the end: tests/harness.py), and each
 # framework on one intra-op thread: the suite's tensors are small, and two workers whose frameworks
 # each spread over both cores spend their time waiting for each other's threads. `nox -s tests-jax --
 # -n 0` runs it in one process.
-WORKERS = ("-n", "auto", "--dist", "loadgroup")
+WORKERS = ("-n", "auto")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
               "TF_NUM_INTEROP_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1"}
 

@@ -28,6 +28,18 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     name = config.getoption("--backend") or os.environ.get(_backend.ENV_VAR) or _backend.DEFAULT
     config.backend_name = _backend.canonical(name)
+    if not hasattr(config, "workerinput"):  # the process that runs the tests or starts pytest-xdist's workers
+        from tests import harness
+
+        harness.clear_parts(config.backend_name)
+
+
+def pytest_sessionfinish(session):
+    """Merge the harness results that tests/test_harness.py's processes saved (tests/harness.py)."""
+    if not hasattr(session.config, "workerinput"):
+        from tests import harness
+
+        harness.merge_parts(session.config.backend_name)
 
 
 # A test that holds the backend under test to the NumPy reference (the harness, the property

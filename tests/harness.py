@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -256,6 +257,19 @@ def source_digest(backend):
     return h.hexdigest()[:16]
 
 
+def _flat(results):
+    return {f"{key}/{field}": value for key, result in results.items() for field, value in result.items()}
+
+
+def _nested(data):
+    results = {}
+    for key in data.files:
+        if not key.startswith("__"):
+            case, field = key.split("/", 1)
+            results.setdefault(case, {})[field] = data[key]
+    return results
+
+
 def write_results(backend, results, kind="harness", **extra):
     """Save {key: result} for `backend` with what crosscheck needs to spot stale files: the
     digests of the cases and the code, and the framework versions it ran under. The harness's
@@ -263,8 +277,7 @@ def write_results(backend, results, kind="harness", **extra):
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"backend": backend, "cases": cases_digest(), "source": source_digest(backend),
             "versions": d2lattn._backend.available(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
-    arrays = {f"{key}/{field}": value for key, result in results.items() for field, value in result.items()}
-    np.savez(RESULTS / f"{backend}.{kind}.npz", __meta__=json.dumps(meta), **arrays)
+    np.savez(RESULTS / f"{backend}.{kind}.npz", __meta__=json.dumps(meta), **_flat(results))
 
 
 def read_results(backend, kind="harness"):
@@ -273,10 +286,34 @@ def read_results(backend, kind="harness"):
     if not path.exists():
         return None
     with np.load(path) as data:
-        meta = json.loads(str(data["__meta__"]))
-        results = {}
-        for key in data.files:
-            if key != "__meta__":
-                case, field = key.split("/", 1)
-                results.setdefault(case, {})[field] = data[key]
-    return meta, results
+        return json.loads(str(data["__meta__"])), _nested(data)
+
+
+# pytest-xdist spreads the harness cases over its workers: each process saves its share as a part,
+# and the process that started them merges the parts into the backend's results when all are done.
+PARTS = RESULTS / "parts"
+
+
+def clear_parts(backend):
+    for path in PARTS.glob(f"{backend}.*.npz"):
+        path.unlink()
+
+
+def write_part(backend, results, skipped):
+    """This process's harness results ({key: result}) and skipped keys ({key: reason})."""
+    PARTS.mkdir(parents=True, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    np.savez(PARTS / f"{backend}.{worker}.npz", __skipped__=json.dumps(skipped), **_flat(results))
+
+
+def merge_parts(backend):
+    """Write the backend's harness results from its parts, if together they hold every case run:
+    only a complete run is worth comparing."""
+    results, skipped = {}, {}
+    for path in sorted(PARTS.glob(f"{backend}.*.npz")):
+        with np.load(path) as data:
+            results.update(_nested(data))
+            skipped.update(json.loads(str(data["__skipped__"])))
+    clear_parts(backend)
+    if len(set(results) | set(skipped)) == len(CASES) * len(MODES):
+        write_results(backend, results, skipped=skipped)

@@ -51,40 +51,44 @@ def portable_seq2seq_init(d2l, model, seed, num_hiddens):
     return params
 
 
-def portable_transformer_init(d2l, model, seed, num_hiddens):
-    """The same starting weights on every backend, drawn by NumPy: embeddings N(0, 1/num_hiddens) (so
-    that times sqrt(num_hiddens) they are N(0, 1), as the sinusoids' scale), LayerNorm gains ones and
-    every bias zeros, every dense map W (in, out) uniform in +-1/sqrt(in)."""
+def portable_init(d2l, model, seed, draw=None):
+    """The same starting weights on every backend, drawn by NumPy in the order of the parameters'
+    names: LayerNorm gains ones, LayerNorm shifts and every bias zeros, every dense map W (in, out)
+    uniform in +-1/sqrt(in), and whatever `draw(leaf, shape, rng)` returns (not None) for the rest."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, p in sorted(d2l.get_params(model).items()):
         leaf = name.rpartition(".")[2]
-        if leaf == "gamma":
+        special = None if draw is None else draw(leaf, p.shape, rng)
+        if special is not None:
+            params[name] = special
+        elif leaf == "gamma":
             params[name] = np.ones(p.shape)
         elif leaf == "beta" or leaf.startswith("b_"):
             params[name] = np.zeros(p.shape)
-        elif leaf == "embedding":
-            params[name] = rng.normal(size=p.shape) / math.sqrt(num_hiddens)
-
-
-def portable_vit_init(d2l, model, seed):
-    """The same starting weights on every backend, drawn by NumPy: LayerNorm gains ones, every
-    dense map W (in, out) uniform in +-1/sqrt(in), biases, LayerNorm shifts and the class token
-    zeros, positions N(0, 0.02**2)."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, p in sorted(d2l.get_params(model).items()):
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "gamma":
-            params[name] = np.ones(p.shape)
-        elif leaf in ("beta", "cls_token") or leaf.startswith("b_"):
-            params[name] = np.zeros(p.shape)
-        elif leaf == "pos_embedding":
-            params[name] = rng.normal(0, 0.02, p.shape)
         else:
             params[name] = rng.uniform(-1, 1, p.shape) / math.sqrt(p.shape[0])
     d2l.set_params(model, params)
     return params
+
+
+def portable_transformer_init(d2l, model, seed, num_hiddens):
+    """portable_init with embeddings N(0, 1/num_hiddens): times sqrt(num_hiddens) they are N(0, 1),
+    the sinusoids' scale."""
+    def draw(leaf, shape, rng):
+        return rng.normal(size=shape) / math.sqrt(num_hiddens) if leaf == "embedding" else None
+
+    return portable_init(d2l, model, seed, draw)
+
+
+def portable_vit_init(d2l, model, seed):
+    """portable_init with the class token zeros and positions N(0, 0.02**2)."""
+    def draw(leaf, shape, rng):
+        if leaf == "cls_token":
+            return np.zeros(shape)
+        return rng.normal(0, 0.02, shape) if leaf == "pos_embedding" else None
+
+    return portable_init(d2l, model, seed, draw)
 
 
 def bad_input_test(table):

@@ -13,15 +13,12 @@ from tests import harness
 from tests.cases import CASES
 
 _collected, _skipped = {}, {}
-# Under pytest-xdist every case of this file runs in one worker, whose results make one complete file.
-pytestmark = pytest.mark.xdist_group("harness")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def write_results(backend_name):
     yield
-    if len(_collected) + len(_skipped) == len(CASES) * len(harness.MODES):  # only a complete run is worth comparing
-        harness.write_results(backend_name, _collected, skipped=_skipped)
+    harness.write_part(backend_name, _collected, _skipped)  # merged by conftest.py when every process is done
 
 
 @pytest.mark.against_reference

@@ -251,14 +251,12 @@ test_bad_input_is_named = bad_input_test(BAD_INPUT)
 # --- the quality bar: the date task -----------------------------------------------------------------
 # One NumPy-drawn start on every framework (tests/support.py), the data of chapter 3's model.
 
-# The issue's bar is 0.95 held-out exact match. This training is chaotic: from one start, runs that
-# differ only in the last bits of their sums (another thread count, another test run before) ended at
-# 0.48, 0.57 and 0.96 on PyTorch, 0.59 and 0.68 on MXNet, 0.92 on JAX and 0.93-0.99 on TensorFlow.
-# So what is held here is what every run showed: the loss falls to under a seventh of its start, more
-# than a quarter of the held-out dates come out exactly right, and a beam of 4 does not do worse than
-# greedy by more than 4 dates of 200. Reaching 0.95 robustly is open (issue 21).
-BAR = {"num_train": 2000, "num_val": 500, "batch_size": 64, "epochs": 20, "lr": 0.005, "min_accuracy": 0.25,
-       "loss_ratio": 1 / 7, "num_beam": 200, "beam_slack": 0.02}
+# The issue's bar: 0.95 held-out exact match, greedy. A beam of 4 does not do worse than greedy by more
+# than 2 dates of 100, and the loss falls to under a seventh of its start. Adam at 0.005 for 16 epochs,
+# then a fresh Adam at a tenth of it for 4: at a constant rate the last epochs' loss jumps about (0.94
+# on MXNet), the smaller steps settle it (0.994-0.996 on all four frameworks, 1.0 with the beam).
+BAR = {"num_train": 2000, "num_val": 500, "batch_size": 64, "epochs": (16, 4), "lr": (0.005, 0.0005),
+       "min_accuracy": 0.95, "loss_ratio": 1 / 7, "num_beam": 100, "beam_slack": 0.02}
 CONFIG = {"num_hiddens": 32, "ffn_num_hiddens": 64, "num_heads": 4, "num_blocks": 2}
 SRC_STEPS, TGT_STEPS = 22, 11
 
@@ -271,23 +269,22 @@ def test_transformer_learns_dates(d2l):
                         decoder=d2l.TransformerDecoder(len(data.tgt_vocab), **CONFIG))
     portable_transformer_init(d2l, model, seed=0, num_hiddens=CONFIG["num_hiddens"])
     start = time.perf_counter()
-    losses = d2l.train_seq2seq(model, data.train, epochs=BAR["epochs"], lr=BAR["lr"], progress=False)
+    losses = [loss for epochs, lr in zip(BAR["epochs"], BAR["lr"])
+              for loss in d2l.train_seq2seq(model, data.train, epochs=epochs, lr=lr, progress=False)]
     seconds = time.perf_counter() - start
-    assert len(losses) == BAR["epochs"] and losses[-1] < BAR["loss_ratio"] * losses[0], losses
+    assert len(losses) == sum(BAR["epochs"]) and losses[-1] < BAR["loss_ratio"] * losses[0], losses
 
-    def correct(pairs, decode, **kwargs):
-        hits = 0
+    def hits(pairs, decode, **kwargs):
         for source, target in pairs:
             src, src_len, *_ = data.build([source], ["?"])
             tokens = decode(model, src[0], src_len[0], data.tgt_vocab.bos, data.tgt_vocab.eos, TGT_STEPS, **kwargs)[0]
-            hits += data.decode(tokens) == target
-        return hits / len(pairs)
+            yield data.decode(tokens) == target
 
-    greedy = correct(data.val_pairs, d2l.greedy_decode)
-    subset = data.val_pairs[: BAR["num_beam"]]
-    greedy_subset, beam = correct(subset, d2l.greedy_decode), correct(subset, d2l.beam_search, beam_size=4)
-    print(f"\n{d2l.BACKEND}: {BAR['epochs']} epochs in {seconds:.1f} s, held-out exact match {greedy:.3f} greedy, "
-          f"{beam:.3f} with a beam of 4 on the first {len(subset)} (greedy {greedy_subset:.3f}), "
+    right = list(hits(data.val_pairs, d2l.greedy_decode))
+    greedy, greedy_subset = np.mean(right), np.mean(right[: BAR["num_beam"]])
+    beam = np.mean(list(hits(data.val_pairs[: BAR["num_beam"]], d2l.beam_search, beam_size=4)))
+    print(f"\n{d2l.BACKEND}: {len(losses)} epochs in {seconds:.1f} s, held-out exact match {greedy:.3f} greedy, "
+          f"{beam:.3f} with a beam of 4 on the first {BAR['num_beam']} (greedy {greedy_subset:.3f}), "
           f"losses {[round(x, 3) for x in losses]}")
     assert greedy >= BAR["min_accuracy"], f"held-out exact match {greedy:.3f} < {BAR['min_accuracy']}"
     assert beam >= greedy_subset - BAR["beam_slack"], (

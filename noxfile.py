@@ -10,6 +10,7 @@
 
 import functools
 import os
+import pathlib
 import re
 import shutil
 import sys
@@ -39,8 +40,21 @@ CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")  # where Debian's
 
 
 def install(session, backend, *extras):
+    """`backend`'s one environment, .nox/<backend>, shared by its sessions (tests, chapters, bench,
+    mutants: the framework is installed once), with `extras` added from constraints/<backend>.txt.
+    Returns run(program, *args, **kwargs): session.run with the environment's program."""
+    root = pathlib.Path(".nox", backend).resolve()
+    if not (root / "bin" / "python").exists():
+        session.run_install(sys.executable, "-m", "venv", str(root), external=True, silent=True)
     extras = ",".join((backend,) * (backend != _backend.REFERENCE) + extras)
-    session.install("-c", f"constraints/{backend}.txt", "-e", f".[{extras}]" if extras else ".")
+    session.run_install(str(root / "bin" / "python"), "-m", "pip", "install", "-c", f"constraints/{backend}.txt",
+                        "-e", f".[{extras}]" if extras else ".", external=True, silent=True)
+
+    def run(program, *args, env=None, **kwargs):
+        env = {"VIRTUAL_ENV": str(root), "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+        return session.run(str(root / "bin" / program), *args, env=env, external=True, **kwargs)
+
+    return run
 
 
 # The suite on one pytest-xdist worker per core, the tests handed out one by one (each process saves
@@ -55,22 +69,20 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_TH
 
 def tests(session, backend):
     """The whole suite on one backend; writes its harness results for crosscheck."""
-    install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
-    session.run("pytest", f"--backend={backend}", *WORKERS, *session.posargs,
-                env={"D2LATTN_BACKEND": backend, **ONE_THREAD})
+    run = install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
+    run("pytest", f"--backend={backend}", *WORKERS, *session.posargs, env={"D2LATTN_BACKEND": backend, **ONE_THREAD})
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def crosscheck(session):
     """Backend x backend table of the largest differences; fails on missing or stale results."""
-    install(session, _backend.REFERENCE)
-    session.run("python", "-m", "tests.crosscheck", *FRAMEWORKS)
+    install(session, _backend.REFERENCE)("python", "-m", "tests.crosscheck", *FRAMEWORKS)
 
 
 def bench(session, backend):
     """Our attention against the framework's own, same weights, same process."""
-    install(session, backend, *_backend.TEST_EXTRAS.get(backend, ()))  # PyTorch's: transformers, the checkpoint peer
-    session.run("python", "-m", f"benchmarks.bench_{backend}", *session.posargs)
+    run = install(session, backend, *_backend.TEST_EXTRAS.get(backend, ()))  # PyTorch's: transformers, the peer
+    run("python", "-m", f"benchmarks.bench_{backend}", *session.posargs)
 
 
 def per_backend(run, backends):
@@ -78,13 +90,12 @@ def per_backend(run, backends):
     for backend in backends:
         session = functools.partial(run, backend=backend)
         session.__doc__ = f"{backend}: {run.__doc__}"
-        nox.session(python="3.11", name=f"{run.__name__}-{backend}")(session)
+        nox.session(venv_backend="none", name=f"{run.__name__}-{backend}")(session)
 
 
 def chapters(session, backend):
     """Execute every chapter notebook; the executed notebooks go to build/<backend>/."""
-    install(session, backend, "notebooks")
-    log = session.run("python", "-m", "chapters.run", backend, *session.posargs, silent=True)
+    log = install(session, backend, "notebooks")("python", "-m", "chapters.run", backend, *session.posargs, silent=True)
     if log is None:  # nox --install-only runs nothing
         return
     print(log, end="")
@@ -131,13 +142,13 @@ def book_test(session):
     session.run("pytest", "book/tests", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session(venv_backend="none")
 def mutants(session):
     """Planted bugs, one at a time, against one backend's suite (not a default session: one run each).
     `nox -s mutants -- --backend jax --tests tests/test_decoder.py` picks the backend and the tests."""
     backend = session.posargs[session.posargs.index("--backend") + 1] if "--backend" in session.posargs else "torch"
-    install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
-    session.run("python", "-m", "tests.mutants", *session.posargs, env={"D2LATTN_BACKEND": backend})
+    run = install(session, backend, "test", *_backend.TEST_EXTRAS.get(backend, ()))
+    run("python", "-m", "tests.mutants", *session.posargs, env={"D2LATTN_BACKEND": backend})
 
 
 @nox.session(python="3.11")

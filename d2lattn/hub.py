@@ -9,6 +9,7 @@ approximated. Nothing is downloaded: a path that is not a directory is an error.
 
 import inspect
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -181,8 +182,9 @@ def _from_canonical(name, value, family):
 
 def _read_safetensors(file):
     """{name: float32 array} of one .safetensors file, bfloat16 included (NumPy has no bfloat16).
-    The file is read once, into a writable array, and its float32 tensors are views of it."""
-    raw = np.fromfile(file, dtype=np.uint8)                                     # (bytes,)
+    The file is mapped copy-on-write, as safetensors maps it for transformers: its float32 tensors
+    are writable views whose pages are read when first touched, not all at once here."""
+    raw = np.memmap(file, dtype=np.uint8, mode="c")                             # (bytes,)
     size = int.from_bytes(raw[:8].tobytes(), "little")
     header = json.loads(raw[8:8 + size].tobytes())
     header.pop("__metadata__", None)
@@ -318,7 +320,9 @@ def save(kwargs, params, path, family):
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    # a new file put in the old one's place: a model loaded from this directory maps the old one
+    save_file(tensors, str(path / "model.safetensors.partial"), metadata={"format": "pt"})
+    os.replace(path / "model.safetensors.partial", path / "model.safetensors")
 
 
 def load_tokenizer(path):

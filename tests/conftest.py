@@ -5,11 +5,11 @@ imported is an error, never a skip: a green run always means it ran.
 """
 
 import os
-import pathlib
 
 import pytest
 
 from d2lattn import _backend
+from tests import harness  # NumPy and the reference only: no framework is imported before the flags below
 
 # XLA (JAX's compiler, and TensorFlow's under jit_compile=True) compiles each operation of an
 # eager call once per new shape, and at the suite's small shapes compiling is most of the time,
@@ -25,8 +25,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llv
 # they share, every entry kept, takes a quarter off the CPU time of the harness and composability
 # tests (13.6 -> 10.0 CPU min), more on a second run. Compiled code for the same program and flags is
 # the same code.
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / "build" / "jax-cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(harness.ROOT / "build" / "jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
@@ -39,16 +38,12 @@ def pytest_configure(config):
     name = config.getoption("--backend") or os.environ.get(_backend.ENV_VAR) or _backend.DEFAULT
     config.backend_name = _backend.canonical(name)
     if not hasattr(config, "workerinput"):  # the process that runs the tests or starts pytest-xdist's workers
-        from tests import harness
-
         harness.clear_parts(config.backend_name)
 
 
 def pytest_sessionfinish(session):
     """Merge the harness results that tests/test_harness.py's processes saved (tests/harness.py)."""
     if not hasattr(session.config, "workerinput"):
-        from tests import harness
-
         harness.merge_parts(session.config.backend_name)
 
 

@@ -64,8 +64,7 @@ def test_saving_over_the_directory_it_was_loaded_from(d2l, tmp_path):
     the next call that reads them)."""
     directory, e = copy_of("llama2", tmp_path), expected("llama2")
     model = d2l.from_pretrained(directory)
-    d2l.save_pretrained(d2l.TransformerLM(16, 8, 2, 1, 12), directory,
-                        family="llama")
+    d2l.save_pretrained(d2l.TransformerLM(16, 8, 2, 1, 12), directory, family="llama")
     logits, _ = model(d2l.tensor(e["tokens"]), training=False)
     assert np.abs(d2l.to_numpy(logits) - e["logits"]).max() <= TOLERANCE
 

@@ -97,10 +97,6 @@ LACKS = {
     "jax": {
         "peer": PEER,
         "tokenizers": TOKENIZERS,
-        "vmap Transformer weights": (
-            "an open bug: under nnx.vmap, TransformerEncoder's and TransformerDecoder's outputs equal the eager "
-            "ones but the per-block attention weights they record do not (found as this round closed; the "
-            "same test holds the ViT's per-block weights, and every other backend's)"),
     },
     "tensorflow": {"peer": PEER, "tokenizers": TOKENIZERS},
 }

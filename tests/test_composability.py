@@ -141,9 +141,7 @@ def test_compiled_call_equals_eager(d2l, adapter, case):
 
 @pytest.mark.needs("vmap")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.needs("vmap GRU")) if c.component in RECURRENT
-                                  else pytest.param(c, marks=pytest.mark.needs("vmap Transformer weights"))
-                                  if c.component in ("TransformerEncoder", "TransformerDecoder") else c
-                                  for c in MODULES], ids=IDS)
+                                  else c for c in MODULES], ids=IDS)
 def test_mapped_call_equals_eager_per_example(d2l, adapter, case):
     """Two examples of the inputs, the second drawn with another seed; lengths and masks shared."""
     _, floats, tokens, _ = _build(d2l, case)
@@ -157,8 +155,9 @@ def test_mapped_call_equals_eager_per_example(d2l, adapter, case):
         for i, arrays in enumerate(examples):
             want = _numpy(d2l, call(module, *arrays))
             _close([g[i] for g in got], want, f"{case.component} under {name}, example {i}")
-            if mapped_weights is not None:
-                _close([mapped_weights[i]], [_weights(d2l, module)],
+            if mapped_weights is not None:                                  # a Transformer's: (blocks, 2, ...)
+                example = mapped_weights[:, i] if case.component in harness.STACKED else mapped_weights[i]
+                _close([example], [_weights(d2l, module)],
                        f"{case.component}.attention_weights after {name}, example {i}")
 
 

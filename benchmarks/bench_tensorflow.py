@@ -10,6 +10,7 @@ asked for them (`return_attention_scores=True`); ours always keeps them in
 tf.function. Then generation with and without the K/V cache at growing contexts.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -109,10 +110,28 @@ def linear_forms():
     linear.main(d2l, compile=tf.function, how="tf.function")
 
 
+def flex_attention():
+    """flex_attention's skipped tiles (benchmarks/flex.py), eagerly and in tf.function(jit_compile=True):
+    eagerly each tile's dozen ops cost TensorFlow's per-op dispatch, more than their arithmetic."""
+    def value_and_grads(d2l, fn, **kwargs):
+        @tf.function(jit_compile=True)
+        def step(q, k, v, projection):
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                out = fn(q, k, v, **kwargs)
+                objective = tf.reduce_sum(out * projection)
+            return out, tape.gradient(objective, [q, k, v])
+
+        return lambda *arrays: step(*(tf.constant(a) for a in arrays))
+
+    flex.main(d2l, compiled=("tf.function(jit_compile=True)", functools.partial(tf.function, jit_compile=True),
+                             value_and_grads))
+
+
 if __name__ == "__main__":
     main()
     cache_per_token()
     pretrained()
     linear_forms()
     blockwise_memory()
-    flex.main(d2l)
+    flex_attention()

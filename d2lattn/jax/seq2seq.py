@@ -182,9 +182,13 @@ def _decode_step(model, token, state):
 
 
 @nnx.jit
-def _last_logits(decoder, prefixes, state):
-    """The compiled decoder on whole prefixes (k, t) from a fresh state -> the next logits (k, vocab)."""
-    return decoder(prefixes, state, training=False)[0][:, -1]
+def _next_logits(decoder, tokens, state, t):
+    """The compiled decoder on tokens (k, num_steps) from a fresh state -> the logits after their first t
+    (k, vocab). The tokens after the prefix are padding, which the decoder's position t - 1 never sees
+    (its self-attention is causal, a GRU runs forward), so every prefix length has one shape: the
+    search compiles once, not once per length."""
+    logits = decoder(tokens, state, training=False)[0]                  # (k, num_steps, vocab)
+    return jnp.take(logits, t - 1, axis=1)                              # (k, vocab)
 
 
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
@@ -207,13 +211,15 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
 
 def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
     """The search is shared (d2lattn.sampling.beam_search); here the compiled decoder scores beam_size
-    prefixes at a time from one encoding of `src` (one compilation per prefix length)."""
+    prefixes at a time from one encoding of `src`, each padded to num_steps (one compilation)."""
     k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
     src = jnp.repeat(jnp.asarray(np.asarray(src))[None], k, axis=0)    # (k, S): one row per hypothesis
     state = _encode(model, src, jnp.full((k,), int(src_valid_len)))
-    last_logits = nnx.cached_partial(_last_logits, model.decoder)
+    scores = nnx.cached_partial(_next_logits, model.decoder)
 
     def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
-        return np.asarray(last_logits(jnp.asarray(prefixes), state), dtype=np.float64)
+        t = prefixes.shape[1]
+        padded = np.pad(prefixes, [(0, 0), (0, num_steps - t)], constant_values=bos)  # (k, num_steps)
+        return np.asarray(scores(jnp.asarray(padded), state, jnp.int32(t)), dtype=np.float64)
 
     return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

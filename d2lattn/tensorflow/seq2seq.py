@@ -152,10 +152,13 @@ def _decode_step(model, token, state):
 
 
 @tf.function
-def _last_logits(model, prefixes, state):
-    """The decoder on whole prefixes (k, t) from a fresh state -> the next logits (k, vocab); traced
-    once per prefix length (the decoders unstack their steps, so the length must be known)."""
-    return model.decoder(prefixes, state, training=False)[0][:, -1]
+def _next_logits(model, tokens, state, t):
+    """The traced decoder on tokens (k, num_steps) from a fresh state -> the logits after their first t
+    (k, vocab). The tokens after the prefix are padding, which the decoder's position t - 1 never sees
+    (its self-attention is causal, a GRU runs forward), so every prefix length has one shape: the
+    search traces once, not once per length (the decoders unstack their steps, so the length is static)."""
+    logits = model.decoder(tokens, state, training=False)[0]           # (k, num_steps, vocab)
+    return tf.gather(logits, t - 1, axis=1)                             # (k, vocab)
 
 
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
@@ -178,12 +181,14 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
 
 def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):
     """The search is shared (d2lattn.sampling.beam_search); here the traced decoder scores beam_size
-    prefixes at a time from one encoding of `src`."""
+    prefixes at a time from one encoding of `src`, each padded to num_steps (one trace)."""
     k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
     src = tf.convert_to_tensor(np.repeat(np.asarray(src)[None], k, axis=0))   # (k, S): one row per hypothesis
     state = _encode(model, src, tf.fill([k], tf.constant(int(src_valid_len), src.dtype)))
 
     def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
-        return _last_logits(model, tf.constant(prefixes), state).numpy().astype(np.float64)
+        t = prefixes.shape[1]
+        padded = np.pad(prefixes, [(0, 0), (0, num_steps - t)], constant_values=bos)  # (k, num_steps)
+        return _next_logits(model, tf.constant(padded), state, tf.constant(t)).numpy().astype(np.float64)
 
     return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

@@ -26,6 +26,12 @@ def length_normalized(log_prob, length, alpha):
     return log_prob / ((5 + length) / 6) ** alpha
 
 
+def padded(prefixes, num_steps, pad):
+    """Prefixes (k, t) padded on the right to (k, num_steps) with `pad`: a compiled causal decoder scores
+    every length in one shape, reading the logits at position t - 1, which never sees the padding."""
+    return np.pad(prefixes, [(0, 0), (0, num_steps - prefixes.shape[1])], constant_values=pad)
+
+
 def beam_search(next_logits, bos, eos, num_steps, beam_size, length_penalty):
     """Beam search over a decoder that `next_logits` runs, backend-free, so the same logits give
     the same hypotheses on every backend.

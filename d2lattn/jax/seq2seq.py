@@ -219,7 +219,7 @@ def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, 
 
     def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
         t = prefixes.shape[1]
-        padded = np.pad(prefixes, [(0, 0), (0, num_steps - t)], constant_values=bos)  # (k, num_steps)
-        return np.asarray(scores(jnp.asarray(padded), state, jnp.int32(t)), dtype=np.float64)
+        tokens = jnp.asarray(sampling.padded(prefixes, num_steps, bos))  # (k, num_steps)
+        return np.asarray(scores(tokens, state, jnp.int32(t)), dtype=np.float64)
 
     return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

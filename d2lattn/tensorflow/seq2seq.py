@@ -188,7 +188,7 @@ def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, 
 
     def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
         t = prefixes.shape[1]
-        padded = np.pad(prefixes, [(0, 0), (0, num_steps - t)], constant_values=bos)  # (k, num_steps)
-        return _next_logits(model, tf.constant(padded), state, tf.constant(t)).numpy().astype(np.float64)
+        tokens = tf.constant(sampling.padded(prefixes, num_steps, bos))  # (k, num_steps)
+        return _next_logits(model, tokens, state, tf.constant(t)).numpy().astype(np.float64)
 
     return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

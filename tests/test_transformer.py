@@ -129,6 +129,19 @@ def test_step_by_step_equals_the_full_pass(d2l, length, data):
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-4)
 
 
+@pytest.mark.against_reference
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_greedy_decode_gives_the_references_tokens_and_attention(d2l, kind):
+    """Each step's token and its attention over the source (a Transformer's: its last block's
+    encoder-decoder weights at that step, heads averaged), as the reference decodes them."""
+    ours, ref = MODELS[kind](d2l, 7), MODELS[kind](reference, 7)
+    src = np.array([3, 1, 4, 1, 5], np.int32)
+    tokens, attention = d2l.greedy_decode(ours, src, 4, 1, -1, 6)       # eos -1: all 6 steps
+    want, want_attention = reference.greedy_decode(ref, src, 4, 1, -1, 6)
+    assert tokens == want
+    np.testing.assert_allclose(attention, want_attention, atol=1e-5)
+
+
 # --- beam search ---------------------------------------------------------------------------------
 
 

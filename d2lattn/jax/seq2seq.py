@@ -175,10 +175,11 @@ def _encode(model, src, src_valid_lens):
 
 
 @nnx.jit
-def _decode_step(model, token, state):
-    """One compiled decoder step: the next token (1, 1), the state, and the step's attention (1, 1, S)."""
-    logits, state = model.decoder(token, state, training=False)        # (1, 1, vocab)
-    return logits.argmax(-1), state, model.attention_weights
+def _greedy_step(model, tokens, state, t):
+    """The compiled decoder on tokens (1, num_steps) from a fresh state -> the most likely token after
+    their first t, and that position's attention over the source (S,) (see _next_logits)."""
+    logits = model.decoder(tokens, state, training=False)[0]            # (1, num_steps, vocab)
+    return jnp.take(logits[0], t - 1, axis=0).argmax(), jnp.take(model.attention_weights[0], t - 1, axis=0)
 
 
 @nnx.jit
@@ -194,19 +195,21 @@ def _next_logits(decoder, tokens, state, t):
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.
     Returns the tokens before eos and the attention of every step taken, the eos step
-    included: (steps, S). The encoder and each decoder step run compiled (nnx.jit): op by
-    op, JAX would dispatch every small operation of every step on its own."""
+    included: (steps, S). The encoder and the decoder run compiled (nnx.jit); each step runs
+    the decoder on the tokens so far padded to num_steps, so every step has one shape and one
+    compilation (a step on a growing cache would compile once per length)."""
     src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
     state = _encode(model, src, jnp.array([int(src_valid_len)]))
-    decode_step = nnx.cached_partial(_decode_step, model)              # walks the model's graph once, not per step
-    token, tokens, weights = jnp.array([[bos]]), [], []
-    for _ in range(num_steps):
-        token, state, attention = decode_step(token, state)             # (1, 1), ..., (1, 1, S)
-        weights.append(np.asarray(attention)[0, 0])                     # (S,)
+    decode_step = nnx.cached_partial(_greedy_step, model)              # walks the model's graph once, not per step
+    tokens, weights = [bos], []
+    for t in range(1, num_steps + 1):
+        prefix = jnp.asarray(sampling.padded(np.array([tokens], np.int32), num_steps, bos))   # (1, num_steps)
+        token, attention = decode_step(prefix, state, jnp.int32(t))     # (), (S,)
+        weights.append(np.asarray(attention))
         if token.item() == eos:
             break
         tokens.append(token.item())
-    return tokens, np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])
+    return tokens[1:], np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])
 
 
 def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):

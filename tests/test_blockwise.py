@@ -218,7 +218,7 @@ def dense_attention(q, k, v):
 
 def test_blockwise_attention_scores_one_tile_at_a_time(d2l, adapter, monkeypatch):
     """Every score matrix it builds is (..., at most block_size queries, at most max(q, block_size) keys)
-    (neighbouring full tiles may be scored together), and together they cover every query and key."""
+    (neighbouring tiles may be scored together), and together they cover every query and key."""
     module = sys.modules[d2l.flex_attention.__module__]
     seen = []
 

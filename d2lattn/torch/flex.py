@@ -33,21 +33,40 @@ def _raw_scores(queries, keys):
     return queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])  # (..., qb, kb)
 
 
-def _masked(scores, lens, mask_mod, index):
-    """-inf where the mask_mod (None in a full tile: not evaluated) or the lengths drop a key."""
-    keep = None if mask_mod is None else mask_mod(*index)                     # (..., qb, kb)
+def _masked(scores, lens, mask_mod, lead, q0, q1, k0, partial):
+    """Scores (..., qb, kb) of keys k0: set to -inf where the lengths drop a key, and where mask_mod
+    does in the key ranges `partial` (the segment's partial tiles: its full tiles never evaluate it)."""
     if lens is not None:
-        keep = index[3] < lens if keep is None else keep & (index[3] < lens)
-    return scores if keep is None else scores.masked_fill(~keep, -math.inf)
+        index = _index(lead, q0, q1, k0, k0 + scores.shape[-1], scores.device)
+        scores = scores.masked_fill(~(index[3] < lens), -math.inf)
+    for a, b in partial:
+        keep = mask_mod(*_index(lead, q0, q1, a, b, scores.device))       # (..., qb, b - a)
+        scores[..., a - k0:b - k0].masked_fill_(~keep, -math.inf)
+    return scores
 
 
-def _tile_scores(queries, keys, lens, score_mod, mask_mod, index):
-    """Scores of one tile (..., qb, kb): scaled, through score_mod, masked."""
+def _tile_scores(queries, keys, lens, score_mod, mask_mod, lead, q0, q1, k0, partial):
+    """Scores of one segment (..., qb, kb): scaled, through score_mod, masked."""
     scores = _raw_scores(queries, keys)                                      # (..., qb, kb)
-    return _masked(scores if score_mod is None else score_mod(scores, *index), lens, mask_mod, index)
+    if score_mod is not None:
+        scores = score_mod(scores, *_index(lead, q0, q1, k0, k0 + keys.shape[-2], queries.device))
+    return _masked(scores, lens, mask_mod, lead, q0, q1, k0, partial)
 
 
-# At most this many keys per run of full tiles. Measured at T = 8192 (benchmarks/memory.py, the default
+def _segments(runs, max_width):
+    """Neighbouring runs joined into segments of at most max_width keys, one matrix product and one
+    softmax update each: (k_start, k_stop, the key ranges of its partial tiles)."""
+    segments = []
+    for k0, k1, partial in runs:
+        if segments and segments[-1][1] == k0 and k1 - segments[-1][0] <= max_width:
+            start, _, ranges = segments[-1]
+            segments[-1] = (start, k1, ranges + ((k0, k1),) * partial)
+        else:
+            segments.append((k0, k1, ((k0, k1),) * partial))
+    return segments
+
+
+# At most this many keys per segment (one matrix product). Measured at T = 8192 (benchmarks/memory.py, the default
 # allocator), the forward and backward peaked at 60 MB (0.22 of dense attention's) with runs as long
 # as the sequence, whose temporaries (query block, run) take a new size for every query block, and at
 # 23 MB (0.08) with runs of at most 1024 keys, for about the same time.
@@ -63,11 +82,13 @@ def _plan(queries, keys, mask_mod, block_size):
     if blocks is None:
         blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
             mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
-    return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k, max(block_size, min(q, _MAX_WIDTH)))
+    width = max(block_size, min(q, _MAX_WIDTH))
+    return blocks.mask_mod, [(q0, q1, _segments(runs, width))
+                             for q0, q1, runs in _tiles.pieces(blocks.kinds, block_size, q, k, width)]
 
 
 class _Flex(torch.autograd.Function):
-    """Forward: the online softmax, one query block at a time over the runs of key blocks it computes.
+    """Forward: the online softmax, one query block at a time over the segments of key blocks it computes.
     Backward: FlashAttention-2's, recomputing each tile's probabilities exp(scores - lse) from the saved
     log-sum-exp instead of storing them, the same tiles skipped."""
 
@@ -82,8 +103,8 @@ class _Flex(torch.autograd.Function):
             l = q.new_zeros(q.shape[:-1] + (1,))                              # (..., qb, 1) running sum
             a = q.new_zeros(q.shape[:-1] + values.shape[-1:])                 # (..., qb, dv) running output
             for k0, k1, partial in runs:
-                scores = _tile_scores(q, keys[..., k0:k1, :], _rows(lens, q0, q1), score_mod,
-                                      mask_mod if partial else None, _index(lead, q0, q1, k0, k1, q.device))
+                scores = _tile_scores(q, keys[..., k0:k1, :], _rows(lens, q0, q1), score_mod, mask_mod,
+                                      lead, q0, q1, k0, partial)
                 m_new = torch.maximum(m, scores.amax(-1, keepdim=True))        # (..., qb, 1)
                 shift = torch.where(m_new.isfinite(), m_new, 0.0)             # an empty row has no max yet
                 p = torch.exp(scores.sub_(shift))                             # (..., qb, kb), 0 where masked
@@ -109,11 +130,15 @@ class _Flex(torch.autograd.Function):
             q, do = queries[..., q0:q1, :], d_out[..., q0:q1, :]              # (..., qb, d), (..., qb, dv)
             for k0, k1, partial in runs:
                 k, v = keys[..., k0:k1, :], values[..., k0:k1, :]             # (..., kb, d), (..., kb, dv)
-                index = _index(lead, q0, q1, k0, k1, q.device)
                 raw = _raw_scores(q, k)                                       # (..., qb, kb)
-                with torch.enable_grad():                                     # score_mod's own backward
-                    modded = raw if ctx.score_mod is None else ctx.score_mod(raw.requires_grad_(), *index)
-                scores = _masked(modded.detach(), _rows(lens, q0, q1), ctx.mask_mod if partial else None, index)
+                if ctx.score_mod is None:
+                    modded = raw
+                else:                                                         # score_mod's own backward
+                    with torch.enable_grad():
+                        modded = ctx.score_mod(raw.requires_grad_(), *_index(lead, q0, q1, k0, k1, q.device))
+                # a copy where score_mod's backward may still need its output: _masked writes in place
+                scores = _masked(modded.detach() if ctx.score_mod is None else modded.detach().clone(),
+                                 _rows(lens, q0, q1), ctx.mask_mod, lead, q0, q1, k0, partial)
                 p = torch.exp(scores - lse[..., q0:q1, :])                    # (..., qb, kb)
                 d_values[..., k0:k1, :] += p.transpose(-1, -2) @ do           # (..., kb, dv)
                 d_scores = p * (do @ v.transpose(-1, -2) - delta[..., q0:q1, :])  # (..., qb, kb)

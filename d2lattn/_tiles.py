@@ -112,6 +112,27 @@ def pieces(kinds, block_size, num_queries, num_keys, max_width=None):
     return plan
 
 
+def segments(plan, max_width):
+    """The plan of pieces() with each query block's neighbouring runs joined into segments of at most
+    max_width keys, one matrix product and one softmax update each: [(q_start, q_stop, [(k_start,
+    k_stop, the key ranges of its partial tiles), ...]), ...]. Only the partial ranges evaluate the mask.
+    PyTorch's flex masks those ranges in place. Where scores are immutable (MXNet, TensorFlow), masking them
+    means joining the segment's columns back together, a copy of all its scores: measured at T = 4096,
+    causal/none went from 0.63 to 0.72-0.75 on MXNet and stayed 0.63-0.70 on compiled TensorFlow, so
+    those backends compute each run on its own."""
+    joined = []
+    for q0, q1, runs in plan:
+        row = []
+        for k0, k1, partial in runs:
+            if row and row[-1][1] == k0 and k1 - row[-1][0] <= max_width:
+                start, _, ranges = row[-1]
+                row[-1] = (start, k1, ranges + ((k0, k1),) * partial)
+            else:
+                row.append((k0, k1, ((k0, k1),) * partial))
+        joined.append((q0, q1, row))
+    return joined
+
+
 def tiles(kinds):
     """(query block, key block, partial) of every tile that is not empty, as int32 arrays."""
     i, j = np.nonzero(kinds != EMPTY)

@@ -53,19 +53,6 @@ def _tile_scores(queries, keys, lens, score_mod, mask_mod, lead, q0, q1, k0, par
     return _masked(scores, lens, mask_mod, lead, q0, q1, k0, partial)
 
 
-def _segments(runs, max_width):
-    """Neighbouring runs joined into segments of at most max_width keys, one matrix product and one
-    softmax update each: (k_start, k_stop, the key ranges of its partial tiles)."""
-    segments = []
-    for k0, k1, partial in runs:
-        if segments and segments[-1][1] == k0 and k1 - segments[-1][0] <= max_width:
-            start, _, ranges = segments[-1]
-            segments[-1] = (start, k1, ranges + ((k0, k1),) * partial)
-        else:
-            segments.append((k0, k1, ((k0, k1),) * partial))
-    return segments
-
-
 # At most this many keys per segment (one matrix product). Measured at T = 8192 (benchmarks/memory.py, the default
 # allocator), the forward and backward peaked at 60 MB (0.22 of dense attention's) with runs as long
 # as the sequence, whose temporaries (query block, run) take a new size for every query block, and at
@@ -83,8 +70,7 @@ def _plan(queries, keys, mask_mod, block_size):
         blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
             mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
     width = max(block_size, min(q, _MAX_WIDTH))
-    return blocks.mask_mod, [(q0, q1, _segments(runs, width))
-                             for q0, q1, runs in _tiles.pieces(blocks.kinds, block_size, q, k, width)]
+    return blocks.mask_mod, _tiles.segments(_tiles.pieces(blocks.kinds, block_size, q, k, width), width)
 
 
 class _Flex(torch.autograd.Function):

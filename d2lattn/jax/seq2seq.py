@@ -8,6 +8,8 @@ nnx.Linear maps named like the canonical parameters. As in attention.py, `rngs`
 (keyword-only, default `nnx.Rngs(0)`) seeds the initial weights and dropout.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,12 +176,26 @@ def _encode(model, src, src_valid_lens):
     return _initial_state(model, src, src_valid_lens, False)
 
 
-@nnx.jit
-def _greedy_step(model, tokens, state, t):
-    """The compiled decoder on tokens (1, num_steps) from a fresh state -> the most likely token after
-    their first t, and that position's attention over the source (S,) (see _next_logits)."""
-    logits = model.decoder(tokens, state, training=False)[0]            # (1, num_steps, vocab)
-    return jnp.take(logits[0], t - 1, axis=0).argmax(), jnp.take(model.attention_weights[0], t - 1, axis=0)
+@functools.partial(nnx.jit, static_argnums=4)
+def _greedy(model, src, src_valid_lens, bos, num_steps):
+    """Every greedy step in one compiled loop: src (1, S) -> the tokens of num_steps steps (num_steps,)
+    and each step's attention over the source (num_steps, S), eos or not (greedy_decode stops there).
+    Step t runs the decoder on the tokens so far, padded to num_steps, from the fresh state and reads
+    position t - 1 (see _next_logits): one shape for every step, so the loop compiles once."""
+    state = _initial_state(model, src, src_valid_lens, False)
+
+    def step(t, carry):                                                # t = 1, ..., num_steps
+        model, prefix, tokens, weights = carry                         # (1, num_steps), (num_steps,), (num_steps, S)
+        logits = model.decoder(prefix, state, training=False)[0]       # (1, num_steps, vocab)
+        token = logits[0, t - 1].argmax().astype(jnp.int32)           # ()
+        prefix = prefix.at[0, t].set(token, mode="drop")               # fed back; past the end at t = num_steps
+        return model, prefix, tokens.at[t - 1].set(token), weights.at[t - 1].set(model.attention_weights[0, t - 1])
+
+    start = (model, jnp.full((1, num_steps), bos, jnp.int32), jnp.zeros(num_steps, jnp.int32),
+             jnp.zeros((num_steps, src.shape[1]), jnp.float32))
+    carry = step(1, start)                          # outside the loop: it gives the recorded weights their shapes
+    _, _, tokens, weights = nnx.fori_loop(2, num_steps + 1, step, carry)  # the model's state lifted into the loop
+    return tokens, weights
 
 
 @nnx.jit
@@ -195,21 +211,13 @@ def _next_logits(decoder, tokens, state, t):
 def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     """The most likely token at each step, fed back in, until `eos` or `num_steps` steps.
     Returns the tokens before eos and the attention of every step taken, the eos step
-    included: (steps, S). The encoder and the decoder run compiled (nnx.jit); each step runs
-    the decoder on the tokens so far padded to num_steps, so every step has one shape and one
-    compilation (a step on a growing cache would compile once per length)."""
+    included: (steps, S). All num_steps steps run in one compiled call (_greedy), which is
+    cheaper than a call per step; the steps after eos are dropped here."""
     src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
-    state = _encode(model, src, jnp.array([int(src_valid_len)]))
-    decode_step = nnx.cached_partial(_greedy_step, model)              # walks the model's graph once, not per step
-    tokens, weights = [bos], []
-    for t in range(1, num_steps + 1):
-        prefix = jnp.asarray(sampling.padded(np.array([tokens], np.int32), num_steps, bos))   # (1, num_steps)
-        token, attention = decode_step(prefix, state, jnp.int32(t))     # (), (S,)
-        weights.append(np.asarray(attention))
-        if token.item() == eos:
-            break
-        tokens.append(token.item())
-    return tokens[1:], np.array(weights, dtype=np.float32).reshape(len(weights), src.shape[1])
+    tokens, weights = _greedy(model, src, jnp.array([int(src_valid_len)]), int(bos), int(num_steps))
+    tokens = np.asarray(tokens).tolist()                                # num_steps tokens
+    steps = tokens.index(eos) + 1 if eos in tokens else len(tokens)    # the steps taken, eos included
+    return tokens[:steps][: steps - (eos in tokens)], np.asarray(weights, np.float32)[:steps]
 
 
 def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):

@@ -133,6 +133,35 @@ def segments(plan, max_width):
     return joined
 
 
+@dataclasses.dataclass(frozen=True)
+class Groups:
+    """groups [(q_start, n, rows, segments), ...]: n neighbouring query blocks of `rows` rows each, the i-th
+    starting i * step after q_start, whose segments (those of the first, as segments() gives them) are
+    the same relative to their first row, so that one batched product computes them all."""
+    step: int
+    groups: list
+
+
+def groups(plan, block_size, max_keys):
+    """The plan of segments() as Groups of neighbouring query blocks with the same segments relative to
+    their start (a sliding window's blocks, away from the edges), at most max_keys keys per segment over a
+    group's blocks together."""
+    def relative(q0, q1, segments):
+        return q1 - q0, tuple((k0 - q0, k1 - q0, tuple((a - q0, b - q0) for a, b in partial))
+                              for k0, k1, partial in segments)
+
+    found, last = [], None
+    for q0, q1, segments in plan:
+        shape, widest = relative(q0, q1, segments), max(k1 - k0 for k0, k1, _ in segments)
+        if (last is not None and last[1] == shape and found[-1][0] + found[-1][1] * block_size == q0
+                and (found[-1][1] + 1) * widest <= max_keys):
+            found[-1][1] += 1
+        else:
+            found.append([q0, 1, q1 - q0, segments])
+        last = (q0, shape)
+    return Groups(block_size, [tuple(group) for group in found])
+
+
 def tiles(kinds):
     """(query block, key block, partial) of every tile that is not empty, as int32 arrays."""
     i, j = np.nonzero(kinds != EMPTY)

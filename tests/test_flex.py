@@ -35,7 +35,10 @@ def mask_specs(T):
             ("window", Mod("window_mod", (3,))), ("window-offset", Mod("window_mod", (2, 2))),
             ("document", Mod("document_mod", (DOCS[T],))), ("prefix", Mod("prefix_lm_mod", (4,))),
             ("document-causal", Mod("and_mods", (Mod("document_mod", (DOCS[T][0],)), Mod("causal_mod")))),
-            ("window-or-prefix", Mod("or_mods", (Mod("window_mod", (2,)), Mod("prefix_lm_mod", (2,)))))]
+            ("window-or-prefix", Mod("or_mods", (Mod("window_mod", (2,)), Mod("prefix_lm_mod", (2,))))),
+            # not the same under a shift along the diagonal, as window_mod alone is: query blocks whose tiles
+            # are alike (PyTorch's flex batches them) still see different masks in their partial tiles
+            ("window-document", Mod("and_mods", (Mod("window_mod", (4,)), Mod("document_mod", (DOCS[T],)))))]
 
 
 SCORE_SPECS = [("none", None), ("alibi", Mod("alibi_mod", (H,))), ("alibi-offset", Mod("alibi_mod", (H, 3))),
@@ -81,6 +84,22 @@ def brute_kinds(keep, block_size):
 def inputs(T, seed):
     rng = np.random.default_rng(seed)
     return [rng.normal(size=(B, H, T, D)), rng.normal(size=(B, H, T, D)), rng.normal(size=(B, H, T, DV))]
+
+
+def test_query_blocks_are_grouped_only_with_the_same_tiles():
+    """_tiles.groups (PyTorch's flex batches each group in one product) joins neighbouring query blocks whose
+    segments, partial tiles included, are the same relative to their first row: a window's, away from its
+    start; not blocks whose partial and full tiles trade places; and no more keys than max_keys."""
+    P, F, E = _tiles.PARTIAL, _tiles.FULL, _tiles.EMPTY
+
+    def grouped(kinds, max_keys=100):
+        plan = _tiles.segments(_tiles.pieces(np.array(kinds), 2, 2 * len(kinds), 2 * len(kinds[0])), 100)
+        return [(q0, n) for q0, n, _, _ in _tiles.groups(plan, 2, max_keys).groups]
+
+    window = [[P, E, E, E, E], [F, P, E, E, E], [P, F, P, E, E], [E, P, F, P, E], [E, E, P, F, P]]
+    assert grouped(window) == [(0, 1), (2, 1), (4, 3)]
+    assert grouped(window, max_keys=12) == [(0, 1), (2, 1), (4, 2), (8, 1)]   # segments of 6 keys
+    assert grouped([[F, E, E], [P, F, E], [E, F, P]]) == [(0, 1), (2, 1), (4, 1)]  # same span, partial moved
 
 
 def test_reference_is_dense_attention():

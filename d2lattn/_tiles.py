@@ -162,6 +162,22 @@ def groups(plan, block_size, max_keys):
     return Groups(block_size, [tuple(group) for group in found])
 
 
+def index(arange, lead, q_start, q_size, k_start, k_size, n=1, step=0):
+    """b, h, q_idx, kv_idx, made with the backend's `arange(start, stop)`, shaped to broadcast against the
+    scores (*lead, n, qb, kb) of n tiles, the i-th of them `i * step` rows and keys further on; h indexes
+    axis 1 of 4-d inputs (0 for 3-d ones)."""
+    rank = len(lead) + 3
+    b = arange(0, lead[0]).reshape((-1,) + (1,) * (rank - 1))                            # (b, 1, .., 1)
+    h = arange(0, lead[1] if rank > 4 else 1).reshape((1, -1) + (1,) * (rank - 2))       # (1, h, 1, ..)
+    i, j = arange(q_start, q_start + q_size).reshape(-1, 1), arange(k_start, k_start + k_size)  # (qb, 1), (kb,)
+    if n > 1:                                                                            # each tile shifted
+        shift = (arange(0, n) * step).reshape(-1, 1, 1)                                  # (n, 1, 1)
+        i, j = i + shift, j + shift
+    i = i.reshape((1,) * (rank - 3) + (n, q_size, 1))                                    # (1, .., n, qb, 1)
+    j = j.reshape((1,) * (rank - 3) + (n, 1, k_size))                                    # (1, .., n, 1, kb)
+    return b, h, i, j
+
+
 def tiles(kinds):
     """(query block, key block, partial) of every tile that is not empty, as int32 arrays."""
     i, j = np.nonzero(kinds != EMPTY)

@@ -19,104 +19,28 @@ IMPERATIVE_ONLY = ("flex_attention and blockwise_attention run imperatively on M
                    "cannot enter a hybridized graph, and a graph symbol has no shape to plan the tiles by")
 
 
-def _index(lead, q_start, q_stop, k_start, k_stop, ctx=None):
-    """b, h, q_idx, kv_idx: int32 arrays shaped to broadcast against a tile's scores (*lead, qb, kb);
-    h indexes axis 1 of 4-d inputs (0 for 3-d ones)."""
-    rank = len(lead) + 2
-    b = np.arange(lead[0], dtype="int32", ctx=ctx).reshape((-1,) + (1,) * (rank - 1))           # (b, 1, .., 1)
-    h = np.arange(lead[1] if rank > 3 else 1, dtype="int32", ctx=ctx).reshape((1, -1) + (1,) * (rank - 2))
-    i = np.arange(q_start, q_stop, dtype="int32", ctx=ctx).reshape((1,) * (rank - 2) + (-1, 1))  # (1, .., qb, 1)
-    j = np.arange(k_start, k_stop, dtype="int32", ctx=ctx).reshape((1,) * (rank - 1) + (-1,))    # (1, .., 1, kb)
-    return b, h, i, j
+def _index(lead, q_start, q_size, k_start, k_size, n=1, step=0, ctx=None):
+    """b, h, q_idx, kv_idx for the scores (*lead, n, qb, kb) of n tiles (_tiles.index), as int32 arrays."""
+    arange = functools.partial(np.arange, dtype="int32", ctx=ctx)
+    return _tiles.index(arange, lead, q_start, q_size, k_start, k_size, n, step)
 
 
-def _rows(lens, start, stop):
-    """The lengths of query rows start:stop ((..., q or 1, 1) lengths; None stays None)."""
-    return lens if lens is None or lens.shape[-2] == 1 else lens[..., start:stop, :]
+def _rows(x, start, n, size):
+    """Rows start : start + n * size of x (..., rows, f) as n tiles (..., n, size, f). x with one row
+    (lengths (..., 1, 1)) is every row's; None stays None."""
+    if x is None or x.shape[-2] == 1:
+        return None if x is None else np.expand_dims(x, -3)
+    return x[..., start:start + n * size, :].reshape(x.shape[:-2] + (n, size, x.shape[-1]))
 
 
-def _raw_scores(queries, keys):
-    return np.matmul(queries, np.swapaxes(keys, -1, -2)) / math.sqrt(queries.shape[-1])  # (..., qb, kb)
-
-
-def _masked(scores, lens, mask_mod, index):
-    """-inf where the mask_mod (None in a full tile: not evaluated) or the lengths drop a key."""
-    keep = None if mask_mod is None else mask_mod(*index)                     # (..., qb, kb)
-    if lens is not None:
-        keep = index[3] < lens if keep is None else keep * (index[3] < lens)  # MXNet broadcasts no & of booleans
-    return scores if keep is None else np.where(keep, scores, -onp.inf)
-
-
-def _tile_scores(queries, keys, lens, score_mod, mask_mod, index):
-    """Scores of one tile (..., qb, kb): scaled, through score_mod, masked."""
-    scores = _raw_scores(queries, keys)
-    return _masked(scores if score_mod is None else score_mod(scores, *index), lens, mask_mod, index)
-
-
-class _Flex(autograd.Function):
-    """Forward: the online softmax, one query block at a time over the runs of key blocks it computes.
-    Backward: FlashAttention-2's, recomputing each tile's probabilities exp(scores - lse) from the saved
-    log-sum-exp instead of storing them, the same tiles skipped."""
-
-    def __init__(self, lens, score_mod, mask_mod, plan, block_size):
-        super().__init__()
-        self.lens, self.score_mod, self.mask_mod = lens, score_mod, mask_mod
-        self.plan, self.block_size = plan, block_size
-
-    def forward(self, queries, keys, values):
-        lead, ctx = tuple(queries.shape[:-2]), queries.ctx
-        out = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=ctx)      # (..., q, dv), empty rows: 0
-        lse = np.full(queries.shape[:-1], -onp.inf, ctx=ctx)                 # (..., q)
-        for q0, q1, runs in self.plan:
-            q = queries[..., q0:q1, :]                                       # (..., qb, d)
-            m = np.full(q.shape[:-1] + (1,), -onp.inf, ctx=ctx)              # (..., qb, 1) running max
-            l = np.zeros(q.shape[:-1] + (1,), ctx=ctx)                       # (..., qb, 1) running sum
-            a = np.zeros(q.shape[:-1] + values.shape[-1:], ctx=ctx)          # (..., qb, dv) running output
-            for k0, k1, partial in runs:
-                scores = _tile_scores(q, keys[..., k0:k1, :], _rows(self.lens, q0, q1), self.score_mod,
-                                      self.mask_mod if partial else None, _index(lead, q0, q1, k0, k1, ctx))
-                m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))    # (..., qb, 1)
-                shift = np.where(np.isfinite(m_new), m_new, 0.0)            # an empty row has no max yet
-                p = np.exp(scores - shift)                                   # (..., qb, kb), 0 where masked
-                rescale = np.exp(m - shift)                                  # (..., qb, 1), old terms
-                l = l * rescale + p.sum(axis=-1, keepdims=True)
-                a = a * rescale + np.matmul(p, values[..., k0:k1, :])        # (..., qb, dv)
-                m = m_new
-            out[..., q0:q1, :] = a / np.where(l > 0, l, 1.0)
-            lse[..., q0:q1] = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -onp.inf)[..., 0]
-        self.save_for_backward(queries, keys, values, out, lse)
-        return out, lse
-
-    def backward(self, d_out, d_lse):
-        d_out, d_lse = d_out.as_np_ndarray(), d_lse.as_np_ndarray()          # autograd hands legacy NDArrays
-        queries, keys, values, out, lse = self.saved_tensors
-        lead, scale, ctx = tuple(queries.shape[:-2]), 1 / math.sqrt(queries.shape[-1]), queries.ctx
-        # d scores = p * (d p - D) + p * d lse, with D = rowsum(d out * out)
-        delta = ((d_out * out).sum(axis=-1) - d_lse)[..., None]              # (..., q, 1)
-        lse = np.where(np.isfinite(lse), lse, 0.0)[..., None]                # (..., q, 1)
-        d_queries, d_keys, d_values = {}, {}, {}                             # block start -> gradient
-        for q0, q1, runs in self.plan:
-            q, do = queries[..., q0:q1, :], d_out[..., q0:q1, :]             # (..., qb, d), (..., qb, dv)
-            for k0, k1, partial in runs:
-                k, v = keys[..., k0:k1, :], values[..., k0:k1, :]            # (..., kb, d), (..., kb, dv)
-                index = _index(lead, q0, q1, k0, k1, ctx)
-                raw = _raw_scores(q, k)                                      # (..., qb, kb)
-                modded = raw
-                if self.score_mod is not None:                               # score_mod's own backward
-                    raw.attach_grad()
-                    with autograd.record():
-                        modded = self.score_mod(raw, *index)
-                scores = _masked(modded, _rows(self.lens, q0, q1), self.mask_mod if partial else None, index)
-                p = np.exp(scores - lse[..., q0:q1, :])                      # (..., qb, kb)
-                d_scores = p * (np.matmul(do, np.swapaxes(v, -1, -2)) - delta[..., q0:q1, :])  # (..., qb, kb)
-                if self.score_mod is not None:                               # back through score_mod
-                    modded.backward(d_scores)
-                    d_scores = raw.grad
-                _add(d_queries, q0, q1, self.block_size, np.matmul(d_scores, k) * scale)  # (..., qb, d)
-                _add(d_keys, k0, k1, self.block_size, np.matmul(np.swapaxes(d_scores, -1, -2), q) * scale)
-                _add(d_values, k0, k1, self.block_size, np.matmul(np.swapaxes(p, -1, -2), do))  # (..., kb, dv)
-        grads = [_joined(g, x, self.block_size) for g, x in ((d_queries, queries), (d_keys, keys), (d_values, values))]
-        return tuple(g.as_nd_ndarray() for g in grads)                      # and takes them back
+def _windows(x, start, width, n, step):
+    """The n windows x[..., start + i * step : ... + width, :] of keys or values (..., k, f) as
+    (..., n, width, f): one gather (MXNet has no strided views)."""
+    if n == 1:
+        return np.expand_dims(x[..., start:start + width, :], -3)
+    at = start + np.arange(n, dtype="int32", ctx=x.ctx).reshape(-1, 1) * step + np.arange(width, dtype="int32",
+                                                                                         ctx=x.ctx)
+    return np.take(x, at, axis=-2)                                                       # (..., n, width, f)
 
 
 def _add(parts, start, stop, block_size, grad):
@@ -124,6 +48,13 @@ def _add(parts, start, stop, block_size, grad):
     for s in range(0, stop - start, block_size):
         piece = grad[..., s:s + block_size, :]
         parts[start + s] = piece if start + s not in parts else parts[start + s] + piece
+
+
+def _add_windows(parts, grad, start, n, step):
+    """Accumulate the gradients (..., n, width, f) of n windows, the i-th from start + i * step, into the
+    blocks (of `step` keys) they cover."""
+    for i in range(n):
+        _add(parts, start + i * step, start + i * step + grad.shape[-2], step, grad[..., i, :, :])
 
 
 def _joined(parts, like, block_size):
@@ -134,6 +65,107 @@ def _joined(parts, like, block_size):
     return np.concatenate(blocks, axis=-2) if blocks else np.zeros_like(like)
 
 
+def _raw_scores(queries, keys):
+    """Q K^T / sqrt(d), the queries scaled: a tile has more scores than query entries."""
+    return np.matmul(queries / math.sqrt(queries.shape[-1]), np.swapaxes(keys, -1, -2))  # (..., n, qb, kb)
+
+
+def _masked(scores, lens, mask_mod, index):
+    """-inf where the mask_mod (None in a full tile: not evaluated) or the lengths drop a key."""
+    keep = None if mask_mod is None else mask_mod(*index)                     # (..., n, qb, kb)
+    if lens is not None:
+        keep = index[3] < lens if keep is None else keep * (index[3] < lens)  # MXNet broadcasts no & of booleans
+    return scores if keep is None else np.where(keep, scores, -onp.inf)
+
+
+def _tile_scores(queries, keys, lens, score_mod, mask_mod, index):
+    """Scores of n tiles (..., n, qb, kb): scaled, through score_mod, masked."""
+    scores = _raw_scores(queries, keys)
+    return _masked(scores if score_mod is None else score_mod(scores, *index), lens, mask_mod, index)
+
+
+def _flat(x):
+    """(..., n, rows, f) -> (..., n * rows, f)."""
+    return x.reshape(x.shape[:-3] + (-1, x.shape[-1]))
+
+
+class _Flex(autograd.Function):
+    """Forward: the online softmax over the runs of key blocks that each query block computes, a group of
+    neighbouring query blocks with the same runs (a sliding window's) in one batched product.
+    Backward: FlashAttention-2's, recomputing each tile's probabilities exp(scores - lse) from the saved
+    log-sum-exp instead of storing them, the same tiles skipped."""
+
+    def __init__(self, lens, score_mod, mask_mod, plan):
+        super().__init__()
+        self.lens, self.score_mod, self.mask_mod, self.plan = lens, score_mod, mask_mod, plan
+
+    def _scores(self, q, keys, lead, q0, n, k0, k1, partial, ctx):
+        index = _index(lead, q0, q.shape[-2], k0, k1 - k0, n, self.plan.step, ctx)
+        return _tile_scores(q, _windows(keys, k0, k1 - k0, n, self.plan.step), _rows(self.lens, q0, n, q.shape[-2]),
+                            self.score_mod, self.mask_mod if partial else None, index)
+
+    def forward(self, queries, keys, values):
+        lead, ctx, step = tuple(queries.shape[:-2]), queries.ctx, self.plan.step
+        out = np.zeros(queries.shape[:-1] + values.shape[-1:], ctx=ctx)      # (..., q, dv), empty rows: 0
+        lse = np.full(queries.shape[:-1], -onp.inf, ctx=ctx)                 # (..., q)
+        for q0, n, qb, runs in self.plan.groups:
+            q = _rows(queries, q0, n, qb)                                    # (..., n, qb, d)
+            m = np.full(q.shape[:-1] + (1,), -onp.inf, ctx=ctx)              # (..., n, qb, 1) running max
+            l = np.zeros(q.shape[:-1] + (1,), ctx=ctx)                       # (..., n, qb, 1) running sum
+            a = np.zeros(q.shape[:-1] + values.shape[-1:], ctx=ctx)          # (..., n, qb, dv) running output
+            for k0, k1, partial in runs:
+                scores = self._scores(q, keys, lead, q0, n, k0, k1, partial, ctx)  # (..., n, qb, kb)
+                m_new = np.maximum(m, scores.max(axis=-1, keepdims=True))    # (..., n, qb, 1)
+                shift = np.where(np.isfinite(m_new), m_new, 0.0)            # an empty row has no max yet
+                p = np.exp(scores - shift)                                   # (..., n, qb, kb), 0 where masked
+                rescale = np.exp(m - shift)                                  # (..., n, qb, 1), old terms
+                l = l * rescale + p.sum(axis=-1, keepdims=True)
+                a = a * rescale + np.matmul(p, _windows(values, k0, k1 - k0, n, step))  # (..., n, qb, dv)
+                m = m_new
+            out[..., q0:q0 + n * qb, :] = _flat(a / np.where(l > 0, l, 1.0))
+            lse[..., q0:q0 + n * qb] = _flat(np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -onp.inf))[..., 0]
+        self.save_for_backward(queries, keys, values, out, lse)
+        return out, lse
+
+    def backward(self, d_out, d_lse):
+        d_out, d_lse = d_out.as_np_ndarray(), d_lse.as_np_ndarray()          # autograd hands legacy NDArrays
+        queries, keys, values, out, lse = self.saved_tensors
+        lead, ctx, step = tuple(queries.shape[:-2]), queries.ctx, self.plan.step
+        scale = 1 / math.sqrt(queries.shape[-1])
+        # d scores = p * (d p - D) + p * d lse, with D = rowsum(d out * out)
+        delta = ((d_out * out).sum(axis=-1) - d_lse)[..., None]              # (..., q, 1)
+        lse = np.where(np.isfinite(lse), lse, 0.0)[..., None]                # (..., q, 1)
+        d_queries, d_keys, d_values = {}, {}, {}                             # block start -> gradient
+        for q0, n, qb, runs in self.plan.groups:
+            q, do = _rows(queries, q0, n, qb), _rows(d_out, q0, n, qb)       # (..., n, qb, d), (..., n, qb, dv)
+            row_lse, row_delta = _rows(lse, q0, n, qb), _rows(delta, q0, n, qb)  # (..., n, qb, 1)
+            for k0, k1, partial in runs:
+                k, v = _windows(keys, k0, k1 - k0, n, step), _windows(values, k0, k1 - k0, n, step)  # (..., n, kb, d)
+                index = _index(lead, q0, qb, k0, k1 - k0, n, step, ctx)
+                raw = _raw_scores(q, k)                                      # (..., n, qb, kb)
+                modded = raw
+                if self.score_mod is not None:                               # score_mod's own backward
+                    raw.attach_grad()
+                    with autograd.record():
+                        modded = self.score_mod(raw, *index)
+                scores = _masked(modded, _rows(self.lens, q0, n, qb), self.mask_mod if partial else None, index)
+                p = np.exp(scores - row_lse)                                 # (..., n, qb, kb)
+                d_scores = p * (np.matmul(do, np.swapaxes(v, -1, -2)) - row_delta)  # (..., n, qb, kb)
+                if self.score_mod is not None:                               # back through score_mod
+                    modded.backward(d_scores)
+                    d_scores = raw.grad
+                _add(d_queries, q0, q0 + n * qb, step, _flat(np.matmul(d_scores, k) * scale))  # (..., n qb, d)
+                _add_windows(d_keys, np.matmul(np.swapaxes(d_scores, -1, -2), q) * scale, k0, n, step)
+                _add_windows(d_values, np.matmul(np.swapaxes(p, -1, -2), do), k0, n, step)  # (..., n, kb, dv)
+        grads = [_joined(g, x, step) for g, x in ((d_queries, queries), (d_keys, keys), (d_values, values))]
+        return tuple(g.as_nd_ndarray() for g in grads)                      # and takes them back
+
+
+# At most this many keys in a group's run, all its query blocks together: a group's scores are at most
+# (block, 4096), a few MB at the default block size.
+_MAX_GROUP = 4096
+
+
 def _plan(queries, keys, mask_mod, block_size):
     """The BlockMask of the call (built, or the one given, checked): its mask_mod and the pieces to compute."""
     q, k, lead = queries.shape[-2], keys.shape[-2], tuple(queries.shape[:-2])
@@ -142,14 +174,15 @@ def _plan(queries, keys, mask_mod, block_size):
     if blocks is None:
         blocks = _tiles.cached((mask_mod, q, k, block_size, lead[0], heads), lambda: block_mask(
             mask_mod, q, k, block_size, batch_size=lead[0], num_heads=heads))
-    return blocks.mask_mod, _tiles.pieces(blocks.kinds, block_size, q, k)
+    runs = _tiles.segments(_tiles.pieces(blocks.kinds, block_size, q, k), 0)  # each run a segment of its own
+    return blocks.mask_mod, _tiles.groups(runs, block_size, _MAX_GROUP)
 
 
 def _flex(queries, keys, values, lens, score_mod, mask_mod, block_size):
     if not isinstance(queries, np.ndarray):                                  # a graph symbol
         raise TypeError(IMPERATIVE_ONLY)
     mask_mod, plan = _plan(queries, keys, mask_mod, block_size)
-    return _Flex(lens, score_mod, mask_mod, plan, block_size)(queries, keys, values)
+    return _Flex(lens, score_mod, mask_mod, plan)(queries, keys, values)
 
 
 def _checked_call(queries, keys, values, score_mod, mask_mod, block_size):
@@ -172,7 +205,7 @@ def block_mask(mask_mod, num_queries, num_keys, block_size=128, *, batch_size=1,
                      dtype=onp.int8)
     for n, q0 in enumerate(range(0, sizes[0], block_size)):
         if mask_mod is not None and sizes[1]:
-            keep = mask_mod(*_index(lead, q0, min(q0 + block_size, sizes[0]), 0, sizes[1]))  # (.., qb, k)
+            keep = mask_mod(*_index(lead, q0, min(block_size, sizes[0] - q0), 0, sizes[1]))  # (.., 1, qb, k)
             kinds[n] = _tiles.classify_rows(keep.asnumpy(), block_size, sizes[1])
     return _tiles.BlockMask(kinds, mask_mod, *sizes, block_size, *lead)
 

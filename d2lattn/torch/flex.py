@@ -13,16 +13,9 @@ from d2lattn.torch.ops import take, tensor, to_numpy
 
 
 def _index(lead, q_start, q_size, k_start, k_size, n=1, step=0, device=None):
-    """b, h, q_idx, kv_idx: int32 tensors shaped to broadcast against the scores (*lead, n, qb, kb) of n
-    tiles, the i-th of them `i * step` rows and keys further on; h indexes axis 1 of 4-d inputs (0 for 3-d)."""
-    rank = len(lead) + 3
+    """b, h, q_idx, kv_idx for the scores (*lead, n, qb, kb) of n tiles (_tiles.index), as int32 tensors."""
     arange = functools.partial(torch.arange, dtype=torch.int32, device=device)
-    b = arange(lead[0]).reshape((-1,) + (1,) * (rank - 1))                               # (b, 1, .., 1)
-    h = arange(lead[1] if rank > 4 else 1).reshape((1, -1) + (1,) * (rank - 2))          # (1, h, 1, ..)
-    shift = (arange(n) * step).reshape(-1, 1, 1)                                         # (n, 1, 1)
-    i = (q_start + shift + arange(q_size).reshape(-1, 1)).reshape((1,) * (rank - 3) + (n, q_size, 1))
-    j = (k_start + shift + arange(k_size)).reshape((1,) * (rank - 3) + (n, 1, k_size))
-    return b, h, i, j                                                    # i (1, .., n, qb, 1), j (1, .., n, 1, kb)
+    return _tiles.index(arange, lead, q_start, q_size, k_start, k_size, n, step)
 
 
 def _rows(x, start, n, size):

@@ -51,14 +51,13 @@ def _fit(name, model, step, batches, *, epochs, lr, clip, progress):
     losses = []
     bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)
     for _ in bar:
-        total, count = 0.0, 0
+        batch_losses = []
         for batch in batches:
             _forget_attention_weights(model)                            # one compilation per batch shape
-            loss = step(model, optimizer, *(jnp.asarray(a) for a in batch))
-            total, count = total + float(loss), count + 1
-        if not count:
+            batch_losses.append(step(model, optimizer, *(jnp.asarray(a) for a in batch)))  # read at the end:
+        if not batch_losses:                                            # the steps run ahead of the loop
             raise ValueError(f"{name}: `batches` gave no batch")
-        losses.append(total / count)
+        losses.append(sum(float(loss) for loss in batch_losses) / len(batch_losses))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
 

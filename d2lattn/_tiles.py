@@ -150,15 +150,15 @@ def groups(plan, block_size, max_keys):
         return q1 - q0, tuple((k0 - q0, k1 - q0, tuple((a - q0, b - q0) for a, b in partial))
                               for k0, k1, partial in segments)
 
-    found, last = [], None
+    found, last = [], None                                              # last: the previous block's shape
     for q0, q1, segments in plan:
         shape, widest = relative(q0, q1, segments), max(k1 - k0 for k0, k1, _ in segments)
-        if (last is not None and last[1] == shape and found[-1][0] + found[-1][1] * block_size == q0
+        if (shape == last and found[-1][0] + found[-1][1] * block_size == q0
                 and (found[-1][1] + 1) * widest <= max_keys):
             found[-1][1] += 1
         else:
             found.append([q0, 1, q1 - q0, segments])
-        last = (q0, shape)
+        last = shape
     return Groups(block_size, [tuple(group) for group in found])
 
 

@@ -216,8 +216,8 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
     tokens, weights = _greedy(model, src, jnp.array([int(src_valid_len)]), int(bos), int(num_steps))
     tokens = np.asarray(tokens).tolist()                                # num_steps tokens
-    steps = tokens.index(eos) + 1 if eos in tokens else len(tokens)    # the steps taken, eos included
-    return tokens[:steps][: steps - (eos in tokens)], np.asarray(weights, np.float32)[:steps]
+    stop = tokens.index(eos) if eos in tokens else len(tokens)         # the tokens before eos
+    return tokens[:stop], np.asarray(weights, np.float32)[:stop + (eos in tokens)]  # eos's step included
 
 
 def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, length_penalty=0.6):

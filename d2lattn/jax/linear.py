@@ -3,9 +3,12 @@ equivalent forms, and GatedDeltaNet, the layer built around the delta rule.
 
 A state S (..., d_k, d_v) holds what the keys wrote, one (d_k, d_v) matrix per head; a query reads it
 as q^T S. The chunked forms pad the sequence to whole chunks with positions that write nothing. The
-loops over positions and chunks are lax.scan: one traced step, compiled once.
+loops over positions and chunks are lax.scan: one traced step, compiled once. The functions that
+hold them are jitted (inlined under an outer jit): an eager lax.scan traces and compiles its step
+again at every call, since each call makes a new step function.
 """
 
+import functools
 import math
 
 import jax
@@ -60,6 +63,7 @@ def _linear_parallel(q, k, v, S, z):
     return _linear_block(q, k, v, S, z)
 
 
+@jax.jit
 def _linear_recurrent(q, k, v, S, z):
     """The RNN: S += k_t v_t^T, z += k_t, o_t = q_t^T S / q_t^T z, one position at a time."""
 
@@ -74,6 +78,7 @@ def _linear_recurrent(q, k, v, S, z):
     return jnp.moveaxis(outs, 0, -2), S, z                             # (..., T, dv)
 
 
+@functools.partial(jax.jit, static_argnums=5)
 def _linear_chunked(q, k, v, S, z, chunk_size):
     """Parallel within chunks of `chunk_size`, recurrent across them: O(T c) time."""
     T = q.shape[-2]
@@ -185,6 +190,7 @@ def gated_delta_rule(queries, keys, values, alpha, beta, *, chunk_size=64, state
     return (out, S) if return_state else out                           # (..., T, dv)
 
 
+@functools.partial(jax.jit, static_argnums=(6, 7))
 def _delta(queries, keys, values, log_alpha, beta, S, form, chunk_size):
     """The delta rule in `form` on L2-normalised keys and queries, the queries scaled by 1/sqrt(d_k)."""
     q = _l2_normalized(queries) / math.sqrt(queries.shape[-1])         # (..., T, dk)

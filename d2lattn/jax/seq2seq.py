@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from d2lattn import _checks, sampling
-from d2lattn.jax.attention import AdditiveAttention, _deterministic, _record
+from d2lattn.jax.attention import AdditiveAttention, _deterministic, _forget_weights, _record
 
 
 class _GRULayer(nnx.Module):
@@ -40,17 +40,27 @@ class _GRULayer(nnx.Module):
         """X (b, T, in), H (b, h) -> (outputs (b, T, h), last state (b, h)).
         The input maps run once for all steps; the scan carries H through time."""
         inputs = (self.W_xr(X) + self.b_r, self.W_xz(X) + self.b_z, self.W_xh(X))   # 3 x (b, T, h)
+        outputs, H = _recurrence(H, inputs, self.W_hr.kernel[...], self.W_hz.kernel[...], self.W_hh.kernel[...],
+                                 self.W_hh.bias[...])
+        return outputs, H                                                         # (b, T, h), (b, h)
 
-        def step(H, x):
-            x_r, x_z, x_h = x                                                     # (b, h) each
-            r = jax.nn.sigmoid(x_r + self.W_hr(H))                                # reset gate
-            z = jax.nn.sigmoid(x_z + self.W_hz(H))                                # update gate
-            n = jnp.tanh(x_h + r * self.W_hh(H))                                  # candidate
-            H = (1 - z) * n + z * H                                               # (b, h)
-            return H, H
 
-        H, outputs = jax.lax.scan(step, H, [jnp.swapaxes(x, 0, 1) for x in inputs])  # time first: (T, b, h)
-        return jnp.swapaxes(outputs, 0, 1), H                                     # (b, T, h), (b, h)
+@jax.jit
+def _recurrence(H, inputs, W_hr, W_hz, W_hh, b_hh):
+    """The GRU's loop over time, H (b, h) carried through inputs 3 x (b, T, h) -> (outputs (b, T, h),
+    last state (b, h)). Jitted, so that an eager call compiles it once per shape (an eager lax.scan
+    compiles its step again at every call); under an outer jit it is inlined."""
+
+    def step(H, x):
+        x_r, x_z, x_h = x                                                         # (b, h) each
+        r = jax.nn.sigmoid(x_r + H @ W_hr)                                        # reset gate
+        z = jax.nn.sigmoid(x_z + H @ W_hz)                                        # update gate
+        n = jnp.tanh(x_h + r * (H @ W_hh + b_hh))                                 # candidate
+        H = (1 - z) * n + z * H                                                   # (b, h)
+        return H, H
+
+    H, outputs = jax.lax.scan(step, H, [jnp.swapaxes(x, 0, 1) for x in inputs])  # time first: (T, b, h)
+    return jnp.swapaxes(outputs, 0, 1), H
 
 
 class GRU(nnx.Module):
@@ -198,13 +208,14 @@ def _greedy(model, src, src_valid_lens, bos, num_steps):
     return tokens, weights
 
 
-@nnx.jit
-def _next_logits(decoder, tokens, state, t):
-    """The compiled decoder on tokens (k, num_steps) from a fresh state -> the logits after their first t
-    (k, vocab). The tokens after the prefix are padding, which the decoder's position t - 1 never sees
-    (its self-attention is causal, a GRU runs forward), so every prefix length has one shape: the
-    search compiles once, not once per length."""
-    logits = decoder(tokens, state, training=False)[0]                  # (k, num_steps, vocab)
+@functools.partial(jax.jit, static_argnums=0)
+def _next_logits(graphdef, params, tokens, state, t):
+    """The compiled decoder (nnx.merge(graphdef, params)) on tokens (k, num_steps) from a fresh state
+    -> the logits after their first t (k, vocab). The tokens after the prefix are padding, which the
+    decoder's position t - 1 never sees (its self-attention is causal, a GRU runs forward), so every
+    prefix length has one shape: the search compiles once, not once per length. Plain jax.jit, as
+    generate's steps: the weights the decoder records stay inside, and every step sees one state."""
+    logits = nnx.merge(graphdef, params)(tokens, state, training=False)[0]   # (k, num_steps, vocab)
     return jnp.take(logits, t - 1, axis=1)                              # (k, vocab)
 
 
@@ -214,6 +225,7 @@ def greedy_decode(model, src, src_valid_len, bos, eos, num_steps):
     included: (steps, S). All num_steps steps run in one compiled call (_greedy), which is
     cheaper than a call per step; the steps after eos are dropped here."""
     src = jnp.asarray(np.asarray(src))[None]                            # (1, S)
+    _forget_weights(model)                                              # one compilation for every call
     tokens, weights = _greedy(model, src, jnp.array([int(src_valid_len)]), int(bos), int(num_steps))
     tokens = np.asarray(tokens).tolist()                                # num_steps tokens
     stop = tokens.index(eos) if eos in tokens else len(tokens)         # the tokens before eos
@@ -225,12 +237,13 @@ def beam_search(model, src, src_valid_len, bos, eos, num_steps, *, beam_size=4, 
     prefixes at a time from one encoding of `src`, each padded to num_steps (one compilation)."""
     k, alpha = _checks.checked_beam_size(beam_size), _checks.checked_length_penalty(length_penalty)
     src = jnp.repeat(jnp.asarray(np.asarray(src))[None], k, axis=0)    # (k, S): one row per hypothesis
+    _forget_weights(model)                                  # every search compiles what the first did
     state = _encode(model, src, jnp.full((k,), int(src_valid_len)))
-    scores = nnx.cached_partial(_next_logits, model.decoder)
+    graphdef, params = nnx.split(model.decoder)
 
     def next_logits(prefixes):                                          # (k, t) -> (k, vocab)
         t = prefixes.shape[1]
         tokens = jnp.asarray(sampling.padded(prefixes, num_steps, bos))  # (k, num_steps)
-        return np.asarray(scores(tokens, state, jnp.int32(t)), dtype=np.float64)
+        return np.asarray(_next_logits(graphdef, params, tokens, state, jnp.int32(t)), dtype=np.float64)
 
     return sampling.beam_search(next_logits, bos, eos, num_steps, k, alpha)

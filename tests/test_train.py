@@ -96,6 +96,22 @@ def trained(d2l, clip, epochs=EPOCHS, data=None):
 
 
 @pytest.mark.needs("training")
+def test_a_short_last_batch_counts_only_its_own_tokens(d2l):
+    """An epoch of a full batch and a short one reports the mean of their losses, each over its own
+    tokens: a trainer that pads the short batch to the full one's shape (JAX's, to compile its step
+    once) must not count the padding."""
+    full, other = batches()
+    short = tuple(a[:3] for a in other)                                 # 3 of 4 rows
+    _, losses, _ = trained(d2l, 1.0, epochs=1, data=[full, short])
+    _, (first,), params = trained(d2l, 1.0, epochs=1, data=[full])
+    after_one = d2l.Seq2Seq(**SIZES)
+    d2l.set_params(after_one, params)
+    src, src_lens, dec_input, labels, label_lens = (d2l.tensor(a) for a in short)
+    second = d2l.to_numpy(d2l.sequence_loss(after_one(src, dec_input, src_lens, training=False), labels, label_lens))
+    np.testing.assert_allclose(losses[0], (first + float(second)) / 2, rtol=1e-5)
+
+
+@pytest.mark.needs("training")
 def test_a_few_adam_steps_of_a_language_model_for_crosscheck(d2l):
     model = d2l.TransformerLM(**LM)
     rng = np.random.default_rng(4)

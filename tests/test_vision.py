@@ -246,6 +246,21 @@ def test_the_reported_loss_is_the_mean_cross_entropy(d2l):
 
 
 @pytest.mark.needs("training")
+def test_a_short_last_batch_counts_only_its_own_rows(d2l):
+    """An epoch of a full batch and a short one reports the mean of their cross-entropies, each over
+    its own rows: a trainer that pads the short batch to the full one's shape (JAX's, to compile its
+    step once) must not count the padding."""
+    short = (images(3, 8, 8, 1, seed=6).astype(np.float32), np.array([1, 0, 2], np.int32))
+    model, _ = vit(d2l)
+    first = cross_entropy(d2l.to_numpy(model(d2l.tensor(BATCH[0]), training=False)), BATCH[1])
+    losses = d2l.train_classifier(model, [BATCH, short], epochs=1, lr=1e-2, progress=False)
+    after_one = vit(d2l)[0]
+    d2l.train_classifier(after_one, [BATCH], epochs=1, lr=1e-2, progress=False)
+    second = cross_entropy(d2l.to_numpy(after_one(d2l.tensor(short[0]), training=False)), short[1])
+    np.testing.assert_allclose(losses[0], (first + second) / 2, rtol=1e-5)
+
+
+@pytest.mark.needs("training")
 def test_the_first_step_is_proportional_to_lr(d2l):
     """Adam's first step is lr * g / (|g| + eps) for every parameter: proportional to lr, at most lr."""
     def step(lr):

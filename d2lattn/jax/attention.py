@@ -32,6 +32,16 @@ def _record(variable, weights):
         pass
 
 
+def _forget_weights(module):
+    """Set the weights `module` recorded (its nnx.Intermediate variables) back to None. They are
+    part of the state an nnx.jit function sees, shapes and all, so a call after one that recorded
+    weights (none before it, or of another shape) would compile again; compiled steps call this
+    first, and every call sees the state of the first."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Intermediate):
+            node.set_value(None)
+
+
 class DotProductAttention(nnx.Module):
     """Scaled dot-product attention: softmax(Q K^T / sqrt(d)) V.
 

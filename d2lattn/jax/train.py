@@ -1,11 +1,13 @@
 """A small trainer: Adam, gradient clipping, a progress bar and the loss curve."""
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
 from d2lattn import _checks
+from d2lattn.jax.attention import _forget_weights
 from d2lattn.jax.seq2seq import sequence_loss
 
 
@@ -22,15 +24,6 @@ def _train_step(model, optimizer, src, src_valid_lens, dec_input, labels, label_
     return loss
 
 
-def _forget_attention_weights(model):
-    """Set the weights the model kept from its last call (its nnx.Intermediate variables) back to
-    None. They go into the compiled step with the rest of the model's state, shapes and all: a
-    step after a batch of another size would compile again."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Intermediate):
-            node.set_value(None)
-
-
 def _clipped_adam(learning_rate, clip):
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(learning_rate))
 
@@ -41,19 +34,40 @@ def _clipped_adam(learning_rate, clip):
 _ADAM = optax.inject_hyperparams(_clipped_adam)(learning_rate=0.0, clip=1.0)
 
 
-def _fit(name, model, step, batches, *, epochs, lr, clip, progress):
+def _padded(batch, rows, weight):
+    """The NumPy arrays of `batch` grown to `rows` rows with copies of its own rows, whose entry in
+    array number `weight` (their valid lengths; for a classifier, whose batches have no such array,
+    weights of 1 appended) is set to 0. The step's loss counts a row by that entry, so its value and
+    gradients are the batch's own, and every batch has the first one's shape: a short last batch
+    would compile the step a second time."""
+    batch = [np.asarray(a) for a in batch]
+    n = len(batch[0])
+    if weight == len(batch):
+        batch.append(np.ones(n, np.float32))                            # (n,)
+    if n >= rows or any(len(a) != n for a in batch):                   # rows that do not match: the
+        return batch                                                    # step's own checks say so
+    take = np.arange(rows) % n                                          # (rows,) real rows, then copies
+    grown = [a[take] for a in batch]
+    grown[weight] = np.where(np.arange(rows) < n, grown[weight], 0).astype(grown[weight].dtype)
+    return grown
+
+
+def _fit(name, model, step, batches, *, epochs, lr, clip, progress, weight):
     """The loop the trainers share: optax Adam after global-norm clipping, `step` (an nnx.jit
-    function of the model, the optimizer and one batch) on every batch, the mean loss per epoch."""
+    function of the model, the optimizer and one batch) on every batch, short ones padded (see
+    _padded; `weight` names the array that counts rows), the mean loss per epoch."""
     epochs = _checks.checked_positive_int("epochs", epochs)
     optimizer = nnx.Optimizer(model, _ADAM, wrt=nnx.Param)
     for hyperparameter, value in (("learning_rate", lr), ("clip", clip)):
         optimizer.opt_state.hyperparams[hyperparameter].set_value(jnp.asarray(value, jnp.float32))
-    losses = []
+    losses, rows = [], 0
     bar = tqdm(range(epochs), desc=name, unit="epoch", disable=not progress)
     for _ in bar:
         batch_losses = []
         for batch in batches:
-            _forget_attention_weights(model)                            # one compilation per batch shape
+            rows = max(rows, len(batch[0]))
+            _forget_weights(model)                                      # one compilation per batch shape
+            batch = _padded(batch, rows, weight)
             batch_losses.append(step(model, optimizer, *(jnp.asarray(a) for a in batch)))  # read at the end:
         if not batch_losses:                                            # the steps run ahead of the loop
             raise ValueError(f"{name}: `batches` gave no batch")
@@ -78,24 +92,28 @@ def _lm_step(model, optimizer, inputs, labels, valid_lens):
 def train_lm(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True):
     """Each NumPy batch (inputs, labels, valid_lens), the model run with training=True (its
     train/eval state is left as it was). Returns each epoch's mean batch loss."""
-    return _fit("train_lm", model, _lm_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress)
+    return _fit("train_lm", model, _lm_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress,
+                weight=2)
 
 
 def train_seq2seq(model, batches, *, epochs, lr=0.005, clip=1.0, progress=True):
     """Teacher forcing on each NumPy batch (src, src_valid_lens, dec_input, labels,
     label_valid_lens); the model runs with training=True (its train/eval state is left as
     it was). Returns each epoch's mean batch loss, for plotting."""
-    return _fit("train_seq2seq", model, _train_step, batches, epochs=epochs, lr=lr, clip=clip, progress=progress)
+    return _fit("train_seq2seq", model, _train_step, batches, epochs=epochs, lr=lr, clip=clip,
+                progress=progress, weight=4)
 
 
 @nnx.jit
-def _classifier_step(model, optimizer, images, labels):
-    """One Adam step of a classifier on one batch (softmax cross-entropy); returns its loss."""
+def _classifier_step(model, optimizer, images, labels, weights):
+    """One Adam step of a classifier on one batch (softmax cross-entropy, each row counted by its
+    weight: see _padded); returns its loss."""
 
     def loss_fn(model):
         _checks.check_class_labels(labels.shape, images.shape[0])      # shapes are static under jit
         logits = model(images, training=True)                           # (b, num_classes)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)   # (b,)
+        return jnp.sum(nll * weights) / jnp.sum(weights)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -106,4 +124,4 @@ def train_classifier(model, batches, *, epochs, lr=1e-3, clip=1.0, progress=True
     """Each NumPy batch (images (b, H, W, C), labels (b,)), the model run with training=True (its
     train/eval state is left as it was). Returns each epoch's mean batch loss."""
     return _fit("train_classifier", model, _classifier_step, batches, epochs=epochs, lr=lr, clip=clip,
-                progress=progress)
+                progress=progress, weight=2)

@@ -45,10 +45,12 @@ def causal_keep(q, k, offset):
     return np.arange(k) <= offset + np.arange(q)[:, None]
 
 
-def draw_call(rng, heads=False):
-    """Random inputs, lengths ((b,), (b, q) or None, 0 and beyond the keys included), causal, offset."""
-    b, q, k, d, dv = rng.integers(1, 3), rng.integers(1, 6), rng.integers(1, 10), rng.integers(1, 5), rng.integers(1, 4)
-    lead = (b, rng.integers(1, 3)) if heads else (b,)
+def draw_call(rng, heads=False, sizes=None):
+    """Random inputs (of `sizes` (b, q, k, d, dv) if given), lengths ((b,), (b, q) or None, 0 and beyond
+    the keys included), causal, offset."""
+    b, q, k, d, dv = sizes or (rng.integers(1, 3), rng.integers(1, 6), rng.integers(1, 10), rng.integers(1, 5),
+                               rng.integers(1, 4))
+    lead = (b, 2) if heads else (b,)
     inputs = [rng.normal(size=(*lead, q, d)), rng.normal(size=(*lead, k, d)), rng.normal(size=(*lead, k, dv))]
     lens = [None, rng.integers(0, k + 2, size=b), rng.integers(0, k + 2, size=(b, q))][rng.integers(3)]
     causal = bool(rng.integers(2))
@@ -126,14 +128,20 @@ def test_lse_gradient_and_empty_rows(d2l):
         np.testing.assert_allclose(g, numeric, atol=1e-4)
 
 
+# (b, q, k, d, dv): a few shapes, as in tests/strategies.py, with one query and one key, more queries
+# than keys and fewer, features of size 1; the shards' lengths and the block sizes still vary.
+SHARDED_SIZES = [(1, 1, 1, 1, 1), (2, 5, 9, 4, 3), (1, 4, 2, 2, 1), (2, 3, 7, 1, 2)]
+
+
 @st.composite
 def sharded_calls(draw):
-    """A random call, a random block size and random cut points that split the keys into shards."""
+    """A random call, a block size and random cut points that split the keys into shards."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    inputs, lens, causal, offset = draw_call(rng, heads=draw(st.booleans()))
-    k = inputs[1].shape[-2]
+    sizes = draw(st.sampled_from(SHARDED_SIZES))
+    inputs, lens, causal, offset = draw_call(rng, heads=draw(st.booleans()), sizes=sizes)
+    k = sizes[2]
     cuts = sorted(draw(st.lists(st.integers(0, k), max_size=3)))
-    return inputs, lens, causal, offset, draw(st.integers(1, k + 2)), [0, *cuts, k]
+    return inputs, lens, causal, offset, draw(st.sampled_from([1, 2, 4, k + 2])), [0, *cuts, k]
 
 
 @PROFILE

@@ -31,6 +31,26 @@ def test_tensor_helpers_dtypes(d2l):
                                   np.random.default_rng(7).normal(size=(2, 3)).astype(np.float32))
 
 
+def test_where_and_take_are_numpys(d2l):
+    """The two helpers a mask_mod or score_mod computes with, on broadcast index arrays as the mods get
+    them: where with a Python number on either side, and take with one index array per leading axis,
+    against NumPy's where and fancy indexing."""
+    rng = np.random.default_rng(3)
+    nq, nk = np.arange(3, dtype=np.int32)[:, None], np.arange(4, dtype=np.int32)[None]   # (3, 1), (1, 4)
+    q, k = d2l.tensor(nq), d2l.tensor(nk)
+    np.testing.assert_array_equal(d2l.to_numpy(d2l.where(q >= k, q - k, k - q)), np.where(nq >= nk, nq - nk, nk - nq))
+    scores = rng.normal(size=(3, 4))
+    np.testing.assert_allclose(d2l.to_numpy(d2l.where(q >= k, d2l.tensor(scores), -5.0)),
+                               np.where(nq >= nk, scores, -5.0), rtol=1e-6)
+    np.testing.assert_allclose(d2l.to_numpy(d2l.where(q >= k, 0.5, d2l.tensor(scores))),
+                               np.where(nq >= nk, 0.5, scores), rtol=1e-6)
+    table, nb = rng.normal(size=(2, 5)), np.array([[0], [1]], np.int32)                # (2, 5), (2, 1)
+    ni = np.array([[4, 0, 2], [1, 3, 3]], np.int32)                                    # (2, 3)
+    np.testing.assert_allclose(d2l.to_numpy(d2l.take(d2l.tensor(table), d2l.tensor(nb), d2l.tensor(ni))),
+                               table[nb, ni], rtol=1e-6)
+    np.testing.assert_allclose(d2l.to_numpy(d2l.take(d2l.tensor(table[0]), d2l.tensor(ni))), table[0][ni], rtol=1e-6)
+
+
 # --- causal_mask ------------------------------------------------------------------------------
 
 
